@@ -1,0 +1,332 @@
+//! The HF-shaped LLaMA configuration (`config.json`) and parameter counting.
+//!
+//! The struct mirrors `transformers.LlamaConfig`: it reads what HF writes (including the 5.x
+//! `rope_parameters` block), keeps every field it does not use in `extra` so a load → save round trip loses
+//! nothing, and always writes `num_key_value_heads` and `head_dim` explicitly: after pruning,
+//! `head_dim != hidden_size / num_attention_heads` in general.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Filled with `num_attention_heads` (plain MHA) when absent.
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Filled with `hidden_size / num_attention_heads` when absent.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_rms_norm_eps")]
+    pub rms_norm_eps: f64,
+    /// Filled from `rope_parameters.rope_theta` (transformers 5.x) or 10000 when absent.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default = "default_max_position_embeddings")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Everything else (`architectures`, `bos_token_id`, `torch_dtype`, ...), kept verbatim.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+fn default_max_position_embeddings() -> usize {
+    2048
+}
+
+impl LlamaConfig {
+    /// A config with the usual HF boilerplate, for tests, `shear init` and materialization.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vocab_size: usize,
+        hidden_size: usize,
+        intermediate_size: usize,
+        num_hidden_layers: usize,
+        num_attention_heads: usize,
+        num_key_value_heads: usize,
+        head_dim: usize,
+        tie_word_embeddings: bool,
+    ) -> Self {
+        let mut extra = Map::new();
+        extra.insert(
+            "architectures".into(),
+            Value::from(vec!["LlamaForCausalLM"]),
+        );
+        extra.insert("model_type".into(), "llama".into());
+        extra.insert("hidden_act".into(), "silu".into());
+        extra.insert("attention_bias".into(), false.into());
+        extra.insert("mlp_bias".into(), false.into());
+        Self {
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads: Some(num_key_value_heads),
+            head_dim: Some(head_dim),
+            rms_norm_eps: 1e-5,
+            rope_theta: Some(10_000.0),
+            max_position_embeddings: 2048,
+            tie_word_embeddings,
+            extra,
+        }
+    }
+
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        let mut cfg: LlamaConfig = serde_json::from_str(text).map_err(|e| Error::Config {
+            path: path.into(),
+            msg: e.to_string(),
+        })?;
+        cfg.normalize().map_err(|msg| Error::Config {
+            path: path.into(),
+            msg,
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json_str(&text, path)
+    }
+
+    pub fn to_json_string(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a config always serializes")
+    }
+
+    /// Fill the optional fields and reject what this implementation does not compute.
+    fn normalize(&mut self) -> std::result::Result<(), String> {
+        if let Some(mt) = self.extra.get("model_type").and_then(Value::as_str) {
+            if mt != "llama" {
+                return Err(format!("model_type is `{mt}`, only `llama` is supported"));
+            }
+        }
+        if let Some(act) = self.extra.get("hidden_act").and_then(Value::as_str) {
+            if act != "silu" {
+                return Err(format!(
+                    "hidden_act is `{act}`, only `silu` (SwiGLU) is supported"
+                ));
+            }
+        }
+        for flag in ["attention_bias", "mlp_bias"] {
+            if self.extra.get(flag).and_then(Value::as_bool) == Some(true) {
+                return Err(format!(
+                    "`{flag}: true` is not supported (LLaMA has no biases)"
+                ));
+            }
+        }
+        if let Some(scaling) = self.extra.get("rope_scaling") {
+            if !scaling.is_null() {
+                return Err(format!("rope_scaling {scaling} is not supported"));
+            }
+        }
+        if self.rope_theta.is_none() {
+            let from_params = self
+                .extra
+                .get("rope_parameters")
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(Value::as_f64);
+            self.rope_theta = Some(from_params.unwrap_or(10_000.0));
+        }
+        if self.num_attention_heads == 0 {
+            return Err("num_attention_heads is 0".into());
+        }
+        let kv = *self
+            .num_key_value_heads
+            .get_or_insert(self.num_attention_heads);
+        if kv == 0 || self.num_attention_heads % kv != 0 {
+            return Err(format!(
+                "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({kv})",
+                self.num_attention_heads
+            ));
+        }
+        if self.head_dim.is_none() {
+            if self.hidden_size % self.num_attention_heads != 0 {
+                return Err(format!(
+                    "no head_dim given and hidden_size ({}) is not divisible by num_attention_heads ({})",
+                    self.hidden_size, self.num_attention_heads
+                ));
+            }
+            self.head_dim = Some(self.hidden_size / self.num_attention_heads);
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim()
+            ));
+        }
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} is 0"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_theta.unwrap_or(10_000.0)
+    }
+    /// Query heads per KV group (GQA); 1 for MHA.
+    pub fn group_size(&self) -> usize {
+        self.num_attention_heads / self.num_kv_heads()
+    }
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        match self.extra.get("eos_token_id") {
+            Some(Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_u64().map(|v| v as u32))
+                .collect(),
+            _ => vec![],
+        }
+    }
+
+    /// Tensor names and shapes this config implies, in HF naming (`[out, in]` for linear weights).
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, hd, m) = (self.hidden_size, self.head_dim(), self.intermediate_size);
+        let (h, kv) = (self.num_attention_heads, self.num_kv_heads());
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![self.vocab_size, d],
+        )];
+        for i in 0..self.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), vec![d]));
+            out.push((format!("{p}.self_attn.q_proj.weight"), vec![h * hd, d]));
+            out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv * hd, d]));
+            out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv * hd, d]));
+            out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, h * hd]));
+            out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
+            out.push((format!("{p}.mlp.gate_proj.weight"), vec![m, d]));
+            out.push((format!("{p}.mlp.up_proj.weight"), vec![m, d]));
+            out.push((format!("{p}.mlp.down_proj.weight"), vec![d, m]));
+        }
+        out.push(("model.norm.weight".to_string(), vec![d]));
+        if !self.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![self.vocab_size, d]));
+        }
+        out
+    }
+
+    pub fn param_counts(&self) -> ParamCounts {
+        let (d, hd, m) = (self.hidden_size, self.head_dim(), self.intermediate_size);
+        let (h, kv) = (self.num_attention_heads, self.num_kv_heads());
+        let attention = d * h * hd * 2 + d * kv * hd * 2;
+        let mlp = 3 * d * m;
+        let norms = 2 * d;
+        ParamCounts {
+            embedding: self.vocab_size * d,
+            lm_head: if self.tie_word_embeddings {
+                0
+            } else {
+                self.vocab_size * d
+            },
+            per_layer_attention: attention,
+            per_layer_mlp: mlp,
+            per_layer_norms: norms,
+            layers: self.num_hidden_layers,
+            final_norm: d,
+        }
+    }
+}
+
+/// Parameter counts by module. "Non-embedding" follows the paper: everything but the embedding and
+/// the LM head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ParamCounts {
+    pub embedding: usize,
+    pub lm_head: usize,
+    pub per_layer_attention: usize,
+    pub per_layer_mlp: usize,
+    pub per_layer_norms: usize,
+    pub layers: usize,
+    pub final_norm: usize,
+}
+
+impl ParamCounts {
+    pub fn per_layer(&self) -> usize {
+        self.per_layer_attention + self.per_layer_mlp + self.per_layer_norms
+    }
+    pub fn non_embedding(&self) -> usize {
+        self.layers * self.per_layer() + self.final_norm
+    }
+    pub fn total(&self) -> usize {
+        self.embedding + self.lm_head + self.non_embedding()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_hf_config_and_keeps_unknown_fields() {
+        let text = r#"{
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+            "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+            "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+            "rms_norm_eps": 1e-5, "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
+            "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": [2, 0],
+            "some_future_field": {"a": 1}
+        }"#;
+        let cfg = LlamaConfig::from_json_str(text, Path::new("config.json")).unwrap();
+        assert_eq!(cfg.head_dim(), 64);
+        assert_eq!(cfg.rope_theta(), 100000.0);
+        assert_eq!(cfg.group_size(), 3);
+        assert_eq!(cfg.eos_token_ids(), vec![2, 0]);
+        let back: Value = serde_json::from_str(&cfg.to_json_string()).unwrap();
+        assert_eq!(back["some_future_field"]["a"], 1);
+        assert_eq!(back["head_dim"], 64);
+        assert_eq!(back["num_key_value_heads"], 3);
+        // SmolLM2-135M: transformers' `sum(p.numel())` is 134,515,008 (embedding tied).
+        let pc = cfg.param_counts();
+        assert_eq!(pc.total(), 134_515_008);
+        assert_eq!(pc.non_embedding(), 134_515_008 - 49152 * 576);
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_compute() {
+        let base = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+                      "num_hidden_layers": 1, "num_attention_heads": 2"#;
+        for (extra, needle) in [
+            (
+                r#", "num_key_value_heads": 3"#,
+                "multiple of num_key_value_heads",
+            ),
+            (r#", "hidden_act": "gelu""#, "hidden_act"),
+            (r#", "attention_bias": true"#, "attention_bias"),
+            (r#", "model_type": "mistral""#, "model_type"),
+        ] {
+            let text = format!("{{{base}{extra}}}");
+            let err = LlamaConfig::from_json_str(&text, Path::new("c.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        let err =
+            LlamaConfig::from_json_str("{\"vocab_size\": 3}", Path::new("c.json")).unwrap_err();
+        assert!(err.to_string().contains("missing field"), "{err}");
+    }
+}

@@ -1,0 +1,118 @@
+//! Language-model evaluation: mean negative log-likelihood and perplexity.
+//!
+//! The protocol (also in `shear eval --help` and the README): encode the whole text with the model's
+//! tokenizer **without special tokens**, keep the first `max_tokens` ids, cut them into consecutive,
+//! non-overlapping windows of `seq_len` (a last window of at least 2 tokens is kept), and predict every
+//! token but the first of each window from the tokens before it in the same window. The mean is over all
+//! predicted tokens; NLL is in nats.
+
+use candle_core::Tensor;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::{Kernels, Llama};
+
+pub const PROTOCOL: &str = "Encode the whole text with the model's tokenizer without special tokens, keep \
+the first N ids (--max-tokens), cut them into consecutive non-overlapping windows of --seq-len tokens (a last \
+window of >= 2 tokens is kept), and predict every token but the first of each window from the tokens before it \
+in that window. mean_nll is the mean natural-log negative log-likelihood over all predicted tokens; perplexity \
+is exp(mean_nll).";
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvalResult {
+    /// Number of predicted tokens.
+    pub tokens: usize,
+    pub windows: usize,
+    pub seq_len: usize,
+    pub mean_nll: f64,
+    pub perplexity: f64,
+}
+
+/// Split `ids` into the protocol's windows.
+pub fn windows(ids: &[u32], seq_len: usize) -> Vec<&[u32]> {
+    ids.chunks(seq_len).filter(|w| w.len() >= 2).collect()
+}
+
+/// Evaluate `model` on `ids` with the protocol above. `batch_size` full windows go through the model at
+/// once; `progress(done, total)` is called after each batch.
+pub fn evaluate_ids(
+    model: &Llama,
+    ids: &[u32],
+    seq_len: usize,
+    batch_size: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<EvalResult> {
+    if seq_len < 2 {
+        return Err(Error::Invalid(format!(
+            "seq_len must be at least 2, got {seq_len}"
+        )));
+    }
+    let wins = windows(ids, seq_len);
+    if wins.is_empty() {
+        return Err(Error::Invalid(format!(
+            "nothing to evaluate: {} token(s), need at least 2",
+            ids.len()
+        )));
+    }
+    let vocab = model.config().vocab_size as u32;
+    if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
+        return Err(Error::Invalid(format!(
+            "token id {bad} is outside the model's vocabulary of {vocab}"
+        )));
+    }
+    let mut total = 0f64;
+    let mut count = 0usize;
+    let mut done = 0usize;
+    // Windows of equal length batch together; only the last one can be shorter.
+    let mut i = 0;
+    while i < wins.len() {
+        let len = wins[i].len();
+        let mut j = i;
+        while j < wins.len() && j - i < batch_size.max(1) && wins[j].len() == len {
+            j += 1;
+        }
+        let flat: Vec<u32> = wins[i..j].iter().flat_map(|w| w.iter().copied()).collect();
+        let batch = Tensor::from_vec(flat, (j - i, len), model.device())?;
+        let inputs = batch.narrow(1, 0, len - 1)?;
+        let targets = batch.narrow(1, 1, len - 1)?;
+        let nll = model.token_nll(&inputs, &targets, Kernels::Fused)?;
+        let nll: Vec<f32> = nll.flatten_all()?.to_vec1()?;
+        if let Some(bad) = nll.iter().find(|x| !x.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "non-finite NLL ({bad}) in window {i}: the model produces NaN/inf"
+            )));
+        }
+        total += nll.iter().map(|&x| x as f64).sum::<f64>();
+        count += nll.len();
+        done += j - i;
+        progress(done, wins.len());
+        i = j;
+    }
+    let mean_nll = total / count as f64;
+    Ok(EvalResult {
+        tokens: count,
+        windows: wins.len(),
+        seq_len,
+        mean_nll,
+        perplexity: mean_nll.exp(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_follow_the_protocol() {
+        let ids: Vec<u32> = (0..11).collect();
+        let w = windows(&ids, 4);
+        assert_eq!(
+            w,
+            vec![&[0, 1, 2, 3][..], &[4, 5, 6, 7][..], &[8, 9, 10][..]]
+        );
+        // A last window of one token predicts nothing and is dropped.
+        assert_eq!(windows(&ids[..9], 4).len(), 2);
+        // Predicted tokens: 3 + 3 + 2.
+        assert_eq!(w.iter().map(|w| w.len() - 1).sum::<usize>(), 8);
+    }
+}

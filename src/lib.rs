@@ -1,0 +1,39 @@
+//! # shear
+//!
+//! Sheared-LLaMA (Xia et al., 2023) on candle: prune a pretrained LLaMA to an exact smaller architecture
+//! with learned hard-concrete masks under a Lagrangian constraint, then continue pre-training it with
+//! dynamic batch loading.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`config`] | the HF-shaped `LlamaConfig` and parameter counting |
+//! | [`model`] | the LLaMA (RMSNorm, RoPE, GQA, SwiGLU), fused and differentiable kernels |
+//! | [`io`] | HF directories (sharded safetensors, config, tokenizer), GGUF import |
+//! | [`eval`] | the NLL / perplexity protocol |
+//! | [`generate`] | greedy and top-p decoding with a KV cache |
+//! | [`bench`] | throughput and memory figures |
+
+pub mod bench;
+pub mod config;
+pub mod error;
+pub mod eval;
+pub mod generate;
+pub mod io;
+pub mod model;
+
+pub use config::LlamaConfig;
+pub use error::{Error, Result};
+pub use model::{Kernels, Llama, TensorMap};
+
+/// The device shear runs on: the first CUDA GPU when built with `--features cuda` and one is present
+/// (unless `cpu` is requested), otherwise the CPU.
+pub fn device(cpu: bool) -> Result<candle_core::Device> {
+    if cpu {
+        return Ok(candle_core::Device::Cpu);
+    }
+    if candle_core::utils::cuda_is_available() {
+        Ok(candle_core::Device::new_cuda(0)?)
+    } else {
+        Ok(candle_core::Device::Cpu)
+    }
+}

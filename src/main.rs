@@ -1,0 +1,392 @@
+//! The `shear` command line: a thin layer over the library. Every verb has `--help`; failures print one
+//! line with the cause and exit with status 1.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing::info;
+
+use shear::bench;
+use shear::eval::{self, EvalResult};
+use shear::generate::{self, Sampling};
+use shear::io::{self, hf, SaveOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "shear",
+    version,
+    about = "Sheared-LLaMA on candle: convert, prune, train and evaluate LLaMA models.",
+    long_about = "Sheared-LLaMA on candle: convert, prune, train and evaluate LLaMA models.\n\n\
+    Logging follows RUST_LOG (e.g. RUST_LOG=debug); the default level is info."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a GGUF file or re-save an HF directory as an HF directory (config.json, safetensors, tokenizer.json).
+    Convert(ConvertArgs),
+    /// Mean NLL and perplexity of a model on a text file.
+    #[command(long_about = eval_long_about())]
+    Eval(EvalArgs),
+    /// Generate text from a prompt (greedy, or top-p sampling with --top-p).
+    Generate(GenerateArgs),
+    /// Throughput and memory benchmarks (figures, not tests).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+fn eval_long_about() -> String {
+    format!(
+        "Mean NLL and perplexity of a model on a text file.\n\nProtocol: {}",
+        eval::PROTOCOL
+    )
+}
+
+#[derive(Args)]
+struct DeviceArgs {
+    /// Compute dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Run on the CPU even when a CUDA GPU is available.
+    #[arg(long)]
+    cpu: bool,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// A llama.cpp GGUF file (LLaMA architecture, byte-level BPE vocabulary).
+    #[arg(long, conflicts_with = "hf", required_unless_present = "hf")]
+    gguf: Option<PathBuf>,
+    /// An HF model directory to re-save (e.g. to change dtype or shard size).
+    #[arg(long)]
+    hf: Option<PathBuf>,
+    /// Output directory; must not exist yet (or be empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// Dtype of the written weights: f32, bf16 or f16 (default: f32 for GGUF, unchanged for HF).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Largest safetensors shard in MB; larger models are split into model-0000i-of-0000n.safetensors.
+    #[arg(long)]
+    shard_size_mb: Option<u64>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Model directory (HF layout).
+    #[arg(long)]
+    model: PathBuf,
+    /// UTF-8 text file to evaluate on.
+    #[arg(long)]
+    text: PathBuf,
+    /// Window length in tokens.
+    #[arg(long, default_value_t = 512)]
+    seq_len: usize,
+    /// Keep only the first N token ids of the encoded text.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Nucleus sampling with this top-p (greedy decoding when absent).
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Inference throughput (full-sequence forward, logits for every position) and peak RSS.
+    Forward(BenchForwardArgs),
+}
+
+#[derive(Args)]
+struct BenchForwardArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Settings as BATCHxSEQ, comma-separated.
+    #[arg(long, default_value = "1x128,1x512,4x256,8x512")]
+    shapes: String,
+    /// Timed runs per setting (after one warm-up run); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+fn main() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        // One line: the outermost context followed by its causes. candle appends a backtrace to its
+        // messages when RUST_BACKTRACE is set; keep only the first line of each.
+        let causes: Vec<String> = e
+            .chain()
+            .map(|c| c.to_string().lines().next().unwrap_or_default().to_string())
+            .collect();
+        eprintln!("error: {}", causes.join(": "));
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Convert(a) => convert(a),
+        Command::Eval(a) => eval_cmd(a),
+        Command::Generate(a) => generate_cmd(a),
+        Command::Bench(BenchCommand::Forward(a)) => bench_forward(a),
+    }
+}
+
+fn progress_bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn load(
+    dir: &Path,
+    device: &DeviceArgs,
+) -> Result<(shear::io::LoadedModel, tokenizers::Tokenizer)> {
+    let dtype = hf::parse_dtype(&device.dtype)?;
+    let dev = shear::device(device.cpu)?;
+    let t = Instant::now();
+    let tok = io::load_tokenizer(dir)?;
+    let loaded = io::load_model(dir, dtype, &dev)
+        .with_context(|| format!("loading model {}", dir.display()))?;
+    info!(
+        "loaded {} ({} layers, {:.1}M parameters, {:?} on {:?}) in {:.1}s",
+        dir.display(),
+        loaded.config.num_hidden_layers,
+        loaded.config.param_counts().total() as f64 / 1e6,
+        dtype,
+        dev.location(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok((loaded, tok))
+}
+
+fn convert(a: ConvertArgs) -> Result<()> {
+    let t = Instant::now();
+    let opts = SaveOptions {
+        dtype: a.dtype.as_deref().map(hf::parse_dtype).transpose()?,
+        max_shard_bytes: a.shard_size_mb.map(|mb| mb * 1_000_000),
+        ..Default::default()
+    };
+    let out = if let Some(gguf) = &a.gguf {
+        let pb = progress_bar(0, "dequantize");
+        let out = io::gguf::convert_gguf(gguf, &a.out, opts, |done, total| {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+        })?;
+        pb.finish_and_clear();
+        out
+    } else {
+        let src = a.hf.as_ref().expect("clap enforces --gguf or --hf");
+        let cfg = hf::load_config(src)?;
+        let weights = hf::load_weights(src, opts.dtype, &candle_core::Device::Cpu)?;
+        io::load_tokenizer(src)?; // a model directory without a usable tokenizer is not worth re-saving
+        hf::save_model(
+            &a.out,
+            &cfg,
+            &weights,
+            &SaveOptions {
+                companions_from: Some(src.clone()),
+                ..opts
+            },
+        )?
+    };
+    let cfg = hf::load_config(&out)?;
+    info!(
+        "wrote {} in {:.1}s: {} layers, hidden {}, {} heads / {} KV heads, intermediate {}, {:.1}M parameters",
+        out.display(),
+        t.elapsed().as_secs_f64(),
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_kv_heads(),
+        cfg.intermediate_size,
+        cfg.param_counts().total() as f64 / 1e6
+    );
+    Ok(())
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<()> {
+    let text = io::read_utf8(&a.text)?;
+    let (loaded, tok) = load(&a.model, &a.device)?;
+    let mut ids = io::tokenizer::encode(&tok, &text)?;
+    if let Some(n) = a.max_tokens {
+        ids.truncate(n);
+    }
+    let pb = progress_bar(0, "eval");
+    let t = Instant::now();
+    let r: EvalResult = eval::evaluate_ids(
+        &loaded.model,
+        &ids,
+        a.seq_len,
+        a.batch_size,
+        |done, total| {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+        },
+    )?;
+    pb.finish_and_clear();
+    let secs = t.elapsed().as_secs_f64();
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["model"] = a.model.display().to_string().into();
+        v["text"] = a.text.display().to_string().into();
+        v["seconds"] = secs.into();
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!("model       {}", a.model.display());
+        println!("text        {}", a.text.display());
+        println!(
+            "tokens      {} predicted in {} windows of <= {}",
+            r.tokens, r.windows, r.seq_len
+        );
+        println!("mean NLL    {:.6} nats", r.mean_nll);
+        println!("perplexity  {:.4}", r.perplexity);
+        println!(
+            "time        {:.1}s ({:.0} tokens/s)",
+            secs,
+            r.tokens as f64 / secs
+        );
+    }
+    Ok(())
+}
+
+fn generate_cmd(a: GenerateArgs) -> Result<()> {
+    let (loaded, tok) = load(&a.model, &a.device)?;
+    let prompt = io::tokenizer::encode(&tok, &a.prompt)?;
+    let sampling = match a.top_p {
+        Some(p) if !(0.0..=1.0).contains(&p) || p == 0.0 => {
+            bail!("--top-p must be in (0, 1], got {p}")
+        }
+        Some(top_p) => Sampling::TopP {
+            top_p,
+            temperature: a.temperature,
+            seed: a.seed,
+        },
+        None => Sampling::Greedy,
+    };
+    let stop = loaded.config.eos_token_ids();
+    let t = Instant::now();
+    print!("{}", a.prompt);
+    let mut ids: Vec<u32> = Vec::new();
+    let mut printed = String::new();
+    let new = generate::generate(
+        &loaded.model,
+        &prompt,
+        a.max_new_tokens,
+        &sampling,
+        &stop,
+        |id| {
+            // Decode the whole continuation each time: byte-level tokens can split a UTF-8 character.
+            ids.push(id);
+            if let Ok(text) = tok.decode(&ids, true) {
+                if text.len() > printed.len() && text.starts_with(&printed) {
+                    print!("{}", &text[printed.len()..]);
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                    printed = text;
+                }
+            }
+        },
+    )?;
+    println!();
+    let secs = t.elapsed().as_secs_f64();
+    info!(
+        "{} new tokens in {:.2}s ({:.1} tokens/s)",
+        new.len(),
+        secs,
+        new.len() as f64 / secs
+    );
+    Ok(())
+}
+
+fn bench_forward(a: BenchForwardArgs) -> Result<()> {
+    let shapes: Vec<(usize, usize)> = a
+        .shapes
+        .split(',')
+        .map(|s| {
+            let (b, l) = s
+                .trim()
+                .split_once('x')
+                .with_context(|| format!("shape `{s}` is not BATCHxSEQ"))?;
+            Ok((b.parse().context("batch")?, l.parse().context("seq len")?))
+        })
+        .collect::<Result<_>>()?;
+    let (loaded, _) = load(&a.model, &a.device)?;
+    let threads = candle_core::utils::get_num_threads();
+    let mut rows = vec![];
+    for (b, l) in shapes {
+        let row = bench::bench_forward(&loaded.model, b, l, a.runs)?;
+        if !a.json {
+            if rows.is_empty() {
+                println!(
+                    "forward, {} ({}), {} threads",
+                    a.model.display(),
+                    a.device.dtype,
+                    threads
+                );
+                println!(
+                    "{:>6} {:>8} {:>12} {:>12} {:>14}",
+                    "batch", "seq_len", "median ms", "tokens/s", "peak RSS MiB"
+                );
+            }
+            println!(
+                "{:>6} {:>8} {:>12.1} {:>12.0} {:>14.0}",
+                row.batch, row.seq_len, row.median_ms, row.tokens_per_s, row.peak_rss_mib
+            );
+        }
+        rows.push(row);
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"bench": "forward", "model": a.model, "dtype": a.device.dtype, "threads": threads, "rows": rows})
+        );
+    }
+    Ok(())
+}

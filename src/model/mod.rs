@@ -1,0 +1,361 @@
+//! LLaMA as in HF `modeling_llama.py`: pre-norm blocks with RMSNorm, rotate-half RoPE, grouped-query
+//! attention with an explicit `head_dim`, a SwiGLU MLP, and a tied or untied LM head.
+//!
+//! One implementation serves inference and training: [`Kernels`] picks candle's fused kernels (fast, no
+//! backward) or differentiable ones. Weights are plain tensors keyed by their HF names; to train them,
+//! build the model from `Var`-backed tensors ([`crate::train`]) and gradients flow to those vars.
+
+pub mod ops;
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Module, Result as CResult, Tensor, D};
+use candle_nn::Linear;
+
+pub use ops::Kernels;
+
+use crate::config::LlamaConfig;
+use crate::error::{Error, Result};
+
+/// Tensors keyed by HF parameter name (`model.layers.0.self_attn.q_proj.weight`, ...).
+pub type TensorMap = BTreeMap<String, Tensor>;
+
+/// Check that `weights` holds exactly the tensors `cfg` implies, with the right shapes.
+pub fn check_weights(cfg: &LlamaConfig, weights: &TensorMap) -> Result<()> {
+    let expected = cfg.tensor_shapes();
+    for (name, shape) in &expected {
+        let t = weights
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor(name.clone()))?;
+        if t.dims() != shape.as_slice() {
+            return Err(Error::Shape {
+                name: name.clone(),
+                expected: shape.clone(),
+                found: t.dims().to_vec(),
+            });
+        }
+    }
+    if let Some(extra) = weights
+        .keys()
+        .find(|k| !expected.iter().any(|(n, _)| n == *k))
+    {
+        // A tied model may still carry `lm_head.weight` (some exporters write it); anything else means
+        // config and weights disagree, e.g. more layers in the file than in the config.
+        if !(cfg.tie_word_embeddings && extra == "lm_head.weight") {
+            return Err(Error::Invalid(format!(
+                "tensor `{extra}` is not part of the model described by the config \
+                 ({} layers, tie_word_embeddings={})",
+                cfg.num_hidden_layers, cfg.tie_word_embeddings
+            )));
+        }
+    }
+    Ok(())
+}
+
+struct Block {
+    input_norm: Tensor,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    post_attention_norm: Tensor,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+/// Per-layer keys and values seen so far, for incremental decoding.
+#[derive(Default, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dim(2).unwrap_or(0))
+            .unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed_tokens: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Linear,
+    /// RoPE tables `[max_position_embeddings, head_dim / 2]`, f32.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Llama {
+    /// Build the model from HF-named tensors (checked against `cfg` first). All tensors must share a
+    /// device and a float dtype; that dtype is the compute dtype.
+    pub fn new(cfg: &LlamaConfig, weights: &TensorMap) -> Result<Self> {
+        check_weights(cfg, weights)?;
+        let get = |name: &str| weights[name].clone();
+        let linear = |name: &str| Linear::new(get(name), None);
+        let blocks = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                Block {
+                    input_norm: get(&format!("{p}.input_layernorm.weight")),
+                    q_proj: linear(&format!("{p}.self_attn.q_proj.weight")),
+                    k_proj: linear(&format!("{p}.self_attn.k_proj.weight")),
+                    v_proj: linear(&format!("{p}.self_attn.v_proj.weight")),
+                    o_proj: linear(&format!("{p}.self_attn.o_proj.weight")),
+                    post_attention_norm: get(&format!("{p}.post_attention_layernorm.weight")),
+                    gate_proj: linear(&format!("{p}.mlp.gate_proj.weight")),
+                    up_proj: linear(&format!("{p}.mlp.up_proj.weight")),
+                    down_proj: linear(&format!("{p}.mlp.down_proj.weight")),
+                }
+            })
+            .collect();
+        let embed_tokens = get("model.embed_tokens.weight");
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed_tokens.clone(), None)
+        } else {
+            linear("lm_head.weight")
+        };
+        let (cos, sin) = rope_tables(cfg, embed_tokens.device())?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_tokens,
+            blocks,
+            norm: get("model.norm.weight"),
+            lm_head,
+            cos,
+            sin,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    /// Logits `[batch, seq, vocab]` for every position of `ids: [batch, seq]` (u32).
+    pub fn forward(&self, ids: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let hidden = self.hidden_states(ids, kernels, None)?;
+        Ok(self.lm_head.forward(&hidden)?)
+    }
+
+    /// Logits `[batch, vocab]` of the last position, reusing and extending `cache`.
+    pub fn forward_incremental(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let hidden = self.hidden_states(ids, Kernels::Fused, Some(cache))?;
+        let seq = hidden.dim(1)?;
+        Ok(self
+            .lm_head
+            .forward(&hidden.narrow(1, seq - 1, 1)?)?
+            .squeeze(1)?)
+    }
+
+    /// Final-norm hidden states `[batch, seq, hidden]`.
+    pub fn hidden_states(
+        &self,
+        ids: &Tensor,
+        kernels: Kernels,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (_, seq) = ids.dims2()?;
+        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        if offset + seq > self.cfg.max_position_embeddings {
+            return Err(Error::Invalid(format!(
+                "sequence of {} positions exceeds max_position_embeddings ({})",
+                offset + seq,
+                self.cfg.max_position_embeddings
+            )));
+        }
+        if let Some(c) = cache.as_mut() {
+            c.layers.resize(self.blocks.len(), None);
+        }
+        let cos = self.cos.narrow(0, offset, seq)?.to_dtype(self.dtype())?;
+        let sin = self.sin.narrow(0, offset, seq)?.to_dtype(self.dtype())?;
+        // A single query position attends to everything cached: no mask needed.
+        let mask = if seq > 1 {
+            Some(ops::causal_mask(seq, offset, self.dtype(), self.device())?)
+        } else {
+            None
+        };
+        let mut x =
+            self.embed_tokens
+                .embedding(&ids.flatten_all()?)?
+                .reshape((ids.dim(0)?, seq, ()))?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = self.block_forward(block, &x, &cos, &sin, mask.as_ref(), kernels, layer_cache)?;
+        }
+        Ok(ops::rms_norm(
+            &x,
+            &self.norm,
+            self.cfg.rms_norm_eps,
+            kernels,
+        )?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn block_forward(
+        &self,
+        b: &Block,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        kernels: Kernels,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> CResult<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        let a = ops::rms_norm(x, &b.input_norm, eps, kernels)?;
+        let attn = self.attention(b, &a, cos, sin, mask, kernels, cache)?;
+        let x = (x + attn)?;
+        let h = ops::rms_norm(&x, &b.post_attention_norm, eps, kernels)?;
+        let mlp = b.down_proj.forward(
+            &(candle_nn::ops::silu(&b.gate_proj.forward(&h)?)? * b.up_proj.forward(&h)?)?,
+        )?;
+        x + mlp
+    }
+
+    /// Causal GQA attention. Query heads are grouped by the KV head they share (`h / group_size`, as in
+    /// HF's `repeat_kv`), and each group is multiplied against its KV head directly, so K and V are
+    /// never copied `group_size` times.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        b: &Block,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        kernels: Kernels,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> CResult<Tensor> {
+        let (bsz, seq, _) = x.dims3()?;
+        let (h, kv, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.num_kv_heads(),
+            self.cfg.head_dim(),
+        );
+        let g = h / kv;
+        let q = b
+            .q_proj
+            .forward(x)?
+            .reshape((bsz, seq, h, hd))?
+            .transpose(1, 2)?;
+        let k = b
+            .k_proj
+            .forward(x)?
+            .reshape((bsz, seq, kv, hd))?
+            .transpose(1, 2)?;
+        let v = b
+            .v_proj
+            .forward(x)?
+            .reshape((bsz, seq, kv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = ops::rope(&q.contiguous()?, cos, sin, kernels)?;
+        let k = ops::rope(&k.contiguous()?, cos, sin, kernels)?;
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let kv_len = k.dim(2)?;
+        // [b, kv, g*seq, hd] @ [b, kv, hd, kv_len] -> [b, kv, g, seq, kv_len]
+        let q = (q.reshape((bsz, kv, g * seq, hd))? * (1.0 / (hd as f64).sqrt()))?;
+        let scores = q.matmul(&k.t()?)?.reshape((bsz, kv, g, seq, kv_len))?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = ops::softmax_last_dim(&scores, kernels)?.reshape((bsz, kv, g * seq, kv_len))?;
+        let ctx = probs.matmul(&v)?; // [b, kv, g*seq, hd]
+        let ctx = ctx
+            .reshape((bsz, h, seq, hd))?
+            .transpose(1, 2)?
+            .reshape((bsz, seq, h * hd))?;
+        b.o_proj.forward(&ctx)
+    }
+
+    /// Per-position cross-entropy (natural log) of `targets` under the logits of `ids`, both `[batch, seq]`,
+    /// computed in f32: `[batch, seq]`.
+    pub fn token_nll(&self, ids: &Tensor, targets: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let logits = self.forward(ids, kernels)?.to_dtype(DType::F32)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        Ok(logp
+            .gather(&targets.contiguous()?.unsqueeze(D::Minus1)?, D::Minus1)?
+            .squeeze(D::Minus1)?
+            .neg()?)
+    }
+}
+
+/// HF's default RoPE: `inv_freq[i] = theta^(-2i/head_dim)`, angles `pos * inv_freq`, in f32.
+fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let hd = cfg.head_dim();
+    let theta = cfg.rope_theta();
+    let inv_freq: Vec<f32> = (0..hd / 2)
+        .map(|i| (1.0 / theta.powf(2.0 * i as f64 / hd as f64)) as f32)
+        .collect();
+    let n = cfg.max_position_embeddings;
+    let inv_freq = Tensor::from_vec(inv_freq, (1, hd / 2), device)?;
+    let pos = Tensor::arange(0u32, n as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((n, 1))?;
+    let angles = pos.broadcast_mul(&inv_freq)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+/// A randomly initialized model (normal(0, 0.02) weights, unit norms) on CPU, for tests and `shear init`.
+pub fn random_weights(
+    cfg: &LlamaConfig,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<TensorMap> {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = TensorMap::new();
+    for (name, shape) in cfg.tensor_shapes() {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = if name.ends_with("norm.weight") {
+            // Not exactly 1, so tests notice a norm weight that is dropped or misplaced.
+            (0..n)
+                .map(|_| 1.0 + 0.1 * (rng.random::<f32>() - 0.5))
+                .collect()
+        } else {
+            (0..n).map(|_| normal(&mut rng) * 0.02).collect()
+        };
+        out.insert(
+            name,
+            Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?,
+        );
+    }
+    Ok(out)
+}
+
+/// A standard normal draw (Box-Muller); avoids a dependency for one function.
+fn normal(rng: &mut impl rand::Rng) -> f32 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}

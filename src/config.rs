@@ -145,14 +145,14 @@ impl LlamaConfig {
         let kv = *self
             .num_key_value_heads
             .get_or_insert(self.num_attention_heads);
-        if kv == 0 || self.num_attention_heads % kv != 0 {
+        if kv == 0 || !self.num_attention_heads.is_multiple_of(kv) {
             return Err(format!(
                 "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({kv})",
                 self.num_attention_heads
             ));
         }
         if self.head_dim.is_none() {
-            if self.hidden_size % self.num_attention_heads != 0 {
+            if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
                 return Err(format!(
                     "no head_dim given and hidden_size ({}) is not divisible by num_attention_heads ({})",
                     self.hidden_size, self.num_attention_heads
@@ -160,7 +160,7 @@ impl LlamaConfig {
             }
             self.head_dim = Some(self.hidden_size / self.num_attention_heads);
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(format!(
                 "head_dim ({}) must be even for RoPE",
                 self.head_dim()

@@ -116,6 +116,7 @@ pub fn load_weights(dir: &Path, dtype: Option<DType>, device: &Device) -> Result
     Ok(out)
 }
 
+#[derive(Default)]
 pub struct SaveOptions {
     /// Cast every tensor to this dtype; `None` keeps each tensor's dtype.
     pub dtype: Option<DType>,
@@ -125,17 +126,6 @@ pub struct SaveOptions {
     pub companions_from: Option<PathBuf>,
     /// Extra files `(name, contents)` to write, e.g. a freshly built `tokenizer.json`.
     pub extra_files: Vec<(String, String)>,
-}
-
-impl Default for SaveOptions {
-    fn default() -> Self {
-        Self {
-            dtype: None,
-            max_shard_bytes: None,
-            companions_from: None,
-            extra_files: vec![],
-        }
-    }
 }
 
 /// Write a complete model directory at `dest` (atomically; `dest` must not exist or be empty).

@@ -100,3 +100,29 @@ pub fn read_utf8(path: &Path) -> Result<String> {
         offset: e.utf8_error().valid_up_to(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_dir_leaves_nothing_unless_committed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("out");
+        {
+            let s = StagingDir::new(&dest).unwrap();
+            std::fs::write(s.path().join("half-written"), b"x").unwrap();
+            // dropped without commit, as when an error interrupts a save
+        }
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+        let s = StagingDir::new(&dest).unwrap();
+        std::fs::write(s.path().join("done"), b"x").unwrap();
+        s.commit().unwrap();
+        assert!(dest.join("done").exists());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+        assert!(
+            StagingDir::new(&dest).is_err(),
+            "a non-empty destination is refused"
+        );
+    }
+}

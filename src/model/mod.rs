@@ -9,7 +9,7 @@ pub mod ops;
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Module, Result as CResult, Tensor, D};
+use candle_core::{DType, Device, Module, Result as CResult, Tensor, Var, D};
 use candle_nn::Linear;
 
 pub use ops::Kernels;
@@ -297,6 +297,23 @@ impl Llama {
         b.o_proj.forward(&ctx)
     }
 
+    /// Mean next-token cross-entropy of `ids: [batch, seq]`: positions `0..seq-1` predict `1..seq` (the
+    /// spec's label roll, with the last position ignored). The training objective.
+    pub fn lm_loss(&self, ids: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        let seq = ids.dim(1)?;
+        if seq < 2 {
+            return Err(Error::Invalid(format!(
+                "a training sequence needs at least 2 tokens, got {seq}"
+            )));
+        }
+        let nll = self.token_nll(
+            &ids.narrow(1, 0, seq - 1)?,
+            &ids.narrow(1, 1, seq - 1)?,
+            kernels,
+        )?;
+        Ok(nll.mean_all()?)
+    }
+
     /// Per-position cross-entropy (natural log) of `targets` under the logits of `ids`, both `[batch, seq]`,
     /// computed in f32: `[batch, seq]`.
     pub fn token_nll(&self, ids: &Tensor, targets: &Tensor, kernels: Kernels) -> Result<Tensor> {
@@ -307,6 +324,19 @@ impl Llama {
             .squeeze(D::Minus1)?
             .neg()?)
     }
+}
+
+/// Wrap every weight in a `Var` so a model built from the returned map is trainable: gradients of a loss
+/// computed with [`Kernels::Differentiable`] reach these vars.
+pub fn trainable(weights: &TensorMap) -> Result<(BTreeMap<String, Var>, TensorMap)> {
+    let mut vars = BTreeMap::new();
+    let mut tensors = TensorMap::new();
+    for (name, t) in weights {
+        let v = Var::from_tensor(t)?;
+        tensors.insert(name.clone(), v.as_tensor().clone());
+        vars.insert(name.clone(), v);
+    }
+    Ok((vars, tensors))
 }
 
 /// HF's default RoPE: `inv_freq[i] = theta^(-2i/head_dim)`, angles `pos * inv_freq`, in f32.

@@ -1,0 +1,199 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use shear::{LlamaConfig, TensorMap};
+
+/// Tiny configs covering MHA and GQA, tied and untied embeddings, 2-3 layers, and a `head_dim` that is not
+/// `hidden_size / num_attention_heads` (as after pruning).
+pub fn tiny_configs() -> Vec<(&'static str, LlamaConfig)> {
+    vec![
+        ("mha_tied", LlamaConfig::new(97, 32, 48, 2, 4, 4, 8, true)),
+        (
+            "mha_untied",
+            LlamaConfig::new(97, 32, 40, 3, 4, 4, 8, false),
+        ),
+        ("gqa_tied", LlamaConfig::new(101, 48, 64, 3, 6, 2, 10, true)),
+        (
+            "gqa_untied",
+            LlamaConfig::new(101, 36, 56, 2, 6, 3, 6, false),
+        ),
+    ]
+}
+
+pub fn random_model(cfg: &LlamaConfig, seed: u64) -> TensorMap {
+    shear::model::random_weights(cfg, seed, DType::F32, &Device::Cpu).unwrap()
+}
+
+pub fn random_ids(batch: usize, seq: usize, vocab: usize, seed: u64) -> Tensor {
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|i| ((i as u64 * 2_654_435_761 + seed * 97) % vocab as u64) as u32)
+        .collect();
+    Tensor::from_vec(ids, (batch, seq), &Device::Cpu).unwrap()
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+/// The converted SmolLM2-135M (`scripts/fetch-default-model.sh`), or `SHEAR_MODEL_DIR`. Tests that need
+/// it fail rather than skip when it is missing: the README's test command fetches it first.
+pub fn smollm2_dir() -> PathBuf {
+    let dir = std::env::var_os("SHEAR_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m"));
+    assert!(
+        dir.join("config.json").exists(),
+        "{} not found: run scripts/fetch-default-model.sh (the README's test command does)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/smollm2")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// GPT-2's byte-to-unicode table: the alphabet byte-level BPE vocabularies are spelled in.
+pub fn bytes_to_unicode() -> Vec<char> {
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars: Vec<u32> = printable.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !printable.contains(&b) {
+            printable.push(b);
+            chars.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut table = vec![' '; 256];
+    for (b, c) in printable.iter().zip(chars) {
+        table[*b as usize] = char::from_u32(c).unwrap();
+    }
+    table
+}
+
+/// A tiny LLaMA written as GGUF the way llama.cpp lays it out: GGUF tensor names, Q/K rows permuted for
+/// interleaved RoPE, the embedding quantized to Q8_0, a byte-level BPE vocabulary of 256 byte tokens, two
+/// merges and one control token. Returns the config and the original (unpermuted, unquantized) weights.
+pub struct TinyGguf {
+    pub cfg: LlamaConfig,
+    pub weights: TensorMap,
+}
+
+pub const TINY_VOCAB: usize = 1 + 256 + 2;
+
+pub fn tiny_gguf_tokens() -> (Vec<String>, Vec<String>, Vec<i32>) {
+    let table = bytes_to_unicode();
+    let mut tokens = vec!["<|endoftext|>".to_string()];
+    tokens.extend(table.iter().map(|c| c.to_string()));
+    tokens.push("ab".into());
+    tokens.push("Ġab".into());
+    let merges = vec!["a b".to_string(), "Ġ ab".to_string()];
+    let mut types = vec![1; tokens.len()];
+    types[0] = 3;
+    (tokens, merges, types)
+}
+
+pub fn write_tiny_gguf(path: &std::path::Path, architecture: &str) -> TinyGguf {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    let cfg = LlamaConfig::new(TINY_VOCAB, 32, 48, 2, 4, 2, 8, false);
+    let weights = random_model(&cfg, 11);
+    let (tokens, merges, types) = tiny_gguf_tokens();
+    let s = |x: &str| gguf_file::Value::String(x.to_string());
+    let arr = |v: Vec<gguf_file::Value>| gguf_file::Value::Array(v);
+    let md: Vec<(&str, gguf_file::Value)> = vec![
+        ("general.architecture", s(architecture)),
+        ("general.name", s("tiny")),
+        ("llama.block_count", gguf_file::Value::U32(2)),
+        ("llama.context_length", gguf_file::Value::U32(256)),
+        ("llama.embedding_length", gguf_file::Value::U32(32)),
+        ("llama.feed_forward_length", gguf_file::Value::U32(48)),
+        ("llama.attention.head_count", gguf_file::Value::U32(4)),
+        ("llama.attention.head_count_kv", gguf_file::Value::U32(2)),
+        ("llama.rope.freq_base", gguf_file::Value::F32(10000.0)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            gguf_file::Value::F32(1e-5),
+        ),
+        ("tokenizer.ggml.model", s("gpt2")),
+        ("tokenizer.ggml.pre", s("smollm")),
+        (
+            "tokenizer.ggml.tokens",
+            arr(tokens.iter().map(|t| s(t)).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges",
+            arr(merges.iter().map(|t| s(t)).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            arr(types.iter().map(|&t| gguf_file::Value::I32(t)).collect()),
+        ),
+        ("tokenizer.ggml.bos_token_id", gguf_file::Value::U32(0)),
+        ("tokenizer.ggml.eos_token_id", gguf_file::Value::U32(0)),
+    ];
+    let gguf_name = |hf: &str| -> String {
+        let fixed = [
+            ("model.embed_tokens.weight", "token_embd.weight"),
+            ("model.norm.weight", "output_norm.weight"),
+            ("lm_head.weight", "output.weight"),
+        ];
+        if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
+            return g.to_string();
+        }
+        let rest = hf.strip_prefix("model.layers.").unwrap();
+        let (layer, part) = rest.split_once('.').unwrap();
+        let g = match part {
+            "input_layernorm.weight" => "attn_norm",
+            "self_attn.q_proj.weight" => "attn_q",
+            "self_attn.k_proj.weight" => "attn_k",
+            "self_attn.v_proj.weight" => "attn_v",
+            "self_attn.o_proj.weight" => "attn_output",
+            "post_attention_layernorm.weight" => "ffn_norm",
+            "mlp.gate_proj.weight" => "ffn_gate",
+            "mlp.up_proj.weight" => "ffn_up",
+            "mlp.down_proj.weight" => "ffn_down",
+            other => panic!("{other}"),
+        };
+        format!("blk.{layer}.{g}.weight")
+    };
+    let mut qtensors = vec![];
+    for (name, t) in &weights {
+        let t = if name.ends_with("q_proj.weight") {
+            shear::io::gguf::permute_rope_rows(t, 4).unwrap()
+        } else if name.ends_with("k_proj.weight") {
+            shear::io::gguf::permute_rope_rows(t, 2).unwrap()
+        } else {
+            t.clone()
+        };
+        let q = if name == "model.embed_tokens.weight" {
+            QTensor::quantize(&t, GgmlDType::Q8_0).unwrap()
+        } else {
+            QTensor::quantize(&t, GgmlDType::F32).unwrap()
+        };
+        qtensors.push((gguf_name(name), q));
+    }
+    let mut f = std::fs::File::create(path).unwrap();
+    let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut f, &md_refs, &t_refs).unwrap();
+    TinyGguf { cfg, weights }
+}

@@ -41,9 +41,7 @@ pub fn median(xs: &mut [f64]) -> f64 {
 pub fn bench_forward(model: &Llama, batch: usize, seq_len: usize, runs: usize) -> Result<BenchRow> {
     let vocab = model.config().vocab_size as u32;
     // Deterministic, vocabulary-spread ids: the speed of a forward pass does not depend on their values.
-    let ids: Vec<u32> = (0..batch * seq_len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761) % vocab)
-        .collect();
+    let ids: Vec<u32> = (0..batch * seq_len).map(|i| (i as u32).wrapping_mul(2_654_435_761) % vocab).collect();
     let ids = Tensor::from_vec(ids, (batch, seq_len), model.device())?;
     model.forward(&ids, Kernels::Fused)?; // warm-up
     let mut times = Vec::with_capacity(runs);

@@ -60,10 +60,7 @@ impl LlamaConfig {
         tie_word_embeddings: bool,
     ) -> Self {
         let mut extra = Map::new();
-        extra.insert(
-            "architectures".into(),
-            Value::from(vec!["LlamaForCausalLM"]),
-        );
+        extra.insert("architectures".into(), Value::from(vec!["LlamaForCausalLM"]));
         extra.insert("model_type".into(), "llama".into());
         extra.insert("hidden_act".into(), "silu".into());
         extra.insert("attention_bias".into(), false.into());
@@ -85,14 +82,9 @@ impl LlamaConfig {
     }
 
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let mut cfg: LlamaConfig = serde_json::from_str(text).map_err(|e| Error::Config {
-            path: path.into(),
-            msg: e.to_string(),
-        })?;
-        cfg.normalize().map_err(|msg| Error::Config {
-            path: path.into(),
-            msg,
-        })?;
+        let mut cfg: LlamaConfig =
+            serde_json::from_str(text).map_err(|e| Error::Config { path: path.into(), msg: e.to_string() })?;
+        cfg.normalize().map_err(|msg| Error::Config { path: path.into(), msg })?;
         Ok(cfg)
     }
 
@@ -114,16 +106,12 @@ impl LlamaConfig {
         }
         if let Some(act) = self.extra.get("hidden_act").and_then(Value::as_str) {
             if act != "silu" {
-                return Err(format!(
-                    "hidden_act is `{act}`, only `silu` (SwiGLU) is supported"
-                ));
+                return Err(format!("hidden_act is `{act}`, only `silu` (SwiGLU) is supported"));
             }
         }
         for flag in ["attention_bias", "mlp_bias"] {
             if self.extra.get(flag).and_then(Value::as_bool) == Some(true) {
-                return Err(format!(
-                    "`{flag}: true` is not supported (LLaMA has no biases)"
-                ));
+                return Err(format!("`{flag}: true` is not supported (LLaMA has no biases)"));
             }
         }
         if let Some(scaling) = self.extra.get("rope_scaling") {
@@ -132,19 +120,14 @@ impl LlamaConfig {
             }
         }
         if self.rope_theta.is_none() {
-            let from_params = self
-                .extra
-                .get("rope_parameters")
-                .and_then(|p| p.get("rope_theta"))
-                .and_then(Value::as_f64);
+            let from_params =
+                self.extra.get("rope_parameters").and_then(|p| p.get("rope_theta")).and_then(Value::as_f64);
             self.rope_theta = Some(from_params.unwrap_or(10_000.0));
         }
         if self.num_attention_heads == 0 {
             return Err("num_attention_heads is 0".into());
         }
-        let kv = *self
-            .num_key_value_heads
-            .get_or_insert(self.num_attention_heads);
+        let kv = *self.num_key_value_heads.get_or_insert(self.num_attention_heads);
         if kv == 0 || !self.num_attention_heads.is_multiple_of(kv) {
             return Err(format!(
                 "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({kv})",
@@ -161,10 +144,7 @@ impl LlamaConfig {
             self.head_dim = Some(self.hidden_size / self.num_attention_heads);
         }
         if !self.head_dim().is_multiple_of(2) {
-            return Err(format!(
-                "head_dim ({}) must be even for RoPE",
-                self.head_dim()
-            ));
+            return Err(format!("head_dim ({}) must be even for RoPE", self.head_dim()));
         }
         for (name, v) in [
             ("vocab_size", self.vocab_size),
@@ -182,8 +162,7 @@ impl LlamaConfig {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
     pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
     }
     pub fn rope_theta(&self) -> f64 {
         self.rope_theta.unwrap_or(10_000.0)
@@ -195,10 +174,7 @@ impl LlamaConfig {
     pub fn eos_token_ids(&self) -> Vec<u32> {
         match self.extra.get("eos_token_id") {
             Some(Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_u64().map(|v| v as u32))
-                .collect(),
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)).collect(),
             _ => vec![],
         }
     }
@@ -207,10 +183,7 @@ impl LlamaConfig {
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let (d, hd, m) = (self.hidden_size, self.head_dim(), self.intermediate_size);
         let (h, kv) = (self.num_attention_heads, self.num_kv_heads());
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            vec![self.vocab_size, d],
-        )];
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, d])];
         for i in 0..self.num_hidden_layers {
             let p = format!("model.layers.{i}");
             out.push((format!("{p}.input_layernorm.weight"), vec![d]));
@@ -238,11 +211,7 @@ impl LlamaConfig {
         let norms = 2 * d;
         ParamCounts {
             embedding: self.vocab_size * d,
-            lm_head: if self.tie_word_embeddings {
-                0
-            } else {
-                self.vocab_size * d
-            },
+            lm_head: if self.tie_word_embeddings { 0 } else { self.vocab_size * d },
             per_layer_attention: attention,
             per_layer_mlp: mlp,
             per_layer_norms: norms,
@@ -311,22 +280,16 @@ mod tests {
         let base = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
                       "num_hidden_layers": 1, "num_attention_heads": 2"#;
         for (extra, needle) in [
-            (
-                r#", "num_key_value_heads": 3"#,
-                "multiple of num_key_value_heads",
-            ),
+            (r#", "num_key_value_heads": 3"#, "multiple of num_key_value_heads"),
             (r#", "hidden_act": "gelu""#, "hidden_act"),
             (r#", "attention_bias": true"#, "attention_bias"),
             (r#", "model_type": "mistral""#, "model_type"),
         ] {
             let text = format!("{{{base}{extra}}}");
-            let err = LlamaConfig::from_json_str(&text, Path::new("c.json"))
-                .unwrap_err()
-                .to_string();
+            let err = LlamaConfig::from_json_str(&text, Path::new("c.json")).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
         }
-        let err =
-            LlamaConfig::from_json_str("{\"vocab_size\": 3}", Path::new("c.json")).unwrap_err();
+        let err = LlamaConfig::from_json_str("{\"vocab_size\": 3}", Path::new("c.json")).unwrap_err();
         assert!(err.to_string().contains("missing field"), "{err}");
     }
 }

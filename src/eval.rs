@@ -43,22 +43,15 @@ pub fn evaluate_ids(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<EvalResult> {
     if seq_len < 2 {
-        return Err(Error::Invalid(format!(
-            "seq_len must be at least 2, got {seq_len}"
-        )));
+        return Err(Error::Invalid(format!("seq_len must be at least 2, got {seq_len}")));
     }
     let wins = windows(ids, seq_len);
     if wins.is_empty() {
-        return Err(Error::Invalid(format!(
-            "nothing to evaluate: {} token(s), need at least 2",
-            ids.len()
-        )));
+        return Err(Error::Invalid(format!("nothing to evaluate: {} token(s), need at least 2", ids.len())));
     }
     let vocab = model.config().vocab_size as u32;
     if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
-        return Err(Error::Invalid(format!(
-            "token id {bad} is outside the model's vocabulary of {vocab}"
-        )));
+        return Err(Error::Invalid(format!("token id {bad} is outside the model's vocabulary of {vocab}")));
     }
     let mut total = 0f64;
     let mut count = 0usize;
@@ -78,9 +71,7 @@ pub fn evaluate_ids(
         let nll = model.token_nll(&inputs, &targets, Kernels::Fused)?;
         let nll: Vec<f32> = nll.flatten_all()?.to_vec1()?;
         if let Some(bad) = nll.iter().find(|x| !x.is_finite()) {
-            return Err(Error::Invalid(format!(
-                "non-finite NLL ({bad}) in window {i}: the model produces NaN/inf"
-            )));
+            return Err(Error::Invalid(format!("non-finite NLL ({bad}) in window {i}: the model produces NaN/inf")));
         }
         total += nll.iter().map(|&x| x as f64).sum::<f64>();
         count += nll.len();
@@ -89,13 +80,7 @@ pub fn evaluate_ids(
         i = j;
     }
     let mean_nll = total / count as f64;
-    Ok(EvalResult {
-        tokens: count,
-        windows: wins.len(),
-        seq_len,
-        mean_nll,
-        perplexity: mean_nll.exp(),
-    })
+    Ok(EvalResult { tokens: count, windows: wins.len(), seq_len, mean_nll, perplexity: mean_nll.exp() })
 }
 
 #[cfg(test)]
@@ -106,10 +91,7 @@ mod tests {
     fn windows_follow_the_protocol() {
         let ids: Vec<u32> = (0..11).collect();
         let w = windows(&ids, 4);
-        assert_eq!(
-            w,
-            vec![&[0, 1, 2, 3][..], &[4, 5, 6, 7][..], &[8, 9, 10][..]]
-        );
+        assert_eq!(w, vec![&[0, 1, 2, 3][..], &[4, 5, 6, 7][..], &[8, 9, 10][..]]);
         // A last window of one token predicts nothing and is dropped.
         assert_eq!(windows(&ids[..9], 4).len(), 2);
         // Predicted tokens: 3 + 3 + 2.

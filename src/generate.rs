@@ -38,16 +38,11 @@ pub fn generate(
     let mut out = Vec::with_capacity(max_new_tokens);
     let mut input = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
     for _ in 0..max_new_tokens {
-        let logits = model
-            .forward_incremental(&input, &mut cache)?
-            .squeeze(0)?
-            .to_dtype(DType::F32)?;
+        let logits = model.forward_incremental(&input, &mut cache)?.squeeze(0)?.to_dtype(DType::F32)?;
         let logits: Vec<f32> = logits.to_vec1()?;
         let next = match sampling {
             Sampling::Greedy => argmax(&logits),
-            Sampling::TopP {
-                top_p, temperature, ..
-            } => sample_top_p(&logits, *top_p, *temperature, &mut rng),
+            Sampling::TopP { top_p, temperature, .. } => sample_top_p(&logits, *top_p, *temperature, &mut rng),
         };
         out.push(next);
         on_token(next);
@@ -76,11 +71,8 @@ pub fn sample_top_p(logits: &[f32], top_p: f64, temperature: f64, rng: &mut impl
         return argmax(logits);
     }
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut probs: Vec<(u32, f64)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, ((l as f64 - max) / temperature).exp()))
-        .collect();
+    let mut probs: Vec<(u32, f64)> =
+        logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l as f64 - max) / temperature).exp())).collect();
     let z: f64 = probs.iter().map(|p| p.1).sum();
     probs.sort_by(|a, b| b.1.total_cmp(&a.1));
     let mut kept = 0;

@@ -9,6 +9,7 @@
 //! | [`config`] | the HF-shaped `LlamaConfig` and parameter counting |
 //! | [`model`] | the LLaMA (RMSNorm, RoPE, GQA, SwiGLU), fused and differentiable kernels |
 //! | [`io`] | HF directories (sharded safetensors, config, tokenizer), GGUF import |
+//! | [`prune`] | hard-concrete masks, the Lagrangian constraint, materialization |
 //! | [`eval`] | the NLL / perplexity protocol |
 //! | [`generate`] | greedy and top-p decoding with a KV cache |
 //! | [`bench`] | throughput and memory figures |
@@ -20,6 +21,8 @@ pub mod eval;
 pub mod generate;
 pub mod io;
 pub mod model;
+pub mod prune;
+pub mod rng;
 
 pub use config::LlamaConfig;
 pub use error::{Error, Result};

@@ -42,10 +42,7 @@ enum Command {
 }
 
 fn eval_long_about() -> String {
-    format!(
-        "Mean NLL and perplexity of a model on a text file.\n\nProtocol: {}",
-        eval::PROTOCOL
-    )
+    format!("Mean NLL and perplexity of a model on a text file.\n\nProtocol: {}", eval::PROTOCOL)
 }
 
 #[derive(Args)]
@@ -144,21 +141,14 @@ struct BenchForwardArgs {
 }
 
 fn main() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         // One line: the outermost context followed by its causes. candle appends a backtrace to its
         // messages when RUST_BACKTRACE is set; keep only the first line of each.
-        let causes: Vec<String> = e
-            .chain()
-            .map(|c| c.to_string().lines().next().unwrap_or_default().to_string())
-            .collect();
+        let causes: Vec<String> =
+            e.chain().map(|c| c.to_string().lines().next().unwrap_or_default().to_string()).collect();
         eprintln!("error: {}", causes.join(": "));
         std::process::exit(1);
     }
@@ -184,16 +174,12 @@ fn progress_bar(len: usize, what: &str) -> ProgressBar {
     pb
 }
 
-fn load(
-    dir: &Path,
-    device: &DeviceArgs,
-) -> Result<(shear::io::LoadedModel, tokenizers::Tokenizer)> {
+fn load(dir: &Path, device: &DeviceArgs) -> Result<(shear::io::LoadedModel, tokenizers::Tokenizer)> {
     let dtype = hf::parse_dtype(&device.dtype)?;
     let dev = shear::device(device.cpu)?;
     let t = Instant::now();
     let tok = io::load_tokenizer(dir)?;
-    let loaded = io::load_model(dir, dtype, &dev)
-        .with_context(|| format!("loading model {}", dir.display()))?;
+    let loaded = io::load_model(dir, dtype, &dev).with_context(|| format!("loading model {}", dir.display()))?;
     info!(
         "loaded {} ({} layers, {:.1}M parameters, {:?} on {:?}) in {:.1}s",
         dir.display(),
@@ -226,15 +212,7 @@ fn convert(a: ConvertArgs) -> Result<()> {
         let cfg = hf::load_config(src)?;
         let weights = hf::load_weights(src, opts.dtype, &candle_core::Device::Cpu)?;
         io::load_tokenizer(src)?; // a model directory without a usable tokenizer is not worth re-saving
-        hf::save_model(
-            &a.out,
-            &cfg,
-            &weights,
-            &SaveOptions {
-                companions_from: Some(src.clone()),
-                ..opts
-            },
-        )?
+        hf::save_model(&a.out, &cfg, &weights, &SaveOptions { companions_from: Some(src.clone()), ..opts })?
     };
     let cfg = hf::load_config(&out)?;
     info!(
@@ -260,16 +238,10 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     }
     let pb = progress_bar(0, "eval");
     let t = Instant::now();
-    let r: EvalResult = eval::evaluate_ids(
-        &loaded.model,
-        &ids,
-        a.seq_len,
-        a.batch_size,
-        |done, total| {
-            pb.set_length(total as u64);
-            pb.set_position(done as u64);
-        },
-    )?;
+    let r: EvalResult = eval::evaluate_ids(&loaded.model, &ids, a.seq_len, a.batch_size, |done, total| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    })?;
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     if a.json {
@@ -281,17 +253,10 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     } else {
         println!("model       {}", a.model.display());
         println!("text        {}", a.text.display());
-        println!(
-            "tokens      {} predicted in {} windows of <= {}",
-            r.tokens, r.windows, r.seq_len
-        );
+        println!("tokens      {} predicted in {} windows of <= {}", r.tokens, r.windows, r.seq_len);
         println!("mean NLL    {:.6} nats", r.mean_nll);
         println!("perplexity  {:.4}", r.perplexity);
-        println!(
-            "time        {:.1}s ({:.0} tokens/s)",
-            secs,
-            r.tokens as f64 / secs
-        );
+        println!("time        {:.1}s ({:.0} tokens/s)", secs, r.tokens as f64 / secs);
     }
     Ok(())
 }
@@ -303,11 +268,7 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         Some(p) if !(0.0..=1.0).contains(&p) || p == 0.0 => {
             bail!("--top-p must be in (0, 1], got {p}")
         }
-        Some(top_p) => Sampling::TopP {
-            top_p,
-            temperature: a.temperature,
-            seed: a.seed,
-        },
+        Some(top_p) => Sampling::TopP { top_p, temperature: a.temperature, seed: a.seed },
         None => Sampling::Greedy,
     };
     let stop = loaded.config.eos_token_ids();
@@ -315,33 +276,21 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     print!("{}", a.prompt);
     let mut ids: Vec<u32> = Vec::new();
     let mut printed = String::new();
-    let new = generate::generate(
-        &loaded.model,
-        &prompt,
-        a.max_new_tokens,
-        &sampling,
-        &stop,
-        |id| {
-            // Decode the whole continuation each time: byte-level tokens can split a UTF-8 character.
-            ids.push(id);
-            if let Ok(text) = tok.decode(&ids, true) {
-                if text.len() > printed.len() && text.starts_with(&printed) {
-                    print!("{}", &text[printed.len()..]);
-                    use std::io::Write;
-                    let _ = std::io::stdout().flush();
-                    printed = text;
-                }
+    let new = generate::generate(&loaded.model, &prompt, a.max_new_tokens, &sampling, &stop, |id| {
+        // Decode the whole continuation each time: byte-level tokens can split a UTF-8 character.
+        ids.push(id);
+        if let Ok(text) = tok.decode(&ids, true) {
+            if text.len() > printed.len() && text.starts_with(&printed) {
+                print!("{}", &text[printed.len()..]);
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                printed = text;
             }
-        },
-    )?;
+        }
+    })?;
     println!();
     let secs = t.elapsed().as_secs_f64();
-    info!(
-        "{} new tokens in {:.2}s ({:.1} tokens/s)",
-        new.len(),
-        secs,
-        new.len() as f64 / secs
-    );
+    info!("{} new tokens in {:.2}s ({:.1} tokens/s)", new.len(), secs, new.len() as f64 / secs);
     Ok(())
 }
 
@@ -350,10 +299,7 @@ fn bench_forward(a: BenchForwardArgs) -> Result<()> {
         .shapes
         .split(',')
         .map(|s| {
-            let (b, l) = s
-                .trim()
-                .split_once('x')
-                .with_context(|| format!("shape `{s}` is not BATCHxSEQ"))?;
+            let (b, l) = s.trim().split_once('x').with_context(|| format!("shape `{s}` is not BATCHxSEQ"))?;
             Ok((b.parse().context("batch")?, l.parse().context("seq len")?))
         })
         .collect::<Result<_>>()?;
@@ -364,12 +310,7 @@ fn bench_forward(a: BenchForwardArgs) -> Result<()> {
         let row = bench::bench_forward(&loaded.model, b, l, a.runs)?;
         if !a.json {
             if rows.is_empty() {
-                println!(
-                    "forward, {} ({}), {} threads",
-                    a.model.display(),
-                    a.device.dtype,
-                    threads
-                );
+                println!("forward, {} ({}), {} threads", a.model.display(), a.device.dtype, threads);
                 println!(
                     "{:>6} {:>8} {:>12} {:>12} {:>14}",
                     "batch", "seq_len", "median ms", "tokens/s", "peak RSS MiB"

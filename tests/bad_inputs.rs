@@ -10,15 +10,8 @@ use common::*;
 use shear::io::gguf;
 
 fn shear(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_shear"))
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = Command::new(env!("CARGO_BIN_EXE_shear")).args(args).env("RUST_LOG", "error").output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn assert_fails_with(args: &[&str], needles: &[&str]) {
@@ -57,23 +50,10 @@ fn a_healthy_tiny_model_evaluates() {
     let dir = tiny_model_dir(tmp.path());
     let text = text_file(tmp.path());
     let out = Command::new(env!("CARGO_BIN_EXE_shear"))
-        .args([
-            "eval",
-            "--model",
-            s(&dir),
-            "--text",
-            s(&text),
-            "--seq-len",
-            "16",
-            "--json",
-        ])
+        .args(["eval", "--model", s(&dir), "--text", s(&text), "--seq-len", "16", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // A random model: NLL near ln(vocab).
     let nll = v["mean_nll"].as_f64().unwrap();
@@ -87,22 +67,14 @@ fn truncated_safetensors() {
     let dir = tiny_model_dir(tmp.path());
     let st = dir.join("model.safetensors");
     let len = std::fs::metadata(&st).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&st)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).open(&st).unwrap().set_len(len / 2).unwrap();
     let text = text_file(tmp.path());
     assert_fails_with(
         &["eval", "--model", s(&dir), "--text", s(&text)],
         &["model.safetensors", "truncated or corrupt"],
     );
     let out = tmp.path().join("resaved");
-    assert_fails_with(
-        &["convert", "--hf", s(&dir), "--out", s(&out)],
-        &["model.safetensors"],
-    );
+    assert_fails_with(&["convert", "--hf", s(&dir), "--out", s(&out)], &["model.safetensors"]);
     assert!(!out.exists());
 }
 
@@ -111,19 +83,13 @@ fn config_that_does_not_match_the_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tiny_model_dir(tmp.path());
     let cfg_path = dir.join("config.json");
-    let cfg = std::fs::read_to_string(&cfg_path)
-        .unwrap()
-        .replace("\"intermediate_size\": 48", "\"intermediate_size\": 64");
+    let cfg =
+        std::fs::read_to_string(&cfg_path).unwrap().replace("\"intermediate_size\": 48", "\"intermediate_size\": 64");
     std::fs::write(&cfg_path, cfg).unwrap();
     let text = text_file(tmp.path());
     assert_fails_with(
         &["eval", "--model", s(&dir), "--text", s(&text)],
-        &[
-            "do not match config.json",
-            "model.layers.0.mlp.gate_proj.weight",
-            "[64, 32]",
-            "[48, 32]",
-        ],
+        &["do not match config.json", "model.layers.0.mlp.gate_proj.weight", "[64, 32]", "[48, 32]"],
     );
 }
 
@@ -133,15 +99,8 @@ fn gguf_of_another_architecture() {
     let g = tmp.path().join("gpt2.gguf");
     write_tiny_gguf(&g, "gpt2");
     let out = tmp.path().join("out");
-    assert_fails_with(
-        &["convert", "--gguf", s(&g), "--out", s(&out)],
-        &["gpt2.gguf", "architecture is `gpt2`"],
-    );
-    assert_eq!(
-        std::fs::read_dir(tmp.path()).unwrap().count(),
-        1,
-        "nothing but the input may be left"
-    );
+    assert_fails_with(&["convert", "--gguf", s(&g), "--out", s(&out)], &["gpt2.gguf", "architecture is `gpt2`"]);
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "nothing but the input may be left");
 }
 
 #[test]
@@ -156,11 +115,7 @@ fn gguf_with_an_unsupported_quantization() {
     let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
     let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
     let ty = at + 4 + 8 * n_dims;
-    assert_eq!(
-        u32::from_le_bytes(bytes[ty..ty + 4].try_into().unwrap()),
-        0,
-        "F32 before patching"
-    );
+    assert_eq!(u32::from_le_bytes(bytes[ty..ty + 4].try_into().unwrap()), 0, "F32 before patching");
     bytes[ty..ty + 4].copy_from_slice(&16u32.to_le_bytes());
     std::fs::write(&g, bytes).unwrap();
     let out = tmp.path().join("out");
@@ -177,14 +132,8 @@ fn missing_tokenizer() {
     let dir = tiny_model_dir(tmp.path());
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
     let text = text_file(tmp.path());
-    assert_fails_with(
-        &["eval", "--model", s(&dir), "--text", s(&text)],
-        &["tokenizer.json", "no tokenizer"],
-    );
-    assert_fails_with(
-        &["generate", "--model", s(&dir), "--prompt", "ab"],
-        &["tokenizer.json"],
-    );
+    assert_fails_with(&["eval", "--model", s(&dir), "--text", s(&text)], &["tokenizer.json", "no tokenizer"]);
+    assert_fails_with(&["generate", "--model", s(&dir), "--prompt", "ab"], &["tokenizer.json"]);
 }
 
 #[test]
@@ -205,10 +154,7 @@ fn existing_output_is_not_overwritten() {
     let dir = tiny_model_dir(tmp.path());
     let before = std::fs::read(dir.join("config.json")).unwrap();
     let g = tmp.path().join("tiny.gguf");
-    assert_fails_with(
-        &["convert", "--gguf", s(&g), "--out", s(&dir)],
-        &["already exists"],
-    );
+    assert_fails_with(&["convert", "--gguf", s(&g), "--out", s(&dir)], &["already exists"]);
     assert_eq!(std::fs::read(dir.join("config.json")).unwrap(), before);
 }
 
@@ -217,8 +163,5 @@ fn missing_model_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let text = text_file(tmp.path());
     let nowhere = tmp.path().join("nowhere");
-    assert_fails_with(
-        &["eval", "--model", s(&nowhere), "--text", s(&text)],
-        &["nowhere"],
-    );
+    assert_fails_with(&["eval", "--model", s(&nowhere), "--text", s(&text)], &["nowhere"]);
 }

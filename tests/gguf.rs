@@ -15,14 +15,7 @@ fn gguf_import_undoes_permutation_and_dequantizes() {
     let imp = gguf::read_gguf(&path, |_, _| {}).unwrap();
 
     assert_eq!(imp.config.tensor_shapes(), tiny.cfg.tensor_shapes());
-    assert_eq!(
-        (
-            imp.config.num_attention_heads,
-            imp.config.num_kv_heads(),
-            imp.config.head_dim()
-        ),
-        (4, 2, 8)
-    );
+    assert_eq!((imp.config.num_attention_heads, imp.config.num_kv_heads(), imp.config.head_dim()), (4, 2, 8));
     assert_eq!(imp.config.rms_norm_eps, 1e-5);
     assert_eq!(imp.config.max_position_embeddings, 256);
     assert!(!imp.config.tie_word_embeddings);
@@ -30,10 +23,7 @@ fn gguf_import_undoes_permutation_and_dequantizes() {
         let got = &imp.weights[name];
         if name == "model.embed_tokens.weight" {
             // Q8_0: exactly what candle's dequantizer gives for the quantized original, and close to it.
-            let expected = QTensor::quantize(original, GgmlDType::Q8_0)
-                .unwrap()
-                .dequantize(&Device::Cpu)
-                .unwrap();
+            let expected = QTensor::quantize(original, GgmlDType::Q8_0).unwrap().dequantize(&Device::Cpu).unwrap();
             assert_eq!(max_abs_diff(got, &expected), 0.0, "{name}");
             assert!(max_abs_diff(got, original) < 1e-3, "{name}");
         } else {

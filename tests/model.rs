@@ -11,22 +11,10 @@ use shear::{Kernels, Llama};
 
 fn bits(t: &Tensor) -> Vec<u32> {
     match t.dtype() {
-        DType::F32 => t
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|x| x.to_bits())
-            .collect(),
-        DType::BF16 => t
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<half::bf16>()
-            .unwrap()
-            .iter()
-            .map(|x| x.to_bits() as u32)
-            .collect(),
+        DType::F32 => t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect(),
+        DType::BF16 => {
+            t.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap().iter().map(|x| x.to_bits() as u32).collect()
+        }
         dt => panic!("unexpected dtype {dt:?}"),
     }
 }
@@ -35,26 +23,15 @@ fn bits(t: &Tensor) -> Vec<u32> {
 fn save_load_round_trip_is_bit_identical_sharded_and_unsharded() {
     for (name, cfg) in tiny_configs() {
         let weights = random_model(&cfg, 7);
-        for (dtype, shard) in [
-            (DType::F32, None),
-            (DType::F32, Some(20_000u64)),
-            (DType::BF16, Some(8_000)),
-        ] {
+        for (dtype, shard) in [(DType::F32, None), (DType::F32, Some(20_000u64)), (DType::BF16, Some(8_000))] {
             let tmp = tempfile::tempdir().unwrap();
             let dir = tmp.path().join("m");
-            let opts = SaveOptions {
-                dtype: Some(dtype),
-                max_shard_bytes: shard,
-                ..Default::default()
-            };
+            let opts = SaveOptions { dtype: Some(dtype), max_shard_bytes: shard, ..Default::default() };
             hf::save_model(&dir, &cfg, &weights, &opts).unwrap();
             let files = hf::weight_files(&dir).unwrap();
             match shard {
                 None => assert_eq!(files, vec![dir.join("model.safetensors")], "{name}"),
-                Some(_) => assert!(
-                    files.len() >= 3,
-                    "{name}: expected >= 3 shards, got {files:?}"
-                ),
+                Some(_) => assert!(files.len() >= 3, "{name}: expected >= 3 shards, got {files:?}"),
             }
             assert!(!dir.join("model.safetensors.index.json").exists() || shard.is_some());
             let back_cfg = hf::load_config(&dir).unwrap();
@@ -65,17 +42,10 @@ fn save_load_round_trip_is_bit_identical_sharded_and_unsharded() {
             for (k, t) in &weights {
                 let expected = t.to_dtype(dtype).unwrap();
                 assert_eq!(back[k].dtype(), dtype);
-                assert_eq!(
-                    bits(&back[k]),
-                    bits(&expected),
-                    "{name} {k} {dtype:?} {shard:?}"
-                );
+                assert_eq!(bits(&back[k]), bits(&expected), "{name} {k} {dtype:?} {shard:?}");
             }
             // Nothing but the finished directory is left next to it.
-            let siblings: Vec<_> = std::fs::read_dir(tmp.path())
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
+            let siblings: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
             assert_eq!(siblings, vec![std::ffi::OsString::from("m")]);
         }
     }
@@ -99,24 +69,13 @@ fn kv_cache_decoding_matches_full_forward() {
     for (name, cfg) in tiny_configs() {
         let model = Llama::new(&cfg, &random_model(&cfg, 2)).unwrap();
         let ids = random_ids(1, 8, cfg.vocab_size, 5);
-        let full = model
-            .forward(&ids, Kernels::Fused)
-            .unwrap()
-            .squeeze(0)
-            .unwrap();
+        let full = model.forward(&ids, Kernels::Fused).unwrap().squeeze(0).unwrap();
         let mut cache = KvCache::new();
         // A 5-token prompt, then one token at a time.
-        let mut last = model
-            .forward_incremental(&ids.narrow(1, 0, 5).unwrap(), &mut cache)
-            .unwrap();
-        assert!(
-            max_abs_diff(&last.squeeze(0).unwrap(), &full.get(4).unwrap()) < 1e-5,
-            "{name}"
-        );
+        let mut last = model.forward_incremental(&ids.narrow(1, 0, 5).unwrap(), &mut cache).unwrap();
+        assert!(max_abs_diff(&last.squeeze(0).unwrap(), &full.get(4).unwrap()) < 1e-5, "{name}");
         for pos in 5..8 {
-            last = model
-                .forward_incremental(&ids.narrow(1, pos, 1).unwrap(), &mut cache)
-                .unwrap();
+            last = model.forward_incremental(&ids.narrow(1, pos, 1).unwrap(), &mut cache).unwrap();
             let d = max_abs_diff(&last.squeeze(0).unwrap(), &full.get(pos).unwrap());
             assert!(d < 1e-5, "{name} position {pos}: {d}");
         }
@@ -131,23 +90,15 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
         let (vars, tensors) = trainable(&random_model(&cfg, 4)).unwrap();
         let model = Llama::new(&cfg, &tensors).unwrap();
         let ids = random_ids(2, 12, cfg.vocab_size, 9);
-        let loss = model.lm_loss(&ids, Kernels::Differentiable).unwrap();
+        let loss = model.lm_loss(&ids, Kernels::Differentiable, None).unwrap();
         let l = loss.to_scalar::<f32>().unwrap();
         // Random init: the loss is close to ln(vocab).
-        assert!(
-            (l - (cfg.vocab_size as f32).ln()).abs() < 0.5,
-            "{name}: loss {l}"
-        );
+        assert!((l - (cfg.vocab_size as f32).ln()).abs() < 0.5, "{name}: loss {l}");
         let grads = loss.backward().unwrap();
         for (pname, var) in &vars {
-            let g = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
             let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
-            assert!(
-                g.iter().all(|x| x.is_finite()),
-                "{name}: non-finite gradient for {pname}"
-            );
+            assert!(g.iter().all(|x| x.is_finite()), "{name}: non-finite gradient for {pname}");
             let max = g.iter().fold(0f32, |m, x| m.max(x.abs()));
             assert!(max > 0.0, "{name}: zero gradient for {pname}");
         }
@@ -161,16 +112,8 @@ fn fused_kernels_lose_gradients() {
     let (_, cfg) = &tiny_configs()[0];
     let (vars, tensors) = trainable(&random_model(cfg, 4)).unwrap();
     let model = Llama::new(cfg, &tensors).unwrap();
-    let loss = model
-        .lm_loss(&random_ids(2, 12, cfg.vocab_size, 9), Kernels::Fused)
-        .unwrap();
+    let loss = model.lm_loss(&random_ids(2, 12, cfg.vocab_size, 9), Kernels::Fused, None).unwrap();
     let grads = loss.backward().unwrap();
-    let missing = vars
-        .values()
-        .filter(|v| grads.get(v.as_tensor()).is_none())
-        .count();
-    assert!(
-        missing > 0,
-        "fused kernels unexpectedly propagated every gradient"
-    );
+    let missing = vars.values().filter(|v| grads.get(v.as_tensor()).is_none()).count();
+    assert!(missing > 0, "fused kernels unexpectedly propagated every gradient");
 }

@@ -29,10 +29,7 @@ pub struct GgufImport {
 
 /// Read a GGUF file into a config, f32 weights in HF naming and layout, and tokenizer files.
 pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<GgufImport> {
-    let gerr = |msg: String| Error::Gguf {
-        path: path.into(),
-        msg,
-    };
+    let gerr = |msg: String| Error::Gguf { path: path.into(), msg };
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::new(file);
     let content = Content::read(&mut reader).map_err(|e| {
@@ -47,29 +44,18 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
     })?;
     let md = &content.metadata;
     let get = |key: &str| md.get(key);
-    let arch = get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
+    let arch = get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     if arch != "llama" {
-        return Err(gerr(format!(
-            "architecture is `{arch}`; only `llama` GGUF files are supported"
-        )));
+        return Err(gerr(format!("architecture is `{arch}`; only `llama` GGUF files are supported")));
     }
     let usize_of = |key: &str| -> Result<usize> {
         let v = get(key).ok_or_else(|| gerr(format!("missing metadata `{key}`")))?;
-        value_as_u64(v)
-            .map(|x| x as usize)
-            .ok_or_else(|| gerr(format!("metadata `{key}` is not an integer")))
+        value_as_u64(v).map(|x| x as usize).ok_or_else(|| gerr(format!("metadata `{key}` is not an integer")))
     };
     let f64_of = |key: &str| get(key).and_then(value_as_f64);
 
-    if md.contains_key("llama.rope.scaling.type")
-        || content.tensor_infos.contains_key("rope_freqs.weight")
-    {
-        return Err(gerr(
-            "RoPE scaling (llama 3.1-style rope_freqs) is not supported".into(),
-        ));
+    if md.contains_key("llama.rope.scaling.type") || content.tensor_infos.contains_key("rope_freqs.weight") {
+        return Err(gerr("RoPE scaling (llama 3.1-style rope_freqs) is not supported".into()));
     }
 
     let vocab = read_vocab(md).map_err(gerr)?;
@@ -94,11 +80,7 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
     if let Some(eps) = f64_of("llama.attention.layer_norm_rms_epsilon") {
         cfg.rms_norm_eps = shortest_f32(eps);
     }
-    cfg.rope_theta = Some(
-        f64_of("llama.rope.freq_base")
-            .map(shortest_f32)
-            .unwrap_or(10_000.0),
-    );
+    cfg.rope_theta = Some(f64_of("llama.rope.freq_base").map(shortest_f32).unwrap_or(10_000.0));
     if let Ok(ctx) = usize_of("llama.context_length") {
         cfg.max_position_embeddings = ctx;
     }
@@ -109,8 +91,7 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
         cfg.extra.insert("eos_token_id".into(), e.into());
     }
     if let Some(name) = get("general.name").and_then(|v| v.to_string().ok()) {
-        cfg.extra
-            .insert("_name_or_path".into(), name.clone().into());
+        cfg.extra.insert("_name_or_path".into(), name.clone().into());
     }
     let cfg = LlamaConfig::from_json_str(&cfg.to_json_string(), path)?; // validate like any config.json
 
@@ -121,11 +102,8 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
     let mut weights = TensorMap::new();
     let mut types = std::collections::BTreeMap::<String, usize>::new();
     for (i, gname) in names.iter().enumerate() {
-        let hf_name =
-            hf_tensor_name(gname).ok_or_else(|| gerr(format!("unexpected tensor `{gname}`")))?;
-        let q = content
-            .tensor(&mut reader, gname, &Device::Cpu)
-            .map_err(|e| gerr(format!("tensor `{gname}`: {e}")))?;
+        let hf_name = hf_tensor_name(gname).ok_or_else(|| gerr(format!("unexpected tensor `{gname}`")))?;
+        let q = content.tensor(&mut reader, gname, &Device::Cpu).map_err(|e| gerr(format!("tensor `{gname}`: {e}")))?;
         *types.entry(format!("{:?}", q.dtype())).or_default() += 1;
         let mut t = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
         if gname.ends_with("attn_q.weight") {
@@ -136,8 +114,7 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
         weights.insert(hf_name, t);
         progress(i + 1, names.len());
     }
-    crate::model::check_weights(&cfg, &weights)
-        .map_err(|e| gerr(format!("tensors do not match the metadata: {e}")))?;
+    crate::model::check_weights(&cfg, &weights).map_err(|e| gerr(format!("tensors do not match the metadata: {e}")))?;
     Ok(GgufImport {
         config: cfg,
         weights,
@@ -148,19 +125,12 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
 }
 
 /// Convert a GGUF file to an HF directory at `out`.
-pub fn convert_gguf(
-    path: &Path,
-    out: &Path,
-    opts: SaveOptions,
-    progress: impl FnMut(usize, usize),
-) -> Result<PathBuf> {
+pub fn convert_gguf(path: &Path, out: &Path, opts: SaveOptions, progress: impl FnMut(usize, usize)) -> Result<PathBuf> {
     super::check_writable_destination(out)?;
     let imp = read_gguf(path, progress)?;
     let mut opts = opts;
-    opts.extra_files
-        .push(("tokenizer.json".into(), imp.tokenizer_json));
-    opts.extra_files
-        .push(("tokenizer_config.json".into(), imp.tokenizer_config_json));
+    opts.extra_files.push(("tokenizer.json".into(), imp.tokenizer_json));
+    opts.extra_files.push(("tokenizer_config.json".into(), imp.tokenizer_config_json));
     save_model(out, &imp.config, &imp.weights, &opts)
 }
 
@@ -197,30 +167,20 @@ fn hf_tensor_name(g: &str) -> Option<String> {
 pub fn unpermute_rope_rows(w: &Tensor, n_heads: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     if rows % (2 * n_heads) != 0 {
-        return Err(Error::Invalid(format!(
-            "cannot unpermute {rows} rows over {n_heads} heads"
-        )));
+        return Err(Error::Invalid(format!("cannot unpermute {rows} rows over {n_heads} heads")));
     }
     let half = rows / n_heads / 2;
-    Ok(w.reshape((n_heads, half, 2, cols))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((rows, cols))?)
+    Ok(w.reshape((n_heads, half, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
 }
 
 /// The forward permutation (what llama.cpp's converter applies); used to test the inverse.
 pub fn permute_rope_rows(w: &Tensor, n_heads: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     let half = rows / n_heads / 2;
-    Ok(w.reshape((n_heads, 2, half, cols))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((rows, cols))?)
+    Ok(w.reshape((n_heads, 2, half, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
 }
 
-fn read_vocab(
-    md: &std::collections::HashMap<String, Value>,
-) -> std::result::Result<GgufVocab, String> {
+fn read_vocab(md: &std::collections::HashMap<String, Value>) -> std::result::Result<GgufVocab, String> {
     let strings = |key: &str| -> std::result::Result<Vec<String>, String> {
         match md.get(key) {
             None => Ok(vec![]),
@@ -228,11 +188,7 @@ fn read_vocab(
                 .to_vec()
                 .map_err(|e| format!("metadata `{key}`: {e}"))?
                 .iter()
-                .map(|s| {
-                    s.to_string()
-                        .cloned()
-                        .map_err(|e| format!("metadata `{key}`: {e}"))
-                })
+                .map(|s| s.to_string().cloned().map_err(|e| format!("metadata `{key}`: {e}")))
                 .collect(),
         }
     };
@@ -242,11 +198,7 @@ fn read_vocab(
             .to_vec()
             .map_err(|e| format!("tokenizer.ggml.token_type: {e}"))?
             .iter()
-            .map(|x| {
-                value_as_u64(x)
-                    .map(|x| x as i32)
-                    .ok_or("tokenizer.ggml.token_type: not integers".to_string())
-            })
+            .map(|x| value_as_u64(x).map(|x| x as i32).ok_or("tokenizer.ggml.token_type: not integers".to_string()))
             .collect::<std::result::Result<_, _>>()?,
     };
     let model = md
@@ -256,17 +208,13 @@ fn read_vocab(
     let id = |key: &str| md.get(key).and_then(value_as_u64).map(|x| x as u32);
     Ok(GgufVocab {
         model,
-        pre: md
-            .get("tokenizer.ggml.pre")
-            .and_then(|v| v.to_string().ok().cloned()),
+        pre: md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok().cloned()),
         tokens: strings("tokenizer.ggml.tokens")?,
         merges: strings("tokenizer.ggml.merges")?,
         token_types,
         bos_token_id: id("tokenizer.ggml.bos_token_id"),
         eos_token_id: id("tokenizer.ggml.eos_token_id"),
-        chat_template: md
-            .get("tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok().cloned()),
+        chat_template: md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok().cloned()),
     })
 }
 
@@ -305,31 +253,17 @@ mod tests {
         let w = Tensor::arange(0f32, 24.0 * 3.0, &Device::Cpu)?.reshape((24, 3))?;
         let p = permute_rope_rows(&w, 3)?;
         assert_ne!(p.to_vec2::<f32>()?, w.to_vec2::<f32>()?);
-        assert_eq!(
-            unpermute_rope_rows(&p, 3)?.to_vec2::<f32>()?,
-            w.to_vec2::<f32>()?
-        );
+        assert_eq!(unpermute_rope_rows(&p, 3)?.to_vec2::<f32>()?, w.to_vec2::<f32>()?);
         // Head 0 has 8 rows; llama.cpp interleaves its halves: rows 0,4,1,5,2,6,3,7.
-        let first_col: Vec<f32> = p
-            .to_vec2::<f32>()?
-            .iter()
-            .take(8)
-            .map(|r| r[0] / 3.0)
-            .collect();
+        let first_col: Vec<f32> = p.to_vec2::<f32>()?.iter().take(8).map(|r| r[0] / 3.0).collect();
         assert_eq!(first_col, vec![0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0]);
         Ok(())
     }
 
     #[test]
     fn maps_tensor_names() {
-        assert_eq!(
-            hf_tensor_name("blk.12.ffn_up.weight").unwrap(),
-            "model.layers.12.mlp.up_proj.weight"
-        );
-        assert_eq!(
-            hf_tensor_name("token_embd.weight").unwrap(),
-            "model.embed_tokens.weight"
-        );
+        assert_eq!(hf_tensor_name("blk.12.ffn_up.weight").unwrap(), "model.layers.12.mlp.up_proj.weight");
+        assert_eq!(hf_tensor_name("token_embd.weight").unwrap(), "model.embed_tokens.weight");
         assert!(hf_tensor_name("blk.x.ffn_up.weight").is_none());
     }
 }

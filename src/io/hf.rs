@@ -15,12 +15,8 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// Files besides config and weights that travel with a model when it is re-saved.
-pub const COMPANION_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-];
+pub const COMPANION_FILES: &[&str] =
+    &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"];
 
 pub struct LoadedModel {
     pub config: LlamaConfig,
@@ -37,20 +33,13 @@ pub fn load_model(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
         msg: format!("weights do not match config.json: {e}"),
     })?;
     let model = Llama::new(&config, &weights)?;
-    Ok(LoadedModel {
-        config,
-        model,
-        dir: dir.to_path_buf(),
-    })
+    Ok(LoadedModel { config, model, dir: dir.to_path_buf() })
 }
 
 pub fn load_config(dir: &Path) -> Result<LlamaConfig> {
     let path = dir.join(CONFIG_FILE);
     if !path.exists() {
-        return Err(Error::Config {
-            path,
-            msg: "file not found (is this a model directory?)".into(),
-        });
+        return Err(Error::Config { path, msg: "file not found (is this a model directory?)".into() });
     }
     LlamaConfig::load(&path)
 }
@@ -60,21 +49,13 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(INDEX_FILE);
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| Error::Weights {
-            path: index.clone(),
-            msg: format!("invalid JSON: {e}"),
-        })?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Weights { path: index.clone(), msg: format!("invalid JSON: {e}") })?;
         let map = v
             .get("weight_map")
             .and_then(Value::as_object)
-            .ok_or_else(|| Error::Weights {
-                path: index.clone(),
-                msg: "no `weight_map` object".into(),
-            })?;
-        let mut files: Vec<String> = map
-            .values()
-            .filter_map(|f| f.as_str().map(String::from))
-            .collect();
+            .ok_or_else(|| Error::Weights { path: index.clone(), msg: "no `weight_map` object".into() })?;
+        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
@@ -83,10 +64,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.exists() {
         return Ok(vec![single]);
     }
-    Err(Error::Weights {
-        path: dir.to_path_buf(),
-        msg: format!("neither {SINGLE_FILE} nor {INDEX_FILE} found"),
-    })
+    Err(Error::Weights { path: dir.to_path_buf(), msg: format!("neither {SINGLE_FILE} nor {INDEX_FILE} found") })
 }
 
 /// All tensors of `dir`, cast to `dtype` (`None` keeps each stored dtype). A truncated or corrupt file
@@ -95,11 +73,10 @@ pub fn load_weights(dir: &Path, dtype: Option<DType>, device: &Device) -> Result
     let mut out = TensorMap::new();
     for file in weight_files(dir)? {
         let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
-        let tensors =
-            candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| Error::Weights {
-                path: file.clone(),
-                msg: format!("not a readable safetensors file (truncated or corrupt?): {e}"),
-            })?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| Error::Weights {
+            path: file.clone(),
+            msg: format!("not a readable safetensors file (truncated or corrupt?): {e}"),
+        })?;
         for (name, t) in tensors {
             let t = match dtype {
                 Some(dt) if t.dtype() != dt => t.to_dtype(dt)?,
@@ -129,12 +106,7 @@ pub struct SaveOptions {
 }
 
 /// Write a complete model directory at `dest` (atomically; `dest` must not exist or be empty).
-pub fn save_model(
-    dest: &Path,
-    cfg: &LlamaConfig,
-    weights: &TensorMap,
-    opts: &SaveOptions,
-) -> Result<PathBuf> {
+pub fn save_model(dest: &Path, cfg: &LlamaConfig, weights: &TensorMap, opts: &SaveOptions) -> Result<PathBuf> {
     check_weights(cfg, weights)?;
     let staging = StagingDir::new(dest)?;
     let dir = staging.path();
@@ -168,15 +140,11 @@ pub fn save_model(
             write_safetensors(&dir.join(&file), shard, metadata.clone())?;
         }
         let index = json!({ "metadata": { "total_size": total_size }, "weight_map": weight_map });
-        write_file(
-            &dir.join(INDEX_FILE),
-            &serde_json::to_string_pretty(&index).expect("json"),
-        )?;
+        write_file(&dir.join(INDEX_FILE), &serde_json::to_string_pretty(&index).expect("json"))?;
     }
 
     let mut cfg = cfg.clone();
-    cfg.extra
-        .insert("torch_dtype".into(), Value::from(dtype_name(saved_dtype)));
+    cfg.extra.insert("torch_dtype".into(), Value::from(dtype_name(saved_dtype)));
     write_file(&dir.join(CONFIG_FILE), &cfg.to_json_string())?;
 
     if let Some(src) = &opts.companions_from {
@@ -197,10 +165,7 @@ fn tensor_bytes(t: &Tensor) -> u64 {
     (t.elem_count() * t.dtype().size_in_bytes()) as u64
 }
 
-fn split_into_shards(
-    tensors: &[(String, Tensor)],
-    max_bytes: Option<u64>,
-) -> Vec<Vec<(String, Tensor)>> {
+fn split_into_shards(tensors: &[(String, Tensor)], max_bytes: Option<u64>) -> Vec<Vec<(String, Tensor)>> {
     let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
     let mut current = 0u64;
     for (name, t) in tensors {
@@ -212,10 +177,7 @@ fn split_into_shards(
             }
         }
         current += size;
-        shards
-            .last_mut()
-            .expect("non-empty")
-            .push((name.clone(), t.clone()));
+        shards.last_mut().expect("non-empty").push((name.clone(), t.clone()));
     }
     shards
 }
@@ -226,10 +188,8 @@ fn write_safetensors(
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
     let views: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    safetensors::serialize_to_file(views, metadata, path).map_err(|e| Error::Weights {
-        path: path.into(),
-        msg: format!("cannot write: {e}"),
-    })
+    safetensors::serialize_to_file(views, metadata, path)
+        .map_err(|e| Error::Weights { path: path.into(), msg: format!("cannot write: {e}") })
 }
 
 fn write_file(path: &Path, contents: &str) -> Result<()> {
@@ -252,8 +212,6 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
         "f32" | "float32" => Ok(DType::F32),
         "bf16" | "bfloat16" => Ok(DType::BF16),
         "f16" | "float16" | "half" => Ok(DType::F16),
-        other => Err(Error::Invalid(format!(
-            "unknown dtype `{other}`; expected f32, bf16 or f16"
-        ))),
+        other => Err(Error::Invalid(format!("unknown dtype `{other}`; expected f32, bf16 or f16"))),
     }
 }

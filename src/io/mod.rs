@@ -28,28 +28,19 @@ impl StagingDir {
     /// Refuses a destination that exists and is not an empty directory, before any work starts.
     pub fn new(dest: &Path) -> Result<Self> {
         check_writable_destination(dest)?;
-        let name = dest
-            .file_name()
-            .ok_or_else(|| Error::Invalid(format!("{}: not a directory name", dest.display())))?;
+        let name =
+            dest.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a directory name", dest.display())))?;
         let parent = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-        let tmp = parent.join(format!(
-            ".{}.partial-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
+        let tmp = parent.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
         std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        Ok(Self {
-            tmp,
-            dest: dest.to_path_buf(),
-            committed: false,
-        })
+        Ok(Self { tmp, dest: dest.to_path_buf(), committed: false })
     }
 
     pub fn path(&self) -> &Path {
@@ -77,11 +68,7 @@ impl Drop for StagingDir {
 
 pub fn check_writable_destination(dest: &Path) -> Result<()> {
     if dest.exists() {
-        let empty_dir = dest.is_dir()
-            && std::fs::read_dir(dest)
-                .map_err(|e| Error::io(dest, e))?
-                .next()
-                .is_none();
+        let empty_dir = dest.is_dir() && std::fs::read_dir(dest).map_err(|e| Error::io(dest, e))?.next().is_none();
         if !empty_dir {
             return Err(Error::Invalid(format!(
                 "{}: output already exists; choose a new path or remove it first",
@@ -95,10 +82,7 @@ pub fn check_writable_destination(dest: &Path) -> Result<()> {
 /// Read a text file, rejecting bytes that are not UTF-8 with the offset of the first bad one.
 pub fn read_utf8(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    String::from_utf8(bytes).map_err(|e| Error::NotUtf8 {
-        path: path.into(),
-        offset: e.utf8_error().valid_up_to(),
-    })
+    String::from_utf8(bytes).map_err(|e| Error::NotUtf8 { path: path.into(), offset: e.utf8_error().valid_up_to() })
 }
 
 #[cfg(test)]
@@ -120,9 +104,6 @@ mod tests {
         s.commit().unwrap();
         assert!(dest.join("done").exists());
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
-        assert!(
-            StagingDir::new(&dest).is_err(),
-            "a non-empty destination is refused"
-        );
+        assert!(StagingDir::new(&dest).is_err(), "a non-empty destination is refused");
     }
 }

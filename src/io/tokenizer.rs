@@ -18,15 +18,9 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
     let path = dir.join(TOKENIZER_FILE);
     if !path.exists() {
-        return Err(Error::Tokenizer {
-            path,
-            msg: "file not found: the model directory has no tokenizer".into(),
-        });
+        return Err(Error::Tokenizer { path, msg: "file not found: the model directory has no tokenizer".into() });
     }
-    Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
-        path,
-        msg: format!("cannot parse: {e}"),
-    })
+    Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer { path, msg: format!("cannot parse: {e}") })
 }
 
 /// Encode without special tokens (no BOS/EOS added), as the eval protocol and the corpus builder need.
@@ -81,10 +75,7 @@ fn pre_tokenizer(pre: Option<&str>) -> std::result::Result<Value, String> {
 
 /// Build `tokenizer.json` (and a matching `tokenizer_config.json`) from a GGUF vocabulary.
 pub fn tokenizer_files_from_gguf(v: &GgufVocab, path: &Path) -> Result<(String, String)> {
-    let err = |msg: String| Error::Tokenizer {
-        path: path.into(),
-        msg,
-    };
+    let err = |msg: String| Error::Tokenizer { path: path.into(), msg };
     if v.model != "gpt2" {
         return Err(err(format!(
             "tokenizer model `{}` is not supported; only byte-level BPE (`gpt2`) GGUF vocabularies convert",
@@ -92,9 +83,7 @@ pub fn tokenizer_files_from_gguf(v: &GgufVocab, path: &Path) -> Result<(String, 
         )));
     }
     if v.tokens.is_empty() || v.merges.is_empty() {
-        return Err(err(
-            "GGUF has no tokenizer.ggml.tokens or tokenizer.ggml.merges".into(),
-        ));
+        return Err(err("GGUF has no tokenizer.ggml.tokens or tokenizer.ggml.merges".into()));
     }
     let pre = pre_tokenizer(v.pre.as_deref()).map_err(err)?;
 
@@ -129,8 +118,7 @@ pub fn tokenizer_files_from_gguf(v: &GgufVocab, path: &Path) -> Result<(String, 
     });
     let text = serde_json::to_string(&tokenizer).expect("json");
     // Parse it back: a file we cannot load ourselves must not be written.
-    Tokenizer::from_bytes(text.as_bytes())
-        .map_err(|e| err(format!("built tokenizer does not load: {e}")))?;
+    Tokenizer::from_bytes(text.as_bytes()).map_err(|e| err(format!("built tokenizer does not load: {e}")))?;
 
     let name = |id: Option<u32>| id.and_then(|i| v.tokens.get(i as usize)).cloned();
     let mut cfg = Map::new();
@@ -149,8 +137,5 @@ pub fn tokenizer_files_from_gguf(v: &GgufVocab, path: &Path) -> Result<(String, 
         cfg.insert("chat_template".into(), t.clone().into());
     }
     cfg.insert("model_max_length".into(), Value::from(1_000_000_000u64));
-    Ok((
-        text,
-        serde_json::to_string_pretty(&Value::Object(cfg)).expect("json"),
-    ))
+    Ok((text, serde_json::to_string_pretty(&Value::Object(cfg)).expect("json")))
 }

@@ -24,21 +24,12 @@ pub type TensorMap = BTreeMap<String, Tensor>;
 pub fn check_weights(cfg: &LlamaConfig, weights: &TensorMap) -> Result<()> {
     let expected = cfg.tensor_shapes();
     for (name, shape) in &expected {
-        let t = weights
-            .get(name)
-            .ok_or_else(|| Error::MissingTensor(name.clone()))?;
+        let t = weights.get(name).ok_or_else(|| Error::MissingTensor(name.clone()))?;
         if t.dims() != shape.as_slice() {
-            return Err(Error::Shape {
-                name: name.clone(),
-                expected: shape.clone(),
-                found: t.dims().to_vec(),
-            });
+            return Err(Error::Shape { name: name.clone(), expected: shape.clone(), found: t.dims().to_vec() });
         }
     }
-    if let Some(extra) = weights
-        .keys()
-        .find(|k| !expected.iter().any(|(n, _)| n == *k))
-    {
+    if let Some(extra) = weights.keys().find(|k| !expected.iter().any(|(n, _)| n == *k)) {
         // A tied model may still carry `lm_head.weight` (some exporters write it); anything else means
         // config and weights disagree, e.g. more layers in the file than in the config.
         if !(cfg.tie_word_embeddings && extra == "lm_head.weight") {
@@ -76,15 +67,44 @@ impl KvCache {
     }
     /// Number of positions already cached.
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map(|(k, _)| k.dim(2).unwrap_or(0))
-            .unwrap_or(0)
+        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dim(2).unwrap_or(0)).unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Mask values for one forward pass (Sheared-LLaMA's `zs`), each family shaped like its log-alphas.
+/// An absent family is all ones. Where each one multiplies (spec §2.3):
+/// - `hidden` `[d]`: the embeddings, every RMSNorm output (which also normalizes over the kept dims only)
+///   and both residual contributions of every block;
+/// - `layer` `[L]`: the attention and the MLP output of the whole block;
+/// - `kv_group` `[L, KV]` and `head` `[L, H]`: each query head's context before `o_proj` (a head of
+///   group `g` is scaled by `head[l, h] * kv_group[l, g]`);
+/// - `intermediate` `[L, m]`: the `up_proj` activations (not `gate_proj`).
+#[derive(Clone, Default, Debug)]
+pub struct MaskValues {
+    pub layer: Option<Tensor>,
+    pub kv_group: Option<Tensor>,
+    pub head: Option<Tensor>,
+    pub intermediate: Option<Tensor>,
+    pub hidden: Option<Tensor>,
+}
+
+/// The per-block slices of [`MaskValues`].
+struct BlockMasks<'a> {
+    layer: Option<Tensor>,
+    /// `[H * head_dim]`: every query head's scale repeated over its dims.
+    head_dims: Option<Tensor>,
+    intermediate: Option<Tensor>,
+    hidden: Option<&'a HiddenMask>,
+}
+
+/// The hidden mask and the 0/1 indicator of its non-zero entries (the masked RMSNorm's index set).
+struct HiddenMask {
+    z: Tensor,
+    kept: Tensor,
+    kept_count: Tensor,
 }
 
 pub struct Llama {
@@ -122,21 +142,10 @@ impl Llama {
             })
             .collect();
         let embed_tokens = get("model.embed_tokens.weight");
-        let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.clone(), None)
-        } else {
-            linear("lm_head.weight")
-        };
+        let lm_head =
+            if cfg.tie_word_embeddings { Linear::new(embed_tokens.clone(), None) } else { linear("lm_head.weight") };
         let (cos, sin) = rope_tables(cfg, embed_tokens.device())?;
-        Ok(Self {
-            cfg: cfg.clone(),
-            embed_tokens,
-            blocks,
-            norm: get("model.norm.weight"),
-            lm_head,
-            cos,
-            sin,
-        })
+        Ok(Self { cfg: cfg.clone(), embed_tokens, blocks, norm: get("model.norm.weight"), lm_head, cos, sin })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -151,18 +160,21 @@ impl Llama {
 
     /// Logits `[batch, seq, vocab]` for every position of `ids: [batch, seq]` (u32).
     pub fn forward(&self, ids: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let hidden = self.hidden_states(ids, kernels, None)?;
+        self.forward_masked(ids, kernels, None)
+    }
+
+    /// [`Llama::forward`] with pruning masks at the spec's insertion points. A hidden mask needs the
+    /// masked RMSNorm, which is always computed with differentiable ops.
+    pub fn forward_masked(&self, ids: &Tensor, kernels: Kernels, masks: Option<&MaskValues>) -> Result<Tensor> {
+        let hidden = self.hidden_states(ids, kernels, None, masks)?;
         Ok(self.lm_head.forward(&hidden)?)
     }
 
     /// Logits `[batch, vocab]` of the last position, reusing and extending `cache`.
     pub fn forward_incremental(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let hidden = self.hidden_states(ids, Kernels::Fused, Some(cache))?;
+        let hidden = self.hidden_states(ids, Kernels::Fused, Some(cache), None)?;
         let seq = hidden.dim(1)?;
-        Ok(self
-            .lm_head
-            .forward(&hidden.narrow(1, seq - 1, 1)?)?
-            .squeeze(1)?)
+        Ok(self.lm_head.forward(&hidden.narrow(1, seq - 1, 1)?)?.squeeze(1)?)
     }
 
     /// Final-norm hidden states `[batch, seq, hidden]`.
@@ -171,6 +183,7 @@ impl Llama {
         ids: &Tensor,
         kernels: Kernels,
         mut cache: Option<&mut KvCache>,
+        masks: Option<&MaskValues>,
     ) -> Result<Tensor> {
         let (_, seq) = ids.dims2()?;
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
@@ -184,28 +197,103 @@ impl Llama {
         if let Some(c) = cache.as_mut() {
             c.layers.resize(self.blocks.len(), None);
         }
+        let masks = masks.cloned().unwrap_or_default();
+        self.check_mask_shapes(&masks)?;
+        let hidden = match &masks.hidden {
+            Some(z) => {
+                let kept = z.ne(0f64)?.to_dtype(DType::F32)?;
+                let kept_count = kept.sum_all()?;
+                Some(HiddenMask { z: z.to_dtype(self.dtype())?, kept, kept_count })
+            }
+            None => None,
+        };
+        let head_dims = self.head_scales(&masks)?;
+
         let cos = self.cos.narrow(0, offset, seq)?.to_dtype(self.dtype())?;
         let sin = self.sin.narrow(0, offset, seq)?.to_dtype(self.dtype())?;
         // A single query position attends to everything cached: no mask needed.
-        let mask = if seq > 1 {
-            Some(ops::causal_mask(seq, offset, self.dtype(), self.device())?)
-        } else {
-            None
-        };
-        let mut x =
-            self.embed_tokens
-                .embedding(&ids.flatten_all()?)?
-                .reshape((ids.dim(0)?, seq, ()))?;
-        for (i, block) in self.blocks.iter().enumerate() {
-            let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = self.block_forward(block, &x, &cos, &sin, mask.as_ref(), kernels, layer_cache)?;
+        let mask = if seq > 1 { Some(ops::causal_mask(seq, offset, self.dtype(), self.device())?) } else { None };
+        let mut x = self.embed_tokens.embedding(&ids.flatten_all()?)?.reshape((ids.dim(0)?, seq, ()))?;
+        if let Some(h) = &hidden {
+            x = x.broadcast_mul(&h.z)?;
         }
-        Ok(ops::rms_norm(
-            &x,
-            &self.norm,
-            self.cfg.rms_norm_eps,
-            kernels,
-        )?)
+        for (i, block) in self.blocks.iter().enumerate() {
+            let bm = BlockMasks {
+                layer: masks
+                    .layer
+                    .as_ref()
+                    .map(|z| z.get(i))
+                    .transpose()?
+                    .map(|z| z.to_dtype(self.dtype()))
+                    .transpose()?,
+                head_dims: head_dims.as_ref().map(|z| z.get(i)).transpose()?,
+                intermediate: masks
+                    .intermediate
+                    .as_ref()
+                    .map(|z| z.get(i))
+                    .transpose()?
+                    .map(|z| z.to_dtype(self.dtype()))
+                    .transpose()?,
+                hidden: hidden.as_ref(),
+            };
+            let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = self.block_forward(block, &x, &cos, &sin, mask.as_ref(), kernels, layer_cache, &bm)?;
+        }
+        Ok(self.norm(&x, &self.norm, kernels, hidden.as_ref())?)
+    }
+
+    fn check_mask_shapes(&self, m: &MaskValues) -> Result<()> {
+        let c = &self.cfg;
+        let (l, h, kv) = (c.num_hidden_layers, c.num_attention_heads, c.num_kv_heads());
+        let expected: [(&str, &Option<Tensor>, Vec<usize>); 5] = [
+            ("layer", &m.layer, vec![l]),
+            ("kv_group", &m.kv_group, vec![l, kv]),
+            ("head", &m.head, vec![l, h]),
+            ("intermediate", &m.intermediate, vec![l, c.intermediate_size]),
+            ("hidden", &m.hidden, vec![c.hidden_size]),
+        ];
+        for (name, t, shape) in expected {
+            if let Some(t) = t {
+                if t.dims() != shape.as_slice() {
+                    return Err(Error::Shape {
+                        name: format!("{name} mask"),
+                        expected: shape,
+                        found: t.dims().to_vec(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `[L, H * head_dim]`: each query head's combined head and KV-group mask, repeated over its dims.
+    fn head_scales(&self, m: &MaskValues) -> Result<Option<Tensor>> {
+        let (l, h, kv, hd) =
+            (self.cfg.num_hidden_layers, self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
+        let group =
+            m.kv_group.as_ref().map(|g| g.unsqueeze(2)?.broadcast_as((l, kv, h / kv))?.reshape((l, h))).transpose()?;
+        let per_head = match (&m.head, group) {
+            (Some(a), Some(b)) => Some((a * b)?),
+            (Some(a), None) => Some(a.clone()),
+            (None, Some(b)) => Some(b),
+            (None, None) => None,
+        };
+        Ok(per_head
+            .map(|z| z.unsqueeze(2)?.broadcast_as((l, h, hd))?.reshape((l, h * hd))?.to_dtype(self.dtype()))
+            .transpose()?)
+    }
+
+    /// RMSNorm, or with a hidden mask the masked RMSNorm of spec §2.4: the mean of squares runs over the
+    /// kept dims only (those with z != 0), and the output is multiplied by z.
+    fn norm(&self, x: &Tensor, weight: &Tensor, kernels: Kernels, hidden: Option<&HiddenMask>) -> CResult<Tensor> {
+        let Some(h) = hidden else {
+            return ops::rms_norm(x, weight, self.cfg.rms_norm_eps, kernels);
+        };
+        let dtype = x.dtype();
+        let x32 = x.to_dtype(DType::F32)?;
+        let var = x32.sqr()?.broadcast_mul(&h.kept)?.sum_keepdim(D::Minus1)?.broadcast_div(&h.kept_count)?;
+        let normed = x32.broadcast_div(&(var + self.cfg.rms_norm_eps)?.sqrt()?)?;
+        normed.to_dtype(dtype)?.broadcast_mul(weight)?.broadcast_mul(&h.z)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -218,15 +306,29 @@ impl Llama {
         mask: Option<&Tensor>,
         kernels: Kernels,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
+        m: &BlockMasks,
     ) -> CResult<Tensor> {
-        let eps = self.cfg.rms_norm_eps;
-        let a = ops::rms_norm(x, &b.input_norm, eps, kernels)?;
-        let attn = self.attention(b, &a, cos, sin, mask, kernels, cache)?;
+        // Scale a sub-layer's output by the layer mask and the hidden mask.
+        let scale_out = |y: Tensor| -> CResult<Tensor> {
+            let y = match &m.layer {
+                Some(z) => y.broadcast_mul(z)?,
+                None => y,
+            };
+            match m.hidden {
+                Some(h) => y.broadcast_mul(&h.z),
+                None => Ok(y),
+            }
+        };
+        let a = self.norm(x, &b.input_norm, kernels, m.hidden)?;
+        let attn = scale_out(self.attention(b, &a, cos, sin, mask, kernels, cache, m.head_dims.as_ref())?)?;
         let x = (x + attn)?;
-        let h = ops::rms_norm(&x, &b.post_attention_norm, eps, kernels)?;
-        let mlp = b.down_proj.forward(
-            &(candle_nn::ops::silu(&b.gate_proj.forward(&h)?)? * b.up_proj.forward(&h)?)?,
-        )?;
+        let h = self.norm(&x, &b.post_attention_norm, kernels, m.hidden)?;
+        let up = b.up_proj.forward(&h)?;
+        let up = match &m.intermediate {
+            Some(z) => up.broadcast_mul(z)?,
+            None => up,
+        };
+        let mlp = scale_out(b.down_proj.forward(&(candle_nn::ops::silu(&b.gate_proj.forward(&h)?)? * up)?)?)?;
         x + mlp
     }
 
@@ -243,30 +345,14 @@ impl Llama {
         mask: Option<&Tensor>,
         kernels: Kernels,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
+        head_dims: Option<&Tensor>,
     ) -> CResult<Tensor> {
         let (bsz, seq, _) = x.dims3()?;
-        let (h, kv, hd) = (
-            self.cfg.num_attention_heads,
-            self.cfg.num_kv_heads(),
-            self.cfg.head_dim(),
-        );
+        let (h, kv, hd) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
         let g = h / kv;
-        let q = b
-            .q_proj
-            .forward(x)?
-            .reshape((bsz, seq, h, hd))?
-            .transpose(1, 2)?;
-        let k = b
-            .k_proj
-            .forward(x)?
-            .reshape((bsz, seq, kv, hd))?
-            .transpose(1, 2)?;
-        let v = b
-            .v_proj
-            .forward(x)?
-            .reshape((bsz, seq, kv, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let q = b.q_proj.forward(x)?.reshape((bsz, seq, h, hd))?.transpose(1, 2)?;
+        let k = b.k_proj.forward(x)?.reshape((bsz, seq, kv, hd))?.transpose(1, 2)?;
+        let v = b.v_proj.forward(x)?.reshape((bsz, seq, kv, hd))?.transpose(1, 2)?.contiguous()?;
         let q = ops::rope(&q.contiguous()?, cos, sin, kernels)?;
         let k = ops::rope(&k.contiguous()?, cos, sin, kernels)?;
         let (k, v) = match cache {
@@ -290,40 +376,36 @@ impl Llama {
         };
         let probs = ops::softmax_last_dim(&scores, kernels)?.reshape((bsz, kv, g * seq, kv_len))?;
         let ctx = probs.matmul(&v)?; // [b, kv, g*seq, hd]
-        let ctx = ctx
-            .reshape((bsz, h, seq, hd))?
-            .transpose(1, 2)?
-            .reshape((bsz, seq, h * hd))?;
+        let ctx = ctx.reshape((bsz, h, seq, hd))?.transpose(1, 2)?.reshape((bsz, seq, h * hd))?;
+        let ctx = match head_dims {
+            Some(z) => ctx.broadcast_mul(z)?,
+            None => ctx,
+        };
         b.o_proj.forward(&ctx)
     }
 
     /// Mean next-token cross-entropy of `ids: [batch, seq]`: positions `0..seq-1` predict `1..seq` (the
     /// spec's label roll, with the last position ignored). The training objective.
-    pub fn lm_loss(&self, ids: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    pub fn lm_loss(&self, ids: &Tensor, kernels: Kernels, masks: Option<&MaskValues>) -> Result<Tensor> {
         let seq = ids.dim(1)?;
         if seq < 2 {
-            return Err(Error::Invalid(format!(
-                "a training sequence needs at least 2 tokens, got {seq}"
-            )));
+            return Err(Error::Invalid(format!("a training sequence needs at least 2 tokens, got {seq}")));
         }
-        let nll = self.token_nll(
-            &ids.narrow(1, 0, seq - 1)?,
-            &ids.narrow(1, 1, seq - 1)?,
-            kernels,
-        )?;
-        Ok(nll.mean_all()?)
+        let logits = self.forward_masked(&ids.narrow(1, 0, seq - 1)?, kernels, masks)?;
+        Ok(nll_from_logits(&logits, &ids.narrow(1, 1, seq - 1)?)?.mean_all()?)
     }
 
     /// Per-position cross-entropy (natural log) of `targets` under the logits of `ids`, both `[batch, seq]`,
     /// computed in f32: `[batch, seq]`.
     pub fn token_nll(&self, ids: &Tensor, targets: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        let logits = self.forward(ids, kernels)?.to_dtype(DType::F32)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        Ok(logp
-            .gather(&targets.contiguous()?.unsqueeze(D::Minus1)?, D::Minus1)?
-            .squeeze(D::Minus1)?
-            .neg()?)
+        nll_from_logits(&self.forward(ids, kernels)?, targets)
     }
+}
+
+/// `-log softmax(logits)[target]` per position, in f32: `[batch, seq, vocab]`, `[batch, seq]` -> `[batch, seq]`.
+pub fn nll_from_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    Ok(logp.gather(&targets.contiguous()?.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?.neg()?)
 }
 
 /// Wrap every weight in a `Var` so a model built from the returned map is trainable: gradients of a loss
@@ -343,25 +425,16 @@ pub fn trainable(weights: &TensorMap) -> Result<(BTreeMap<String, Var>, TensorMa
 fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     let hd = cfg.head_dim();
     let theta = cfg.rope_theta();
-    let inv_freq: Vec<f32> = (0..hd / 2)
-        .map(|i| (1.0 / theta.powf(2.0 * i as f64 / hd as f64)) as f32)
-        .collect();
+    let inv_freq: Vec<f32> = (0..hd / 2).map(|i| (1.0 / theta.powf(2.0 * i as f64 / hd as f64)) as f32).collect();
     let n = cfg.max_position_embeddings;
     let inv_freq = Tensor::from_vec(inv_freq, (1, hd / 2), device)?;
-    let pos = Tensor::arange(0u32, n as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((n, 1))?;
+    let pos = Tensor::arange(0u32, n as u32, device)?.to_dtype(DType::F32)?.reshape((n, 1))?;
     let angles = pos.broadcast_mul(&inv_freq)?;
     Ok((angles.cos()?, angles.sin()?))
 }
 
 /// A randomly initialized model (normal(0, 0.02) weights, unit norms) on CPU, for tests and `shear init`.
-pub fn random_weights(
-    cfg: &LlamaConfig,
-    seed: u64,
-    dtype: DType,
-    device: &Device,
-) -> Result<TensorMap> {
+pub fn random_weights(cfg: &LlamaConfig, seed: u64, dtype: DType, device: &Device) -> Result<TensorMap> {
     use rand::{rngs::StdRng, Rng, SeedableRng};
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = TensorMap::new();
@@ -369,16 +442,11 @@ pub fn random_weights(
         let n: usize = shape.iter().product();
         let data: Vec<f32> = if name.ends_with("norm.weight") {
             // Not exactly 1, so tests notice a norm weight that is dropped or misplaced.
-            (0..n)
-                .map(|_| 1.0 + 0.1 * (rng.random::<f32>() - 0.5))
-                .collect()
+            (0..n).map(|_| 1.0 + 0.1 * (rng.random::<f32>() - 0.5)).collect()
         } else {
             (0..n).map(|_| normal(&mut rng) * 0.02).collect()
         };
-        out.insert(
-            name,
-            Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?,
-        );
+        out.insert(name, Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?);
     }
     Ok(out)
 }

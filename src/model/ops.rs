@@ -48,24 +48,10 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, kernels: Kernels) -> Result<
 }
 
 /// Additive causal mask `[seq, offset + seq]`: query `i` (absolute position `offset + i`) sees keys `0..=offset + i`.
-pub fn causal_mask(
-    seq: usize,
-    offset: usize,
-    dtype: DType,
-    device: &candle_core::Device,
-) -> Result<Tensor> {
+pub fn causal_mask(seq: usize, offset: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
     let total = offset + seq;
-    let mask: Vec<f32> = (0..seq)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j > offset + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
+    let mask: Vec<f32> =
+        (0..seq).flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Tensor::from_vec(mask, (seq, total), device)?.to_dtype(dtype)
 }
 
@@ -75,16 +61,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
     }
 
     /// The fused and the differentiable kernels compute the same function; only the latter has a backward.
@@ -96,18 +73,9 @@ mod tests {
         let cos = Tensor::randn(0f32, 1.0, (5, 4), &dev)?;
         let sin = Tensor::randn(0f32, 1.0, (5, 4), &dev)?;
         let pairs = [
-            (
-                rms_norm(&x, &w, 1e-5, Kernels::Fused)?,
-                rms_norm(&x, &w, 1e-5, Kernels::Differentiable)?,
-            ),
-            (
-                softmax_last_dim(&x, Kernels::Fused)?,
-                softmax_last_dim(&x, Kernels::Differentiable)?,
-            ),
-            (
-                rope(&x, &cos, &sin, Kernels::Fused)?,
-                rope(&x, &cos, &sin, Kernels::Differentiable)?,
-            ),
+            (rms_norm(&x, &w, 1e-5, Kernels::Fused)?, rms_norm(&x, &w, 1e-5, Kernels::Differentiable)?),
+            (softmax_last_dim(&x, Kernels::Fused)?, softmax_last_dim(&x, Kernels::Differentiable)?),
+            (rope(&x, &cos, &sin, Kernels::Fused)?, rope(&x, &cos, &sin, Kernels::Differentiable)?),
         ];
         for (a, b) in pairs {
             assert!(max_abs_diff(&a, &b) < 1e-5);
@@ -117,9 +85,7 @@ mod tests {
         let y = softmax_last_dim(&y, Kernels::Differentiable)?;
         let y = rope(&y, &cos, &sin, Kernels::Differentiable)?;
         let grads = (y.sqr()?.sum_all()?).backward()?;
-        let g = grads
-            .get(xv.as_tensor())
-            .expect("gradient reaches the input");
+        let g = grads.get(xv.as_tensor()).expect("gradient reaches the input");
         assert!(g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0);
         Ok(())
     }

@@ -11,15 +11,9 @@ use shear::{LlamaConfig, TensorMap};
 pub fn tiny_configs() -> Vec<(&'static str, LlamaConfig)> {
     vec![
         ("mha_tied", LlamaConfig::new(97, 32, 48, 2, 4, 4, 8, true)),
-        (
-            "mha_untied",
-            LlamaConfig::new(97, 32, 40, 3, 4, 4, 8, false),
-        ),
+        ("mha_untied", LlamaConfig::new(97, 32, 40, 3, 4, 4, 8, false)),
         ("gqa_tied", LlamaConfig::new(101, 48, 64, 3, 6, 2, 10, true)),
-        (
-            "gqa_untied",
-            LlamaConfig::new(101, 36, 56, 2, 6, 3, 6, false),
-        ),
+        ("gqa_untied", LlamaConfig::new(101, 36, 56, 2, 6, 3, 6, false)),
     ]
 }
 
@@ -28,23 +22,13 @@ pub fn random_model(cfg: &LlamaConfig, seed: u64) -> TensorMap {
 }
 
 pub fn random_ids(batch: usize, seq: usize, vocab: usize, seed: u64) -> Tensor {
-    let ids: Vec<u32> = (0..batch * seq)
-        .map(|i| ((i as u64 * 2_654_435_761 + seed * 97) % vocab as u64) as u32)
-        .collect();
+    let ids: Vec<u32> =
+        (0..batch * seq).map(|i| ((i as u64 * 2_654_435_761 + seed * 97) % vocab as u64) as u32).collect();
     Tensor::from_vec(ids, (batch, seq), &Device::Cpu).unwrap()
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
 }
 
 /// The converted SmolLM2-135M (`scripts/fetch-default-model.sh`), or `SHEAR_MODEL_DIR`. Tests that need
@@ -62,18 +46,13 @@ pub fn smollm2_dir() -> PathBuf {
 }
 
 pub fn fixture(name: &str) -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/smollm2")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2").join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
 /// GPT-2's byte-to-unicode table: the alphabet byte-level BPE vocabularies are spelled in.
 pub fn bytes_to_unicode() -> Vec<char> {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut chars: Vec<u32> = printable.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -129,24 +108,12 @@ pub fn write_tiny_gguf(path: &std::path::Path, architecture: &str) -> TinyGguf {
         ("llama.attention.head_count", gguf_file::Value::U32(4)),
         ("llama.attention.head_count_kv", gguf_file::Value::U32(2)),
         ("llama.rope.freq_base", gguf_file::Value::F32(10000.0)),
-        (
-            "llama.attention.layer_norm_rms_epsilon",
-            gguf_file::Value::F32(1e-5),
-        ),
+        ("llama.attention.layer_norm_rms_epsilon", gguf_file::Value::F32(1e-5)),
         ("tokenizer.ggml.model", s("gpt2")),
         ("tokenizer.ggml.pre", s("smollm")),
-        (
-            "tokenizer.ggml.tokens",
-            arr(tokens.iter().map(|t| s(t)).collect()),
-        ),
-        (
-            "tokenizer.ggml.merges",
-            arr(merges.iter().map(|t| s(t)).collect()),
-        ),
-        (
-            "tokenizer.ggml.token_type",
-            arr(types.iter().map(|&t| gguf_file::Value::I32(t)).collect()),
-        ),
+        ("tokenizer.ggml.tokens", arr(tokens.iter().map(|t| s(t)).collect())),
+        ("tokenizer.ggml.merges", arr(merges.iter().map(|t| s(t)).collect())),
+        ("tokenizer.ggml.token_type", arr(types.iter().map(|&t| gguf_file::Value::I32(t)).collect())),
         ("tokenizer.ggml.bos_token_id", gguf_file::Value::U32(0)),
         ("tokenizer.ggml.eos_token_id", gguf_file::Value::U32(0)),
     ];

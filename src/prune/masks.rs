@@ -1,0 +1,423 @@
+//! Mask families: one log-α tensor per structure that the target prunes, GQA-aware.
+//!
+//! | family | log-α shape | a row (where counts are enforced) | kept per row at materialization |
+//! |---|---|---|---|
+//! | `layer` | `[L]` | all layers | `layers` |
+//! | `kv_group` | `[L, KV]` | one layer's KV groups | `kv_heads` |
+//! | `head` | `[L, H]` | one KV group's query heads | `heads / kv_heads` |
+//! | `intermediate` | `[L, m]` | one layer | `intermediate` |
+//! | `hidden` | `[d]` | all hidden dims | `hidden` |
+//!
+//! A query head is scaled by its own mask times its group's mask, so every kept group keeps the same
+//! number of query heads and the result is a valid uniform `LlamaConfig`. For an MHA source (one query
+//! head per group) head pruning *is* group pruning. A family exists only if the target is smaller than the
+//! source along it.
+
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use super::hard_concrete as hc;
+use super::target::TargetShape;
+use crate::config::LlamaConfig;
+use crate::error::{Error, Result};
+use crate::model::MaskValues;
+use crate::rng::Rng;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    Layer,
+    KvGroup,
+    Head,
+    Intermediate,
+    Hidden,
+}
+
+impl Family {
+    pub const ALL: [Family; 5] = [Family::Layer, Family::KvGroup, Family::Head, Family::Intermediate, Family::Hidden];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Layer => "layer",
+            Family::KvGroup => "kv_group",
+            Family::Head => "head",
+            Family::Intermediate => "intermediate",
+            Family::Hidden => "hidden",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == s)
+    }
+}
+
+/// How a deterministic mask decides how many entries of a row are zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deterministic {
+    /// The expected number of zeros, `round(n − Σ score)`: the pruning-time evals (the structure the
+    /// masks currently describe).
+    Expected,
+    /// Exactly the target count: materialization.
+    Target,
+}
+
+/// Layout of one family: its log-α shape and how it splits into rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyLayout {
+    pub family: Family,
+    pub shape: Vec<usize>,
+    pub rows: usize,
+    pub row_len: usize,
+    /// Entries kept per row in the target.
+    pub target_kept: usize,
+    /// Rows per constraint element: the Lagrangian is per layer for kv_group / head / intermediate.
+    pub rows_per_element: usize,
+}
+
+impl FamilyLayout {
+    /// Target sparsity of the family, `1 − kept / row_len`.
+    pub fn target_sparsity(&self) -> f64 {
+        1.0 - self.target_kept as f64 / self.row_len as f64
+    }
+}
+
+/// The families needed to cut `target` out of `source`.
+pub fn layouts(source: &LlamaConfig, target: &TargetShape) -> Vec<FamilyLayout> {
+    let (l, d, m) = (source.num_hidden_layers, source.hidden_size, source.intermediate_size);
+    let (h, kv, g) = (source.num_attention_heads, source.num_kv_heads(), source.group_size());
+    let t_group = target.heads / target.kv_heads;
+    let mut out = vec![];
+    let mut add = |family, shape: Vec<usize>, rows, row_len, target_kept, rows_per_element, prunes: bool| {
+        if prunes {
+            out.push(FamilyLayout { family, shape, rows, row_len, target_kept, rows_per_element });
+        }
+    };
+    add(Family::Layer, vec![l], 1, l, target.layers, 1, target.layers < l);
+    add(Family::KvGroup, vec![l, kv], l, kv, target.kv_heads, 1, target.kv_heads < kv);
+    add(Family::Head, vec![l, h], l * kv, g, t_group, kv, t_group < g);
+    add(Family::Intermediate, vec![l, m], l, m, target.intermediate, 1, target.intermediate < m);
+    add(Family::Hidden, vec![d], 1, d, target.hidden, 1, target.hidden < d);
+    out
+}
+
+/// One family's learnable log-α.
+pub struct MaskFamily {
+    pub layout: FamilyLayout,
+    pub log_alpha: Var,
+}
+
+/// The learnable masks of a pruning run.
+pub struct MaskSet {
+    pub families: Vec<MaskFamily>,
+    source: LlamaConfig,
+    target: TargetShape,
+}
+
+/// Per-family expected sparsity, one entry per constraint element (per layer, or a single one).
+pub struct ExpectedSparsity {
+    pub family: Family,
+    /// `[elements]`, differentiable in log-α.
+    pub sparsity: Tensor,
+}
+
+impl MaskSet {
+    /// Fresh masks: log-α ~ Normal(5, 0.01) as in the reference code (clamped to ln 100 at first use).
+    pub fn new(source: &LlamaConfig, target: &TargetShape, rng: &mut Rng, device: &Device) -> Result<Self> {
+        target.validate(source)?;
+        let families = layouts(source, target)
+            .into_iter()
+            .map(|layout| {
+                let n: usize = layout.shape.iter().product();
+                let init: Vec<f32> = (0..n).map(|_| (hc::LOG_ALPHA_INIT + 0.01 * rng.normal()) as f32).collect();
+                let log_alpha = Var::from_tensor(&Tensor::from_vec(init, layout.shape.clone(), device)?)?;
+                Ok(MaskFamily { layout, log_alpha })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { families, source: source.clone(), target: *target })
+    }
+
+    /// Masks with the given log-α values (e.g. from a checkpoint), checked against the layouts.
+    pub fn from_log_alphas(
+        source: &LlamaConfig,
+        target: &TargetShape,
+        mut values: std::collections::BTreeMap<Family, Tensor>,
+    ) -> Result<Self> {
+        target.validate(source)?;
+        let families = layouts(source, target)
+            .into_iter()
+            .map(|layout| {
+                let t = values.remove(&layout.family).ok_or_else(|| {
+                    Error::Invalid(format!("no log-alpha for the `{}` mask family", layout.family.name()))
+                })?;
+                if t.dims() != layout.shape.as_slice() {
+                    return Err(Error::Shape {
+                        name: format!("{} log-alpha", layout.family.name()),
+                        expected: layout.shape.clone(),
+                        found: t.dims().to_vec(),
+                    });
+                }
+                Ok(MaskFamily { layout, log_alpha: Var::from_tensor(&t.to_dtype(DType::F32)?)? })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { families, source: source.clone(), target: *target })
+    }
+
+    pub fn source(&self) -> &LlamaConfig {
+        &self.source
+    }
+    pub fn target(&self) -> &TargetShape {
+        &self.target
+    }
+    pub fn vars(&self) -> Vec<Var> {
+        self.families.iter().map(|f| f.log_alpha.clone()).collect()
+    }
+    pub fn get(&self, family: Family) -> Option<&MaskFamily> {
+        self.families.iter().find(|f| f.layout.family == family)
+    }
+
+    /// Clamp every log-α to ±ln 100 in place. The reference clamps before every use (pitfall 5); doing
+    /// it here once per step, before sampling and before the Lagrangian, is the same thing.
+    pub fn clamp_in_place(&self) -> Result<()> {
+        for f in &self.families {
+            f.log_alpha.set(&hc::clamp_tensor(f.log_alpha.as_tensor())?)?;
+        }
+        Ok(())
+    }
+
+    /// One training sample of every family (fresh noise from `rng`), differentiable in log-α. Call
+    /// [`MaskSet::clamp_in_place`] first: clamping again here would halve the gradient of entries sitting
+    /// exactly on the bound (candle splits a max/min gradient between equal operands).
+    pub fn sample(&self, rng: &mut Rng) -> Result<MaskValues> {
+        let mut out = MaskValues::default();
+        for f in &self.families {
+            let la = f.log_alpha.as_tensor();
+            let n = la.elem_count();
+            let u: Vec<f32> = (0..n).map(|_| rng.uniform() as f32).collect();
+            let u = Tensor::from_vec(u, la.shape(), la.device())?;
+            set(&mut out, f.layout.family, hc::sample_tensor(la, &u)?);
+        }
+        Ok(out)
+    }
+
+    /// Deterministic masks (no gradient): per row, the `k` entries with the smallest soft values are 0
+    /// and the others keep sigmoid(1.2 · log-α).
+    pub fn deterministic(&self, mode: Deterministic) -> Result<MaskValues> {
+        let mut out = MaskValues::default();
+        for f in &self.families {
+            let la: Vec<f32> = f.log_alpha.as_tensor().flatten_all()?.to_vec1()?;
+            let mut values = Vec::with_capacity(la.len());
+            for row in la.chunks(f.layout.row_len) {
+                let zeros = match mode {
+                    Deterministic::Target => f.layout.row_len - f.layout.target_kept,
+                    Deterministic::Expected => hc::expected_zeros(row),
+                };
+                values.extend(hc::deterministic_row(row, zeros));
+            }
+            let device = f.log_alpha.device();
+            set(&mut out, f.layout.family, Tensor::from_vec(values, f.layout.shape.clone(), device)?);
+        }
+        Ok(out)
+    }
+
+    /// Expected sparsity of every family, per constraint element: `1 − mean(score)` over each layer
+    /// (kv_group, head, intermediate) or over the whole family (layer, hidden). Differentiable; call
+    /// [`MaskSet::clamp_in_place`] first.
+    pub fn expected_sparsity(&self) -> Result<Vec<ExpectedSparsity>> {
+        self.families
+            .iter()
+            .map(|f| {
+                let scores = hc::score_tensor(f.log_alpha.as_tensor())?;
+                let per_element = f.layout.row_len * f.layout.rows_per_element;
+                let elements = f.layout.rows / f.layout.rows_per_element;
+                let kept = scores.reshape((elements, per_element))?.mean(1)?;
+                Ok(ExpectedSparsity { family: f.layout.family, sparsity: kept.affine(-1.0, 1.0)? })
+            })
+            .collect()
+    }
+
+    /// Scores P(z > 0) of every family, host-side (for logging and reports).
+    pub fn scores(&self) -> Result<MaskScores> {
+        let mut s = MaskScores::ones(&self.source);
+        for f in &self.families {
+            let la: Vec<f32> = f.log_alpha.as_tensor().flatten_all()?.to_vec1()?;
+            let v: Vec<f64> = la.iter().map(|&x| hc::score(x as f64)).collect();
+            s.set(f.layout.family, v);
+        }
+        Ok(s)
+    }
+}
+
+fn set(m: &mut MaskValues, family: Family, t: Tensor) {
+    match family {
+        Family::Layer => m.layer = Some(t),
+        Family::KvGroup => m.kv_group = Some(t),
+        Family::Head => m.head = Some(t),
+        Family::Intermediate => m.intermediate = Some(t),
+        Family::Hidden => m.hidden = Some(t),
+    }
+}
+
+/// Per-entry keep probabilities (or 0/1 indicators) of every family, flattened row-major; absent
+/// families are all ones. Feeds the GQA-aware parameter accounting.
+#[derive(Debug, Clone)]
+pub struct MaskScores {
+    pub layer: Vec<f64>,
+    pub kv_group: Vec<f64>,
+    pub head: Vec<f64>,
+    pub intermediate: Vec<f64>,
+    pub hidden: Vec<f64>,
+}
+
+impl MaskScores {
+    pub fn ones(cfg: &LlamaConfig) -> Self {
+        let (l, h, kv) = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_kv_heads());
+        Self {
+            layer: vec![1.0; l],
+            kv_group: vec![1.0; l * kv],
+            head: vec![1.0; l * h],
+            intermediate: vec![1.0; l * cfg.intermediate_size],
+            hidden: vec![1.0; cfg.hidden_size],
+        }
+    }
+
+    fn set(&mut self, family: Family, v: Vec<f64>) {
+        match family {
+            Family::Layer => self.layer = v,
+            Family::KvGroup => self.kv_group = v,
+            Family::Head => self.head = v,
+            Family::Intermediate => self.intermediate = v,
+            Family::Hidden => self.hidden = v,
+        }
+    }
+
+    /// 0/1 indicators of the non-zero entries of deterministic masks.
+    pub fn indicators(cfg: &LlamaConfig, m: &MaskValues) -> Result<Self> {
+        let mut s = Self::ones(cfg);
+        let ind = |t: &Tensor| -> Result<Vec<f64>> {
+            Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|&x| if x != 0.0 { 1.0 } else { 0.0 }).collect())
+        };
+        for (family, t) in [
+            (Family::Layer, &m.layer),
+            (Family::KvGroup, &m.kv_group),
+            (Family::Head, &m.head),
+            (Family::Intermediate, &m.intermediate),
+            (Family::Hidden, &m.hidden),
+        ] {
+            if let Some(t) = t {
+                s.set(family, ind(t)?);
+            }
+        }
+        Ok(s)
+    }
+
+    /// Expected number of attention + MLP parameters (the prunable part: no embeddings, norms or LM head),
+    /// GQA-aware: a query head costs its `q_proj` rows and `o_proj` columns (2·d·head_dim), a KV group its
+    /// `k_proj` and `v_proj` rows (2·d·head_dim), an intermediate dim 3·d; `d` is the expected number of kept
+    /// hidden dims, and everything in a layer is scaled by its layer score.
+    pub fn expected_params(&self, cfg: &LlamaConfig) -> f64 {
+        let (l, h, kv, hd, m) =
+            (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim(), cfg.intermediate_size);
+        let g = h / kv;
+        let d: f64 = self.hidden.iter().sum();
+        let costs = ParamCosts::new(d, hd);
+        (0..l)
+            .map(|layer| {
+                let attention: f64 = (0..kv)
+                    .map(|group| {
+                        let heads: f64 = (0..g).map(|i| self.head[layer * h + group * g + i]).sum();
+                        self.kv_group[layer * kv + group] * (costs.kv_group + costs.query_head * heads)
+                    })
+                    .sum();
+                let mlp: f64 = self.intermediate[layer * m..(layer + 1) * m].iter().sum::<f64>() * costs.intermediate;
+                self.layer[layer] * (attention + mlp)
+            })
+            .sum()
+    }
+}
+
+/// Parameters removed with one unit of each family (for a hidden width `d`).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ParamCosts {
+    pub query_head: f64,
+    pub kv_group: f64,
+    pub intermediate: f64,
+}
+
+impl ParamCosts {
+    pub fn new(d: f64, head_dim: usize) -> Self {
+        Self { query_head: 2.0 * d * head_dim as f64, kv_group: 2.0 * d * head_dim as f64, intermediate: 3.0 * d }
+    }
+}
+
+/// Attention + MLP parameters of a config: what [`MaskScores::expected_params`] gives with all ones.
+pub fn prunable_params(cfg: &LlamaConfig) -> f64 {
+    let pc = cfg.param_counts();
+    (pc.layers * (pc.per_layer_attention + pc.per_layer_mlp)) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smollm2() -> LlamaConfig {
+        LlamaConfig::new(49152, 576, 1536, 30, 9, 3, 64, true)
+    }
+
+    #[test]
+    fn layouts_follow_the_target() {
+        let target = TargetShape { layers: 24, hidden: 384, heads: 6, kv_heads: 3, intermediate: 1024 };
+        let l = layouts(&smollm2(), &target);
+        let fams: Vec<Family> = l.iter().map(|f| f.family).collect();
+        // All 3 KV groups stay: no kv_group family.
+        assert_eq!(fams, vec![Family::Layer, Family::Head, Family::Intermediate, Family::Hidden]);
+        let head = &l[1];
+        assert_eq!((head.rows, head.row_len, head.target_kept, head.rows_per_element), (90, 3, 2, 3));
+        assert!((head.target_sparsity() - 1.0 / 3.0).abs() < 1e-12);
+        let small = TargetShape { layers: 16, hidden: 256, heads: 4, kv_heads: 2, intermediate: 640 };
+        assert!(layouts(&smollm2(), &small).iter().any(|f| f.family == Family::KvGroup));
+    }
+
+    /// Parameter accounting with 0/1 masks of a target's shape gives exactly the target config's count
+    /// (GQA, a KV group removed, hidden pruned); with all ones, the source's.
+    #[test]
+    fn expected_params_with_binary_masks_is_the_target_size() {
+        let src = smollm2();
+        assert_eq!(MaskScores::ones(&src).expected_params(&src), prunable_params(&src));
+        let target = TargetShape { layers: 16, hidden: 256, heads: 4, kv_heads: 2, intermediate: 640 };
+        let mut rng = Rng::new(0);
+        let masks = MaskSet::new(&src, &target, &mut rng, &Device::Cpu).unwrap();
+        // Random log-α so the kept set is arbitrary.
+        for f in &masks.families {
+            let n = f.log_alpha.elem_count();
+            let v: Vec<f32> = (0..n).map(|_| (rng.uniform() * 8.0 - 4.0) as f32).collect();
+            f.log_alpha.set(&Tensor::from_vec(v, f.layout.shape.clone(), &Device::Cpu).unwrap()).unwrap();
+        }
+        let det = masks.deterministic(Deterministic::Target).unwrap();
+        let ind = MaskScores::indicators(&src, &det).unwrap();
+        assert_eq!(ind.expected_params(&src), prunable_params(&target.config(&src)));
+        assert_eq!(ind.hidden.iter().sum::<f64>(), 256.0);
+        // Every kept group keeps 2 heads; exactly 2 groups per layer are kept.
+        for layer in 0..30 {
+            let kept_groups = (0..3).filter(|g| ind.kv_group[layer * 3 + g] == 1.0).count();
+            assert_eq!(kept_groups, 2);
+            for g in 0..3 {
+                assert_eq!((0..3).filter(|i| ind.head[layer * 9 + g * 3 + i] == 1.0).count(), 2);
+            }
+        }
+    }
+
+    #[test]
+    fn fresh_masks_have_near_zero_expected_sparsity() {
+        let src = smollm2();
+        let target = TargetShape { layers: 24, hidden: 384, heads: 6, kv_heads: 3, intermediate: 1024 };
+        let masks = MaskSet::new(&src, &target, &mut Rng::new(1), &Device::Cpu).unwrap();
+        masks.clamp_in_place().unwrap();
+        for e in masks.expected_sparsity().unwrap() {
+            let v: Vec<f32> = e.sparsity.to_vec1().unwrap();
+            let expected_len = if matches!(e.family, Family::Layer | Family::Hidden) { 1 } else { 30 };
+            assert_eq!(v.len(), expected_len, "{:?}", e.family);
+            // log-α clamps to 4.605: score 0.99798.
+            assert!(v.iter().all(|s| (s - (1.0 - 0.99798)).abs() < 1e-4), "{:?} {v:?}", e.family);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Masked ≡ materialized: the masked source model with deterministic target-count masks and the dense
+//! model materialized from it compute the same logits.
+
+mod common;
+
+use common::*;
+use shear::io::{hf, SaveOptions};
+use shear::prune::materialize::{materialize, random_target_masks};
+use shear::prune::TargetShape;
+use shear::{Kernels, Llama};
+
+fn targets() -> Vec<TargetShape> {
+    let t =
+        |layers, hidden, heads, kv_heads, intermediate| TargetShape { layers, hidden, heads, kv_heads, intermediate };
+    vec![
+        t(1, 24, 2, 2, 30), // mha_tied: a layer, hidden dims and heads (= KV groups) removed
+        t(2, 20, 2, 2, 20), // mha_untied
+        t(2, 36, 4, 2, 40), // gqa_tied: one query head per group of 3 removed
+        t(2, 24, 4, 2, 30), // gqa_untied: a whole KV group removed, no layer removed
+    ]
+}
+
+#[test]
+fn masked_equals_materialized_on_tiny_configs() {
+    for ((name, cfg), target) in tiny_configs().into_iter().zip(targets()) {
+        target.validate(&cfg).unwrap();
+        let weights = random_model(&cfg, 21);
+        let source = Llama::new(&cfg, &weights).unwrap();
+        for seed in 0..3 {
+            let masks = random_target_masks(&cfg, &target, seed).unwrap();
+            let (small_cfg, small_weights) = materialize(&cfg, &weights, &masks, &target).unwrap();
+            assert_eq!(
+                (small_cfg.num_hidden_layers, small_cfg.hidden_size, small_cfg.num_attention_heads),
+                (target.layers, target.hidden, target.heads)
+            );
+            assert_eq!((small_cfg.num_kv_heads(), small_cfg.intermediate_size), (target.kv_heads, target.intermediate));
+            assert_eq!(small_cfg.head_dim(), cfg.head_dim(), "head_dim is inherited");
+            assert_eq!(small_cfg.tie_word_embeddings, cfg.tie_word_embeddings, "{name}");
+            assert_eq!(small_weights.contains_key("lm_head.weight"), !cfg.tie_word_embeddings);
+
+            let small = Llama::new(&small_cfg, &small_weights).unwrap();
+            let ids = random_ids(2, 11, cfg.vocab_size, seed);
+            let a = source.forward_masked(&ids, Kernels::Fused, Some(&masks)).unwrap();
+            let b = small.forward(&ids, Kernels::Fused).unwrap();
+            let d = max_abs_diff(&a, &b);
+            assert!(d <= 1e-5, "{name} seed {seed}: max |Δ| {d}");
+            // The training kernels agree too.
+            let c = source.forward_masked(&ids, Kernels::Differentiable, Some(&masks)).unwrap();
+            assert!(max_abs_diff(&c, &b) <= 1e-5, "{name}: differentiable masked path");
+        }
+    }
+}
+
+/// The pitfall the reference code has: folding the hidden mask into the LM head as well as into the final
+/// norm applies it twice. Our materialization must not; this shows the test above would catch it.
+#[test]
+fn folding_the_hidden_mask_twice_is_detected() {
+    let (_, cfg) = tiny_configs().into_iter().find(|(n, _)| *n == "mha_untied").unwrap();
+    let target = targets()[1];
+    let weights = random_model(&cfg, 5);
+    let masks = random_target_masks(&cfg, &target, 1).unwrap();
+    let (small_cfg, mut small) = materialize(&cfg, &weights, &masks, &target).unwrap();
+    let z: Vec<f32> = masks.hidden.as_ref().unwrap().to_vec1().unwrap();
+    let kept: Vec<f32> = z.into_iter().filter(|v| *v != 0.0).collect();
+    let zt = candle_core::Tensor::new(kept.as_slice(), &candle_core::Device::Cpu).unwrap();
+    let head = small["lm_head.weight"].broadcast_mul(&zt.unsqueeze(0).unwrap()).unwrap();
+    small.insert("lm_head.weight".into(), head);
+    let ids = random_ids(1, 7, cfg.vocab_size, 2);
+    let a = Llama::new(&cfg, &weights).unwrap().forward_masked(&ids, Kernels::Fused, Some(&masks)).unwrap();
+    let b = Llama::new(&small_cfg, &small).unwrap().forward(&ids, Kernels::Fused).unwrap();
+    assert!(max_abs_diff(&a, &b) > 1e-3);
+}
+
+/// A materialized model saves and loads like any other, with its explicit head_dim.
+#[test]
+fn materialized_model_round_trips_through_hf_format() {
+    let (_, cfg) = tiny_configs().into_iter().find(|(n, _)| *n == "gqa_tied").unwrap();
+    let target = targets()[2];
+    let weights = random_model(&cfg, 3);
+    let masks = random_target_masks(&cfg, &target, 0).unwrap();
+    let (small_cfg, small) = materialize(&cfg, &weights, &masks, &target).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("small");
+    hf::save_model(&dir, &small_cfg, &small, &SaveOptions::default()).unwrap();
+    let back = shear::io::load_model(&dir, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(back.config.head_dim(), 10);
+    assert_eq!(back.config.hidden_size, 36);
+    let ids = random_ids(1, 5, cfg.vocab_size, 1);
+    let a = Llama::new(&small_cfg, &small).unwrap().forward(&ids, Kernels::Fused).unwrap();
+    let b = back.model.forward(&ids, Kernels::Fused).unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+}

@@ -10,7 +10,7 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::model::{Kernels, Llama};
+use crate::model::{nll_from_logits, Kernels, Llama, MaskValues};
 
 pub const PROTOCOL: &str = "Encode the whole text with the model's tokenizer without special tokens, keep \
 the first N ids (--max-tokens), cut them into consecutive non-overlapping windows of --seq-len tokens (a last \
@@ -33,13 +33,14 @@ pub fn windows(ids: &[u32], seq_len: usize) -> Vec<&[u32]> {
     ids.chunks(seq_len).filter(|w| w.len() >= 2).collect()
 }
 
-/// Evaluate `model` on `ids` with the protocol above. `batch_size` full windows go through the model at
-/// once; `progress(done, total)` is called after each batch.
+/// Evaluate `model` (with `masks`, for a model being pruned) on `ids` with the protocol above.
+/// `batch_size` full windows go through the model at once; `progress(done, total)` is called after each batch.
 pub fn evaluate_ids(
     model: &Llama,
     ids: &[u32],
     seq_len: usize,
     batch_size: usize,
+    masks: Option<&MaskValues>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<EvalResult> {
     if seq_len < 2 {
@@ -68,7 +69,7 @@ pub fn evaluate_ids(
         let batch = Tensor::from_vec(flat, (j - i, len), model.device())?;
         let inputs = batch.narrow(1, 0, len - 1)?;
         let targets = batch.narrow(1, 1, len - 1)?;
-        let nll = model.token_nll(&inputs, &targets, Kernels::Fused)?;
+        let nll = nll_from_logits(&model.forward_masked(&inputs, Kernels::Fused, masks)?, &targets)?;
         let nll: Vec<f32> = nll.flatten_all()?.to_vec1()?;
         if let Some(bad) = nll.iter().find(|x| !x.is_finite()) {
             return Err(Error::Invalid(format!("non-finite NLL ({bad}) in window {i}: the model produces NaN/inf")));

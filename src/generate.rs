@@ -1,10 +1,10 @@
 //! Text generation with a KV cache: greedy decoding or nucleus (top-p) sampling.
 
 use candle_core::{DType, Tensor};
-use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::error::Result;
 use crate::model::{KvCache, Llama};
+use crate::rng::Rng;
 
 #[derive(Debug, Clone)]
 pub enum Sampling {
@@ -31,8 +31,8 @@ pub fn generate(
         return Err(crate::invalid!("the prompt encodes to no tokens"));
     }
     let mut rng = match sampling {
-        Sampling::TopP { seed, .. } => StdRng::seed_from_u64(*seed),
-        Sampling::Greedy => StdRng::seed_from_u64(0),
+        Sampling::TopP { seed, .. } => Rng::new(*seed),
+        Sampling::Greedy => Rng::new(0),
     };
     let mut cache = KvCache::new();
     let mut out = Vec::with_capacity(max_new_tokens);
@@ -66,7 +66,7 @@ pub fn argmax(xs: &[f32]) -> u32 {
 
 /// Nucleus sampling: softmax at `temperature`, keep the most probable tokens until their mass reaches
 /// `top_p`, renormalize, draw one.
-pub fn sample_top_p(logits: &[f32], top_p: f64, temperature: f64, rng: &mut impl Rng) -> u32 {
+pub fn sample_top_p(logits: &[f32], top_p: f64, temperature: f64, rng: &mut Rng) -> u32 {
     if temperature <= 0.0 {
         return argmax(logits);
     }
@@ -86,7 +86,7 @@ pub fn sample_top_p(logits: &[f32], top_p: f64, temperature: f64, rng: &mut impl
     }
     let probs = &probs[..kept];
     let total: f64 = probs.iter().map(|p| p.1).sum();
-    let mut u = rng.random::<f64>() * total;
+    let mut u = rng.uniform() * total;
     for (id, p) in probs {
         if u < *p {
             return *id;
@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn top_p_keeps_only_the_nucleus() {
         let logits = [3.0f32, 2.9, -5.0, -6.0];
-        let mut rng = StdRng::seed_from_u64(1);
+        let mut rng = Rng::new(1);
         for _ in 0..200 {
             let t = sample_top_p(&logits, 0.9, 1.0, &mut rng);
             assert!(t < 2, "sampled {t} outside the nucleus");

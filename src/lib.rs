@@ -10,19 +10,25 @@
 //! | [`model`] | the LLaMA (RMSNorm, RoPE, GQA, SwiGLU), fused and differentiable kernels |
 //! | [`io`] | HF directories (sharded safetensors, config, tokenizer), GGUF import |
 //! | [`prune`] | hard-concrete masks, the Lagrangian constraint, materialization |
+//! | [`data`] | training text and batches |
+//! | [`train`] | AdamW, schedules, checkpoints, the pruning loop |
+//! | [`report`] | polars tables of what pruning kept |
 //! | [`eval`] | the NLL / perplexity protocol |
 //! | [`generate`] | greedy and top-p decoding with a KV cache |
 //! | [`bench`] | throughput and memory figures |
 
 pub mod bench;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod io;
 pub mod model;
 pub mod prune;
+pub mod report;
 pub mod rng;
+pub mod train;
 
 pub use config::LlamaConfig;
 pub use error::{Error, Result};

@@ -36,6 +36,12 @@ enum Command {
     Eval(EvalArgs),
     /// Generate text from a prompt (greedy, or top-p sampling with --top-p).
     Generate(GenerateArgs),
+    /// Learn masks that prune a model to a target shape (hard-concrete masks + Lagrangian constraint).
+    Prune(PruneArgs),
+    /// Fold a pruning run's masks into its weights and write the pruned model (exact target shape).
+    Materialize(MaterializeArgs),
+    /// Per-layer table of what a pruning run keeps: heads by KV group, intermediate and hidden dims, layers.
+    Inspect(InspectArgs),
     /// Throughput and memory benchmarks (figures, not tests).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -117,6 +123,85 @@ struct GenerateArgs {
     device: DeviceArgs,
 }
 
+#[derive(Args)]
+struct PruneArgs {
+    /// Source model directory (HF layout).
+    #[arg(long, required_unless_present = "resume")]
+    model: Option<PathBuf>,
+    /// Target shape, a TOML file with layers, hidden, heads, kv_heads, intermediate (see data/targets/).
+    #[arg(long, required_unless_present = "resume")]
+    target: Option<PathBuf>,
+    /// Training text: a UTF-8 file (the last --eval-fraction of its tokens is held out for evals).
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
+    /// Run directory to create (or, with --resume, to continue).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its latest checkpoint (optionally to a new --steps).
+    #[arg(long)]
+    resume: bool,
+    /// Optimizer steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Learning rate of the model weights.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Learning rate of the mask log-alphas.
+    #[arg(long, default_value_t = 1.0)]
+    mask_lr: f64,
+    /// Learning rate of the Lagrange multipliers (gradient ascent).
+    #[arg(long, default_value_t = 1.0)]
+    lambda_lr: f64,
+    /// LR warm-up steps (default: 10% of --steps).
+    #[arg(long)]
+    lr_warmup_steps: Option<usize>,
+    /// Steps over which the target sparsity rises linearly from 0 (default: 20% of --steps).
+    #[arg(long)]
+    lagrangian_warmup_steps: Option<usize>,
+    /// Evaluate the deterministic masks and save them every N steps.
+    #[arg(long, default_value_t = 50)]
+    eval_interval: usize,
+    /// Held-out tokens per evaluation.
+    #[arg(long, default_value_t = 8192)]
+    eval_tokens: usize,
+    /// Fraction of the data's tokens held out for evaluation.
+    #[arg(long, default_value_t = 0.05)]
+    eval_fraction: f64,
+    #[arg(long, default_value_t = 100)]
+    checkpoint_interval: usize,
+    #[arg(long, default_value_t = 17)]
+    seed: u64,
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Run on the CPU even when a CUDA GPU is available.
+    #[arg(long)]
+    cpu: bool,
+}
+
+#[derive(Args)]
+struct MaterializeArgs {
+    /// Pruning run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// Output model directory; must not exist yet.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// Pruning run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// Mask snapshot step (default: the newest).
+    #[arg(long)]
+    step: Option<usize>,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Inference throughput (full-sequence forward, logits for every position) and peak RSS.
@@ -159,6 +244,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Convert(a) => convert(a),
         Command::Eval(a) => eval_cmd(a),
         Command::Generate(a) => generate_cmd(a),
+        Command::Prune(a) => prune_cmd(a),
+        Command::Materialize(a) => materialize_cmd(a),
+        Command::Inspect(a) => inspect_cmd(a),
         Command::Bench(BenchCommand::Forward(a)) => bench_forward(a),
     }
 }
@@ -238,7 +326,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     }
     let pb = progress_bar(0, "eval");
     let t = Instant::now();
-    let r: EvalResult = eval::evaluate_ids(&loaded.model, &ids, a.seq_len, a.batch_size, |done, total| {
+    let r: EvalResult = eval::evaluate_ids(&loaded.model, &ids, a.seq_len, a.batch_size, None, |done, total| {
         pb.set_length(total as u64);
         pb.set_position(done as u64);
     })?;
@@ -329,5 +417,130 @@ fn bench_forward(a: BenchForwardArgs) -> Result<()> {
             serde_json::json!({"bench": "forward", "model": a.model, "dtype": a.device.dtype, "threads": threads, "rows": rows})
         );
     }
+    Ok(())
+}
+
+fn prune_cmd(a: PruneArgs) -> Result<()> {
+    use shear::train::pruning::{self, PruneConfig, RunSpec};
+    let device = shear::device(a.cpu)?;
+    let spec = if a.resume {
+        let mut spec = pruning::read_run_spec(&a.out).context("--resume needs an existing run in --out")?;
+        if let Some(s) = a.steps {
+            spec.config.steps = s;
+        }
+        spec
+    } else {
+        let (model, target, data) = (a.model.unwrap(), a.target.unwrap(), a.data.unwrap());
+        io::check_writable_destination(&a.out)?;
+        let steps = a.steps.context("--steps is required")?;
+        let target = shear::prune::TargetShape::load(&target)?;
+        let mut config = PruneConfig::for_steps(steps);
+        config.batch_size = a.batch_size;
+        config.seq_len = a.seq_len;
+        config.lr = a.lr;
+        config.mask_lr = a.mask_lr;
+        config.lambda_lr = a.lambda_lr;
+        config.lr_warmup_steps = a.lr_warmup_steps.unwrap_or(config.lr_warmup_steps);
+        config.lagrangian_warmup_steps = a.lagrangian_warmup_steps.unwrap_or(config.lagrangian_warmup_steps);
+        config.eval_interval = a.eval_interval;
+        config.eval_tokens = a.eval_tokens;
+        config.checkpoint_interval = a.checkpoint_interval;
+        config.seed = a.seed;
+        config.max_grad_norm = a.max_grad_norm;
+        let abs = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
+        RunSpec { source_model: abs(model)?, data: abs(data)?, target, config }
+    };
+    // Check everything before any work starts.
+    let cfg = hf::load_config(&spec.source_model)?;
+    spec.target.validate(&cfg)?;
+    let tok = io::load_tokenizer(&spec.source_model)?;
+    let data = shear::data::TextData::from_file(&spec.data, &tok, a.eval_fraction, spec.config.seq_len)?;
+    let weights = hf::load_weights(&spec.source_model, Some(candle_core::DType::F32), &device)?;
+    shear::model::check_weights(&cfg, &weights)?;
+    if !a.resume {
+        std::fs::create_dir_all(&a.out)?;
+    }
+    let target_cfg = spec.target.config(&cfg);
+    info!(
+        "pruning {} ({:.1}M parameters) to {} ({:.1}M) on {} train / {} eval tokens, {} steps of {}x{}",
+        spec.source_model.display(),
+        cfg.param_counts().total() as f64 / 1e6,
+        spec.target,
+        target_cfg.param_counts().total() as f64 / 1e6,
+        data.train.len(),
+        data.eval.len(),
+        spec.config.steps,
+        spec.config.batch_size,
+        spec.config.seq_len
+    );
+    let pb = progress_bar(spec.config.steps, "prune");
+    let summary = pruning::prune(&a.out, &spec, &cfg, &weights, &data, a.resume, |r| {
+        pb.set_position(r.step as u64);
+        pb.set_message(format!("loss {:.3}", r.lm_loss));
+        tracing::debug!(
+            "step {} lm {:.4} lag {:.4} E[params] {:.2}M",
+            r.step,
+            r.lm_loss,
+            r.lagrangian,
+            r.expected_params / 1e6
+        );
+        if let Some(nll) = r.eval_nll {
+            pb.println(format!(
+                "step {}: eval NLL {nll:.4} (deterministic masks, expected counts), E[params] {:.2}M",
+                r.step,
+                r.expected_params / 1e6
+            ));
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    pb.finish_and_clear();
+    info!(
+        "{} steps in {:.1}s/step; run in {} (materialize with `shear materialize --run {} --out DIR`)",
+        summary.steps_run,
+        summary.mean_step_seconds,
+        a.out.display(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn materialize_cmd(a: MaterializeArgs) -> Result<()> {
+    let out = shear::train::pruning::materialize_run(&a.run, &a.out)?;
+    let cfg = hf::load_config(&out)?;
+    info!(
+        "wrote {}: {} layers, hidden {}, {} heads / {} KV heads (head_dim {}), intermediate {}, {:.2}M parameters",
+        out.display(),
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_kv_heads(),
+        cfg.head_dim(),
+        cfg.intermediate_size,
+        cfg.param_counts().total() as f64 / 1e6
+    );
+    Ok(())
+}
+
+fn inspect_cmd(a: InspectArgs) -> Result<()> {
+    let (step, masks) = shear::report::run_masks(&a.run, a.step)?;
+    // Show every row and column of these small tables.
+    std::env::set_var("POLARS_FMT_MAX_ROWS", "-1");
+    std::env::set_var("POLARS_FMT_MAX_COLS", "-1");
+    std::env::set_var("POLARS_TABLE_WIDTH", "250");
+    println!("{} at step {step}, target {}", a.run.display(), masks.target());
+    println!("{}", shear::report::family_table(&masks)?);
+    let layers = shear::report::layer_table(&masks)?;
+    let cols = [
+        "layer",
+        "layer_kept",
+        "layer_score",
+        "heads_by_group",
+        "heads_kept",
+        "intermediate_kept",
+        "hidden_kept",
+        "head_expected_sparsity",
+        "intermediate_expected_sparsity",
+    ];
+    println!("{}", layers.select(cols).map_err(|e| anyhow::anyhow!("{e}"))?);
     Ok(())
 }

@@ -165,3 +165,50 @@ fn missing_model_directory() {
     let nowhere = tmp.path().join("nowhere");
     assert_fails_with(&["eval", "--model", s(&nowhere), "--text", s(&text)], &["nowhere"]);
 }
+
+#[test]
+fn bad_targets_fail_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_model_dir(tmp.path());
+    let text = text_file(tmp.path());
+    // The tiny model: 2 layers, hidden 32, 4 heads / 2 KV heads, intermediate 48.
+    let cases = [
+        (
+            "layers = 2\nhidden = 64\nheads = 4\nkv_heads = 2\nintermediate = 48",
+            "hidden = 64 is larger than the source's 32",
+        ),
+        ("layers = 0\nhidden = 16\nheads = 2\nkv_heads = 2\nintermediate = 24", "layers is 0"),
+        (
+            "layers = 1\nhidden = 18\nheads = 3\nkv_heads = 2\nintermediate = 24",
+            "3 query heads cannot be spread evenly over 2",
+        ),
+        (
+            "layers = 1\nhidden = 18\nheads = 4\nkv_heads = 2\nintermediate = 24",
+            "hidden = 18 is not a multiple of the 4 query heads",
+        ),
+        ("layers = 1\nhidden = 16\nheads = 4\nkv_heads = 1\nintermediate = 24", "4 query heads per KV group"),
+        ("layers = 1\nhidden = 16\nheads = 2\nkv_heads = 1", "missing field `intermediate`"),
+    ];
+    for (i, (toml, needle)) in cases.iter().enumerate() {
+        let target = tmp.path().join(format!("t{i}.toml"));
+        std::fs::write(&target, toml).unwrap();
+        let out = tmp.path().join(format!("run{i}"));
+        assert_fails_with(
+            &[
+                "prune",
+                "--model",
+                s(&dir),
+                "--target",
+                s(&target),
+                "--data",
+                s(&text),
+                "--steps",
+                "2",
+                "--out",
+                s(&out),
+            ],
+            &[needle],
+        );
+        assert!(!out.exists(), "no run directory for a rejected target");
+    }
+}

@@ -90,3 +90,104 @@ fn materialized_model_round_trips_through_hf_format() {
     let b = back.model.forward(&ids, Kernels::Fused).unwrap();
     assert_eq!(max_abs_diff(&a, &b), 0.0);
 }
+
+mod run {
+    use super::*;
+    use shear::data::TextData;
+    use shear::train::pruning::{prune, PruneConfig, RunSpec};
+    use std::ops::ControlFlow;
+
+    fn setup(root: &std::path::Path) -> (RunSpec, shear::LlamaConfig, shear::TensorMap, TextData) {
+        let g = root.join("tiny.gguf");
+        write_tiny_gguf(&g, "llama");
+        let model = root.join("model");
+        shear::io::gguf::convert_gguf(&g, &model, Default::default(), |_, _| {}).unwrap();
+        let text = root.join("text.txt");
+        std::fs::write(&text, "the quick brown fox jumps over the lazy dog; ab ba abab 0123456789\n".repeat(60))
+            .unwrap();
+        let cfg = hf::load_config(&model).unwrap();
+        let weights = hf::load_weights(&model, Some(candle_core::DType::F32), &candle_core::Device::Cpu).unwrap();
+        let tok = shear::io::load_tokenizer(&model).unwrap();
+        let mut config = PruneConfig::for_steps(12);
+        config.batch_size = 2;
+        config.seq_len = 16;
+        config.eval_interval = 4;
+        config.eval_tokens = 64;
+        config.checkpoint_interval = 5;
+        let target = TargetShape { layers: 1, hidden: 16, heads: 2, kv_heads: 1, intermediate: 24 };
+        let data = TextData::from_file(&text, &tok, 0.1, config.seq_len).unwrap();
+        (RunSpec { source_model: model, data: text, target, config }, cfg, weights, data)
+    }
+
+    fn final_state(run: &std::path::Path) -> (Vec<(String, Vec<f32>)>, String, String) {
+        let (t, _) = shear::train::checkpoint::load(run, &candle_core::Device::Cpu).unwrap();
+        let tensors = t.iter().map(|(k, v)| (k.clone(), v.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
+        let read = |f: &str| std::fs::read_to_string(run.join(f)).unwrap();
+        // Drop the wall-clock field: everything else must match exactly.
+        let metrics: Vec<String> = read("metrics.jsonl")
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("seconds");
+                v.to_string()
+            })
+            .collect();
+        (tensors, metrics.join("\n"), read("evals.jsonl"))
+    }
+
+    /// Crashed at step 7 (between checkpoints 5 and 10) and resumed ≡ uninterrupted: the same weights,
+    /// masks, multipliers, optimizer moments, metrics and evals.
+    #[test]
+    fn resumed_pruning_run_equals_uninterrupted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (spec, cfg, weights, data) = setup(tmp.path());
+        let straight = tmp.path().join("straight");
+        std::fs::create_dir(&straight).unwrap();
+        let s = prune(&straight, &spec, &cfg, &weights, &data, false, |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(s.final_step, 12);
+
+        // Stopping on request checkpoints the current step, and resuming continues from there.
+        let stopped = tmp.path().join("stopped");
+        std::fs::create_dir(&stopped).unwrap();
+        prune(&stopped, &spec, &cfg, &weights, &data, false, |r| {
+            if r.step == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        let r = prune(&stopped, &spec, &cfg, &weights, &data, true, |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(r.steps_run, 9);
+        assert_eq!(final_state(&stopped).0, final_state(&straight).0);
+
+        // A run that dies at step 7, after checkpoint 5: metrics of steps 6-7 are on disk, their state is not.
+        let resumed = tmp.path().join("resumed");
+        std::fs::create_dir(&resumed).unwrap();
+        let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            prune(&resumed, &spec, &cfg, &weights, &data, false, |r| {
+                assert!(r.step < 7, "simulated crash at step 7");
+                ControlFlow::Continue(())
+            })
+        }));
+        assert!(crashed.is_err());
+        assert_eq!(std::fs::read_to_string(resumed.join("metrics.jsonl")).unwrap().lines().count(), 7);
+        let r = prune(&resumed, &spec, &cfg, &weights, &data, true, |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(r.steps_run, 7, "resumes from the step-5 checkpoint");
+        let (a, b) = (final_state(&straight), final_state(&resumed));
+        assert_eq!(a.0.len(), b.0.len());
+        for ((ka, va), (kb, vb)) in a.0.iter().zip(&b.0) {
+            assert_eq!(ka, kb);
+            assert_eq!(va, vb, "{ka} differs after resume");
+        }
+        assert_eq!(a.1, b.1, "metrics differ");
+        assert_eq!(a.2, b.2, "evals differ");
+        // The learned masks moved toward the target and materialize to its exact shape.
+        let out = tmp.path().join("pruned");
+        shear::train::pruning::materialize_run(&straight, &out).unwrap();
+        let small = hf::load_config(&out).unwrap();
+        assert_eq!((small.num_hidden_layers, small.hidden_size, small.num_attention_heads), (1, 16, 2));
+        assert_eq!((small.num_kv_heads(), small.intermediate_size), (1, 24));
+        assert!(out.join("tokenizer.json").exists());
+    }
+}

@@ -75,7 +75,7 @@ fn eval_nll_matches_transformers() {
             Some(n) => &ids[..n as usize],
             None => &ids[..],
         };
-        let r = eval::evaluate_ids(&loaded.model, kept, seq_len, 4, |_, _| {}).unwrap();
+        let r = eval::evaluate_ids(&loaded.model, kept, seq_len, 4, None, |_, _| {}).unwrap();
         let expected = run["mean_nll"].as_f64().unwrap();
         let rel = (r.mean_nll - expected).abs() / expected;
         println!("seq_len {seq_len}: shear {:.7} transformers {expected:.7} (rel {rel:e})", r.mean_nll);
@@ -90,8 +90,15 @@ fn bf16_nll_is_within_one_percent_of_f32_reference() {
     let fx = fixture("nll.json");
     let run = &fx["runs"][1]; // seq_len 128, first 1000 tokens: bf16 matmuls are slow on CPU
     let ids = sonnet_ids();
-    let r = eval::evaluate_ids(&loaded.model, &ids[..run["max_tokens"].as_u64().unwrap() as usize], 128, 8, |_, _| {})
-        .unwrap();
+    let r = eval::evaluate_ids(
+        &loaded.model,
+        &ids[..run["max_tokens"].as_u64().unwrap() as usize],
+        128,
+        8,
+        None,
+        |_, _| {},
+    )
+    .unwrap();
     let expected = run["mean_nll"].as_f64().unwrap();
     let rel = (r.mean_nll - expected).abs() / expected;
     println!("bf16 NLL {:.5} vs f32 reference {expected:.5} (rel {rel:e})", r.mean_nll);

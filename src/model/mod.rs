@@ -433,27 +433,19 @@ fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     Ok((angles.cos()?, angles.sin()?))
 }
 
-/// A randomly initialized model (normal(0, 0.02) weights, unit norms) on CPU, for tests and `shear init`.
+/// A randomly initialized model (normal(0, 0.02) weights, norms near 1) for tests and `shear init`.
 pub fn random_weights(cfg: &LlamaConfig, seed: u64, dtype: DType, device: &Device) -> Result<TensorMap> {
-    use rand::{rngs::StdRng, Rng, SeedableRng};
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = crate::rng::Rng::new(seed);
     let mut out = TensorMap::new();
     for (name, shape) in cfg.tensor_shapes() {
         let n: usize = shape.iter().product();
         let data: Vec<f32> = if name.ends_with("norm.weight") {
             // Not exactly 1, so tests notice a norm weight that is dropped or misplaced.
-            (0..n).map(|_| 1.0 + 0.1 * (rng.random::<f32>() - 0.5)).collect()
+            (0..n).map(|_| (1.0 + 0.1 * (rng.uniform() - 0.5)) as f32).collect()
         } else {
-            (0..n).map(|_| normal(&mut rng) * 0.02).collect()
+            (0..n).map(|_| (rng.normal() * 0.02) as f32).collect()
         };
         out.insert(name, Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?);
     }
     Ok(out)
-}
-
-/// A standard normal draw (Box-Muller); avoids a dependency for one function.
-fn normal(rng: &mut impl rand::Rng) -> f32 {
-    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-    let u2: f64 = rng.random();
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }

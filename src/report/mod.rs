@@ -1,0 +1,128 @@
+//! What pruning did, as polars DataFrames: per layer (kept heads by KV group, kept intermediate and hidden
+//! dims, layer mask, expected vs target sparsity) and per mask family.
+
+use std::path::Path;
+
+use polars::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::io::hf::load_config;
+use crate::prune::hard_concrete as hc;
+use crate::prune::masks::{layouts, Deterministic, Family, MaskSet};
+use crate::train::pruning::{load_log_alphas, read_run_spec};
+
+fn polars_err(e: PolarsError) -> Error {
+    Error::Invalid(format!("building a table: {e}"))
+}
+
+/// The masks of a run at a snapshot (`None`: the newest), with the step they were saved at.
+pub fn run_masks(run: &Path, step: Option<usize>) -> Result<(usize, MaskSet)> {
+    let spec = read_run_spec(run)?;
+    let cfg = load_config(&spec.source_model)?;
+    let (n, log_alphas) = load_log_alphas(run, step)?;
+    let masks = MaskSet::from_log_alphas(&cfg, &spec.target, log_alphas)?;
+    masks.clamp_in_place()?; // snapshots are taken after an optimizer step, which may leave the range
+    Ok((n, masks))
+}
+
+fn values(t: &Option<candle_core::Tensor>, n: usize) -> Result<Vec<f32>> {
+    match t {
+        Some(t) => Ok(t.flatten_all()?.to_vec1()?),
+        None => Ok(vec![1.0; n]),
+    }
+}
+
+/// Mean P(z > 0) of each row of `family` (per layer), or ones when the family is not pruned.
+fn per_layer_scores(masks: &MaskSet, family: Family, layers: usize) -> Result<Vec<f64>> {
+    match masks.get(family) {
+        None => Ok(vec![1.0; layers]),
+        Some(f) => {
+            let la: Vec<f32> = f.log_alpha.as_tensor().flatten_all()?.to_vec1()?;
+            let per_layer = la.len() / layers;
+            Ok(la
+                .chunks(per_layer)
+                .map(|c| c.iter().map(|&x| hc::score(x as f64)).sum::<f64>() / per_layer as f64)
+                .collect())
+        }
+    }
+}
+
+/// One row per source layer. `*_kept` columns are what materialization keeps (exact target counts);
+/// `*_expected_sparsity` come from the current mask scores and `*_target_sparsity` from the target.
+pub fn layer_table(masks: &MaskSet) -> Result<DataFrame> {
+    let cfg = masks.source();
+    let (l, h, kv, m) = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_kv_heads(), cfg.intermediate_size);
+    let g = h / kv;
+    let det = masks.deterministic(Deterministic::Target)?;
+    let z_layer = values(&det.layer, l)?;
+    let z_group = values(&det.kv_group, l * kv)?;
+    let z_head = values(&det.head, l * h)?;
+    let z_int = values(&det.intermediate, l * m)?;
+    let hidden_kept = values(&det.hidden, cfg.hidden_size)?.iter().filter(|v| **v != 0.0).count() as u32;
+    let layer_score: Vec<f64> = match masks.get(Family::Layer) {
+        Some(f) => f.log_alpha.as_tensor().to_vec1::<f32>()?.iter().map(|&x| hc::score(x as f64)).collect(),
+        None => vec![1.0; l],
+    };
+
+    let mut heads_by_group = vec![];
+    let mut heads_kept = vec![];
+    let mut groups_kept = vec![];
+    let mut int_kept = vec![];
+    for layer in 0..l {
+        let mut per_group = vec![];
+        for gg in 0..kv {
+            let on = z_group[layer * kv + gg] != 0.0;
+            let n = (0..g).filter(|i| z_head[layer * h + gg * g + i] != 0.0).count();
+            per_group.push(if on { n } else { 0 });
+        }
+        heads_kept.push(per_group.iter().sum::<usize>() as u32);
+        groups_kept.push(per_group.iter().filter(|&&n| n > 0).count() as u32);
+        heads_by_group.push(per_group.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" "));
+        int_kept.push(z_int[layer * m..(layer + 1) * m].iter().filter(|v| **v != 0.0).count() as u32);
+    }
+    let target = |family: Family| {
+        layouts(cfg, masks.target()).iter().find(|f| f.family == family).map(|f| f.target_sparsity()).unwrap_or(0.0)
+    };
+    let sparsity = |family: Family| -> Result<Vec<f64>> {
+        Ok(per_layer_scores(masks, family, l)?.into_iter().map(|s| 1.0 - s).collect())
+    };
+    let df = df!(
+        "layer" => (0..l as u32).collect::<Vec<_>>(),
+        "layer_kept" => z_layer.iter().map(|v| *v != 0.0).collect::<Vec<_>>(),
+        "layer_score" => layer_score,
+        "layer_value" => z_layer.iter().map(|v| *v as f64).collect::<Vec<_>>(),
+        "kv_groups_kept" => groups_kept,
+        "heads_kept" => heads_kept,
+        "heads_by_group" => heads_by_group,
+        "intermediate_kept" => int_kept,
+        "hidden_kept" => vec![hidden_kept; l],
+        "head_expected_sparsity" => sparsity(Family::Head)?,
+        "head_target_sparsity" => vec![target(Family::Head); l],
+        "kv_group_expected_sparsity" => sparsity(Family::KvGroup)?,
+        "kv_group_target_sparsity" => vec![target(Family::KvGroup); l],
+        "intermediate_expected_sparsity" => sparsity(Family::Intermediate)?,
+        "intermediate_target_sparsity" => vec![target(Family::Intermediate); l],
+    )
+    .map_err(polars_err)?;
+    Ok(df)
+}
+
+/// One row per mask family: expected vs target sparsity, and units kept at materialization.
+pub fn family_table(masks: &MaskSet) -> Result<DataFrame> {
+    let expected = masks.expected_sparsity()?;
+    let mut names = vec![];
+    let mut exp = vec![];
+    let mut tgt = vec![];
+    let mut kept = vec![];
+    let mut total = vec![];
+    for f in &masks.families {
+        let e = expected.iter().find(|e| e.family == f.layout.family).expect("one per family");
+        names.push(f.layout.family.name().to_string());
+        exp.push(e.sparsity.mean_all()?.to_scalar::<f32>()? as f64);
+        tgt.push(f.layout.target_sparsity());
+        kept.push((f.layout.target_kept * f.layout.rows) as u32);
+        total.push((f.layout.row_len * f.layout.rows) as u32);
+    }
+    df!("family" => names, "expected_sparsity" => exp, "target_sparsity" => tgt, "kept" => kept, "total" => total)
+        .map_err(polars_err)
+}

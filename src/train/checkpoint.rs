@@ -1,0 +1,93 @@
+//! Checkpoints: named tensors (`state.safetensors`) plus a JSON document (`state.json`) in `RUN/checkpoint/`.
+//!
+//! Written atomically with rotation: the new checkpoint goes to `checkpoint.partial/`, the old one is renamed
+//! to `checkpoint.old/`, the new one renamed into place, and only then is the old one deleted. A crash at
+//! any point leaves a complete checkpoint under `checkpoint/` or `checkpoint.old/`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+pub const DIR: &str = "checkpoint";
+const PARTIAL: &str = "checkpoint.partial";
+const OLD: &str = "checkpoint.old";
+const TENSORS: &str = "state.safetensors";
+const STATE: &str = "state.json";
+
+pub fn save(run: &Path, tensors: &BTreeMap<String, Tensor>, state: &Value) -> Result<()> {
+    let partial = run.join(PARTIAL);
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    }
+    std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    let views: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tpath = partial.join(TENSORS);
+    safetensors::serialize_to_file(views, None, &tpath)
+        .map_err(|e| Error::Weights { path: tpath.clone(), msg: format!("cannot write checkpoint: {e}") })?;
+    let spath = partial.join(STATE);
+    std::fs::write(&spath, serde_json::to_string_pretty(state).expect("json")).map_err(|e| Error::io(&spath, e))?;
+    for f in [&tpath, &spath] {
+        std::fs::File::open(f).and_then(|f| f.sync_all()).map_err(|e| Error::io(f, e))?;
+    }
+    let (current, old) = (run.join(DIR), run.join(OLD));
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    if current.exists() {
+        std::fs::rename(&current, &old).map_err(|e| Error::io(&current, e))?;
+    }
+    std::fs::rename(&partial, &current).map_err(|e| Error::io(&partial, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// The newest complete checkpoint directory of `run`, if any.
+pub fn latest(run: &Path) -> Option<PathBuf> {
+    [DIR, OLD].iter().map(|d| run.join(d)).find(|d| d.join(TENSORS).exists() && d.join(STATE).exists())
+}
+
+pub fn load(run: &Path, device: &Device) -> Result<(BTreeMap<String, Tensor>, Value)> {
+    let dir = latest(run).ok_or_else(|| Error::Invalid(format!("{}: no checkpoint found", run.display())))?;
+    let tpath = dir.join(TENSORS);
+    let bytes = std::fs::read(&tpath).map_err(|e| Error::io(&tpath, e))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| Error::Weights { path: tpath.clone(), msg: format!("corrupt checkpoint: {e}") })?;
+    let spath = dir.join(STATE);
+    let text = std::fs::read_to_string(&spath).map_err(|e| Error::io(&spath, e))?;
+    let state = serde_json::from_str(&text)
+        .map_err(|e| Error::Invalid(format!("{}: corrupt checkpoint state: {e}", spath.display())))?;
+    Ok((tensors.into_iter().collect(), state))
+}
+
+/// Tensors of `map` whose name starts with `prefix.`, with the prefix removed.
+pub fn take_prefixed(map: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeMap<String, Tensor> {
+    let p = format!("{prefix}.");
+    map.iter().filter_map(|(k, v)| k.strip_prefix(&p).map(|rest| (rest.to_string(), v.clone()))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_keeps_a_complete_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path();
+        let t = |x: f32| Tensor::new(&[x], &Device::Cpu).unwrap();
+        save(run, &BTreeMap::from([("a.x".into(), t(1.0))]), &serde_json::json!({"step": 1})).unwrap();
+        save(run, &BTreeMap::from([("a.x".into(), t(2.0))]), &serde_json::json!({"step": 2})).unwrap();
+        let (m, s) = load(run, &Device::Cpu).unwrap();
+        assert_eq!(s["step"], 2);
+        assert_eq!(take_prefixed(&m, "a")["x"].to_vec1::<f32>().unwrap(), vec![2.0]);
+        // A crash between the two renames leaves only checkpoint.old: it is still found.
+        std::fs::rename(run.join(DIR), run.join(OLD)).unwrap();
+        std::fs::create_dir(run.join(PARTIAL)).unwrap(); // a half-written new one
+        assert_eq!(load(run, &Device::Cpu).unwrap().1["step"], 2);
+    }
+}

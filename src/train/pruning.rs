@@ -1,0 +1,445 @@
+//! The pruning stage (spec §4.5): the source model trained together with its masks, the Lagrangian pulling
+//! each mask family to its target sparsity.
+//!
+//! One step: clamp log-α → draw masks → masked LM loss + Lagrangian → backward → clip the global gradient
+//! norm over weights, log-α and λ → AdamW on the three groups (weights, log-α, λ with a negative learning
+//! rate), all scaled by one cosine-with-warmup schedule. Every `eval_interval` steps the deterministic
+//! masks (expected counts) are evaluated on held-out text and saved.
+//!
+//! A run directory holds `run.json` (what was asked), `target.toml`, `metrics.jsonl` (one line per step),
+//! `evals.jsonl`, `masks/step_NNNNNN.safetensors` (log-α and deterministic masks) and `checkpoint/`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::checkpoint;
+use super::optim::{clip_factor, global_grad_norm, AdamW, AdamWConfig, CosineSchedule};
+use crate::config::LlamaConfig;
+use crate::data::TextData;
+use crate::error::{Error, Result};
+use crate::eval::evaluate_ids;
+use crate::model::{trainable, Kernels, Llama, MaskValues, TensorMap};
+use crate::prune::masks::{layouts, prunable_params, Deterministic, Family, MaskScores, MaskSet};
+use crate::prune::{Lagrangian, TargetShape};
+use crate::rng::Rng;
+
+/// Hyperparameters of a pruning run (defaults: the paper's recipe, scaled to the step count).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PruneConfig {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    /// Learning rate of the model weights.
+    pub lr: f64,
+    /// Learning rate of the mask log-α.
+    pub mask_lr: f64,
+    /// Learning rate of the Lagrange multipliers (applied as ascent).
+    pub lambda_lr: f64,
+    /// Linear LR warm-up steps of the cosine schedule.
+    pub lr_warmup_steps: usize,
+    /// Steps over which the target sparsity grows from 0 to its final value.
+    pub lagrangian_warmup_steps: usize,
+    pub alpha_f: f64,
+    pub max_grad_norm: f64,
+    pub eval_interval: usize,
+    /// Held-out tokens evaluated at each eval interval.
+    pub eval_tokens: usize,
+    pub checkpoint_interval: usize,
+    pub seed: u64,
+}
+
+impl PruneConfig {
+    /// The paper's proportions: LR warm-up 10% and target warm-up 20% of the steps.
+    pub fn for_steps(steps: usize) -> Self {
+        Self {
+            steps,
+            batch_size: 4,
+            seq_len: 256,
+            lr: 1e-4,
+            mask_lr: 1.0,
+            lambda_lr: 1.0,
+            lr_warmup_steps: steps / 10,
+            lagrangian_warmup_steps: steps / 5,
+            alpha_f: 0.1,
+            max_grad_norm: 1.0,
+            eval_interval: 50,
+            eval_tokens: 8192,
+            checkpoint_interval: 100,
+            seed: 17,
+        }
+    }
+}
+
+/// What a run was asked to do (`run.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub source_model: PathBuf,
+    pub data: PathBuf,
+    pub target: TargetShape,
+    pub config: PruneConfig,
+}
+
+/// One logged step.
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    pub step: usize,
+    pub lm_loss: f64,
+    pub lagrangian: f64,
+    pub expected_params: f64,
+    pub seconds: f64,
+    /// Held-out NLL of the deterministic masks, on eval steps.
+    pub eval_nll: Option<f64>,
+    pub metrics: Map<String, Value>,
+}
+
+pub struct PruneSummary {
+    pub steps_run: usize,
+    pub final_step: usize,
+    pub mean_step_seconds: f64,
+}
+
+const RUN_FILE: &str = "run.json";
+const METRICS: &str = "metrics.jsonl";
+const EVALS: &str = "evals.jsonl";
+
+pub fn read_run_spec(run: &Path) -> Result<RunSpec> {
+    let path = run.join(RUN_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// Everything trained in a pruning run.
+struct State {
+    weights: BTreeMap<String, candle_core::Var>,
+    model: Llama,
+    masks: MaskSet,
+    lagrangian: Lagrangian,
+    optimizers: [AdamW; 3],
+    rng: Rng,
+    step: usize,
+}
+
+impl State {
+    fn fresh(cfg: &LlamaConfig, weights: &TensorMap, spec: &RunSpec, device: &Device) -> Result<Self> {
+        let (vars, tensors) = trainable(weights)?;
+        let model = Llama::new(cfg, &tensors)?;
+        let mut rng = Rng::new(spec.config.seed);
+        let masks = MaskSet::new(cfg, &spec.target, &mut rng, device)?;
+        let lagrangian = Lagrangian::new(&layouts(cfg, &spec.target), spec.config.lagrangian_warmup_steps, device)?;
+        let c = &spec.config;
+        let weight_params: Vec<_> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mask_params: Vec<_> =
+            masks.families.iter().map(|f| (f.layout.family.name().to_string(), f.log_alpha.clone())).collect();
+        let lambda_params: Vec<_> = lagrangian
+            .multipliers
+            .iter()
+            .flat_map(|m| {
+                [
+                    (format!("{}.1", m.family.name()), m.lambda1.clone()),
+                    (format!("{}.2", m.family.name()), m.lambda2.clone()),
+                ]
+            })
+            .collect();
+        let optimizers = [
+            AdamW::new("weights", AdamWConfig::sheared(c.lr), weight_params)?,
+            AdamW::new("log_alpha", AdamWConfig::sheared(c.mask_lr), mask_params)?,
+            // Gradient ascent: the multipliers maximize the Lagrangian.
+            AdamW::new("lambda", AdamWConfig::sheared(-c.lambda_lr), lambda_params)?,
+        ];
+        Ok(Self { weights: vars, model, masks, lagrangian, optimizers, rng, step: 0 })
+    }
+
+    fn tensors(&self) -> BTreeMap<String, Tensor> {
+        let mut out = BTreeMap::new();
+        for (k, v) in &self.weights {
+            out.insert(format!("weights.{k}"), v.as_tensor().clone());
+        }
+        for f in &self.masks.families {
+            out.insert(format!("log_alpha.{}", f.layout.family.name()), f.log_alpha.as_tensor().clone());
+        }
+        for m in &self.lagrangian.multipliers {
+            out.insert(format!("lambda1.{}", m.family.name()), m.lambda1.as_tensor().clone());
+            out.insert(format!("lambda2.{}", m.family.name()), m.lambda2.as_tensor().clone());
+        }
+        for opt in &self.optimizers {
+            for (i, (name, _)) in opt.params.iter().enumerate() {
+                out.insert(format!("adam_m.{}.{name}", opt.name), opt.m[i].clone());
+                out.insert(format!("adam_v.{}.{name}", opt.name), opt.v[i].clone());
+            }
+        }
+        out
+    }
+
+    fn save(&self, run: &Path) -> Result<()> {
+        let steps: Vec<usize> = self.optimizers.iter().map(|o| o.steps).collect();
+        checkpoint::save(run, &self.tensors(), &json!({"step": self.step, "rng": self.rng, "optimizer_steps": steps}))
+    }
+
+    fn restore(&mut self, run: &Path, device: &Device) -> Result<()> {
+        let (t, state) = checkpoint::load(run, device)?;
+        let missing = |k: &str| Error::Invalid(format!("{}: checkpoint lacks `{k}`", run.display()));
+        for (k, v) in &self.weights {
+            v.set(t.get(&format!("weights.{k}")).ok_or_else(|| missing(k))?)?;
+        }
+        for f in &self.masks.families {
+            let k = format!("log_alpha.{}", f.layout.family.name());
+            f.log_alpha.set(t.get(&k).ok_or_else(|| missing(&k))?)?;
+        }
+        for m in &self.lagrangian.multipliers {
+            for (k, var) in [("lambda1", &m.lambda1), ("lambda2", &m.lambda2)] {
+                let key = format!("{k}.{}", m.family.name());
+                var.set(t.get(&key).ok_or_else(|| missing(&key))?)?;
+            }
+        }
+        let steps: Vec<usize> = serde_json::from_value(state["optimizer_steps"].clone())
+            .map_err(|e| Error::Invalid(format!("checkpoint optimizer_steps: {e}")))?;
+        for (opt, s) in self.optimizers.iter_mut().zip(steps) {
+            let mut ms = vec![];
+            let mut vs = vec![];
+            for (name, _) in &opt.params {
+                let km = format!("adam_m.{}.{name}", opt.name);
+                let kv = format!("adam_v.{}.{name}", opt.name);
+                ms.push(t.get(&km).ok_or_else(|| missing(&km))?.clone());
+                vs.push(t.get(&kv).ok_or_else(|| missing(&kv))?.clone());
+            }
+            opt.load_state(ms, vs, s)?;
+        }
+        self.step = state["step"].as_u64().ok_or_else(|| missing("step"))? as usize;
+        self.rng =
+            serde_json::from_value(state["rng"].clone()).map_err(|e| Error::Invalid(format!("checkpoint rng: {e}")))?;
+        Ok(())
+    }
+}
+
+/// Run (or resume) a pruning run in `run`. `on_step` sees every step; returning `Break` checkpoints and
+/// stops early (the run can be resumed).
+pub fn prune(
+    run: &Path,
+    spec: &RunSpec,
+    source_cfg: &LlamaConfig,
+    source_weights: &TensorMap,
+    data: &TextData,
+    resume: bool,
+    mut on_step: impl FnMut(&StepRecord) -> ControlFlow<()>,
+) -> Result<PruneSummary> {
+    let c = &spec.config;
+    let device = source_weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
+    let mut st = State::fresh(source_cfg, source_weights, spec, &device)?;
+    if resume {
+        st.restore(run, &device)?;
+        truncate_jsonl(&run.join(METRICS), st.step)?;
+        truncate_jsonl(&run.join(EVALS), st.step)?;
+    } else {
+        std::fs::create_dir_all(run.join("masks")).map_err(|e| Error::io(run, e))?;
+        let text = serde_json::to_string_pretty(spec).expect("json");
+        std::fs::write(run.join(RUN_FILE), text).map_err(|e| Error::io(run, e))?;
+        let toml = toml::to_string(&spec.target).expect("toml");
+        std::fs::write(run.join("target.toml"), toml).map_err(|e| Error::io(run, e))?;
+        for f in [METRICS, EVALS] {
+            std::fs::write(run.join(f), "").map_err(|e| Error::io(run.join(f), e))?;
+        }
+    }
+    let schedule = CosineSchedule { warmup: c.lr_warmup_steps, total: c.steps, alpha_f: c.alpha_f };
+    let all_vars: Vec<candle_core::Var> =
+        st.weights.values().cloned().chain(st.masks.vars()).chain(st.lagrangian.vars()).collect();
+    let mut metrics = open_append(&run.join(METRICS))?;
+    let mut evals = open_append(&run.join(EVALS))?;
+    let source_prunable = prunable_params(source_cfg);
+    let start_step = st.step;
+    let started = Instant::now();
+
+    while st.step < c.steps {
+        let t0 = Instant::now();
+        let step = st.step;
+        st.masks.clamp_in_place()?;
+        let batch = data.sample_batch(c.batch_size, c.seq_len, &mut st.rng, &device)?;
+        let z = st.masks.sample(&mut st.rng)?;
+        let lm = st.model.lm_loss(&batch, Kernels::Differentiable, Some(&z))?;
+        let (lag, stats) = st.lagrangian.loss(&st.masks.expected_sparsity()?, step)?;
+        let loss = (&lm + lag.to_device(&device)?)?;
+        let lm_loss = lm.to_scalar::<f32>()? as f64;
+        if !lm_loss.is_finite() {
+            return Err(Error::Invalid(format!(
+                "non-finite LM loss ({lm_loss}) at step {step}; lower --lr or --mask-lr"
+            )));
+        }
+        let grads = loss.backward()?;
+        let norm = global_grad_norm(&grads, &all_vars)?;
+        let scale = clip_factor(norm, c.max_grad_norm);
+        let factor = schedule.factor(step);
+        for opt in st.optimizers.iter_mut() {
+            opt.step(&grads, factor, scale)?;
+        }
+        st.step += 1;
+
+        let expected_params = st.masks.scores()?.expected_params(source_cfg);
+        let mut m = Map::new();
+        m.insert("step".into(), st.step.into());
+        m.insert("lm_loss".into(), lm_loss.into());
+        let lag_total: f64 = stats.iter().map(|s| s.lagrangian).sum();
+        m.insert("lagrangian".into(), lag_total.into());
+        m.insert("grad_norm".into(), norm.into());
+        m.insert("lr_factor".into(), factor.into());
+        m.insert("expected_params".into(), expected_params.into());
+        m.insert("expected_sparsity".into(), (1.0 - expected_params / source_prunable).into());
+        for s in &stats {
+            let n = s.family.name();
+            m.insert(format!("{n}_expected_sparsity"), s.expected_sparsity.into());
+            m.insert(format!("{n}_target_sparsity"), s.target_sparsity.into());
+            m.insert(format!("{n}_lambda1"), s.lambda1.into());
+            m.insert(format!("{n}_lambda2"), s.lambda2.into());
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        m.insert("seconds".into(), seconds.into());
+        m.insert("tokens".into(), (st.step * c.batch_size * c.seq_len).into());
+        writeln!(metrics, "{}", Value::Object(m.clone())).map_err(|e| Error::io(run.join(METRICS), e))?;
+        metrics.flush().map_err(|e| Error::io(run.join(METRICS), e))?;
+
+        let last = st.step == c.steps;
+        let mut eval_nll = None;
+        if c.eval_interval > 0 && (st.step % c.eval_interval == 0 || last) {
+            let det = st.masks.deterministic(Deterministic::Expected)?;
+            let n = c.eval_tokens.min(data.eval.len());
+            let r = evaluate_ids(&st.model, &data.eval[..n], c.seq_len, c.batch_size, Some(&det), |_, _| {})?;
+            save_mask_snapshot(run, st.step, &st.masks, &det)?;
+            let kept = MaskScores::indicators(source_cfg, &det)?.expected_params(source_cfg);
+            let line =
+                json!({"step": st.step, "eval_nll": r.mean_nll, "eval_tokens": r.tokens, "deterministic_params": kept});
+            writeln!(evals, "{line}").map_err(|e| Error::io(run.join(EVALS), e))?;
+            evals.flush().map_err(|e| Error::io(run.join(EVALS), e))?;
+            eval_nll = Some(r.mean_nll);
+        }
+        let record = StepRecord {
+            step: st.step,
+            lm_loss,
+            lagrangian: lag_total,
+            expected_params,
+            seconds,
+            eval_nll,
+            metrics: m,
+        };
+        let stop = on_step(&record).is_break();
+        if last || stop || (c.checkpoint_interval > 0 && st.step % c.checkpoint_interval == 0) {
+            st.save(run)?;
+        }
+        if stop {
+            break;
+        }
+    }
+    let steps_run = st.step - start_step;
+    Ok(PruneSummary {
+        steps_run,
+        final_step: st.step,
+        mean_step_seconds: started.elapsed().as_secs_f64() / steps_run.max(1) as f64,
+    })
+}
+
+/// `masks/step_NNNNNN.safetensors`: log-α of every family and the deterministic (expected-count) masks.
+fn save_mask_snapshot(run: &Path, step: usize, masks: &MaskSet, det: &MaskValues) -> Result<()> {
+    let mut t: BTreeMap<String, Tensor> = BTreeMap::new();
+    for f in &masks.families {
+        t.insert(format!("log_alpha.{}", f.layout.family.name()), f.log_alpha.as_tensor().clone());
+    }
+    for (family, v) in mask_values_by_family(det) {
+        t.insert(format!("z_expected.{}", family.name()), v);
+    }
+    let path = run.join("masks").join(format!("step_{step:06}.safetensors"));
+    let views: Vec<(&str, &Tensor)> = t.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    safetensors::serialize_to_file(views, None, &path)
+        .map_err(|e| Error::Weights { path: path.clone(), msg: format!("cannot write masks: {e}") })
+}
+
+pub fn mask_values_by_family(m: &MaskValues) -> Vec<(Family, Tensor)> {
+    [
+        (Family::Layer, &m.layer),
+        (Family::KvGroup, &m.kv_group),
+        (Family::Head, &m.head),
+        (Family::Intermediate, &m.intermediate),
+        (Family::Hidden, &m.hidden),
+    ]
+    .into_iter()
+    .filter_map(|(f, t)| t.clone().map(|t| (f, t)))
+    .collect()
+}
+
+/// The newest mask snapshot of a run (or the one at `step`), as learned log-α per family.
+pub fn load_log_alphas(run: &Path, step: Option<usize>) -> Result<(usize, BTreeMap<Family, Tensor>)> {
+    let dir = run.join("masks");
+    let mut snapshots: Vec<(usize, PathBuf)> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let n = name.strip_prefix("step_")?.strip_suffix(".safetensors")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    snapshots.sort();
+    let (n, path) = match step {
+        Some(s) => snapshots
+            .into_iter()
+            .find(|(n, _)| *n == s)
+            .ok_or_else(|| Error::Invalid(format!("{}: no mask snapshot for step {s}", dir.display())))?,
+        None => snapshots.pop().ok_or_else(|| Error::Invalid(format!("{}: no mask snapshots yet", dir.display())))?,
+    };
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let t = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| Error::Weights { path: path.clone(), msg: e.to_string() })?;
+    let mut out = BTreeMap::new();
+    for (k, v) in t {
+        if let Some(f) = k.strip_prefix("log_alpha.").and_then(Family::from_name) {
+            out.insert(f, v);
+        }
+    }
+    Ok((n, out))
+}
+
+fn open_append(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new().append(true).create(true).open(path).map_err(|e| Error::io(path, e))
+}
+
+/// Drop lines logged after `step` (written after the checkpoint a run resumes from).
+fn truncate_jsonl(path: &Path, step: usize) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step)
+        })
+        .collect();
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    std::fs::write(path, out).map_err(|e| Error::io(path, e))
+}
+
+/// Materialize a pruning run: deterministic masks with exactly the target counts from the latest
+/// checkpoint's log-α, folded into its weights, written as an HF directory (tokenizer files copied from
+/// the source model).
+pub fn materialize_run(run: &Path, out: &Path) -> Result<PathBuf> {
+    crate::io::check_writable_destination(out)?;
+    let spec = read_run_spec(run)?;
+    let source_cfg = crate::io::hf::load_config(&spec.source_model)?;
+    let (t, _) = checkpoint::load(run, &Device::Cpu)?;
+    let weights: TensorMap = checkpoint::take_prefixed(&t, "weights");
+    let log_alphas: BTreeMap<Family, Tensor> = checkpoint::take_prefixed(&t, "log_alpha")
+        .into_iter()
+        .filter_map(|(k, v)| Family::from_name(&k).map(|f| (f, v)))
+        .collect();
+    let masks = MaskSet::from_log_alphas(&source_cfg, &spec.target, log_alphas)?;
+    let det = masks.deterministic(Deterministic::Target)?;
+    let (cfg, small) = crate::prune::materialize(&source_cfg, &weights, &det, &spec.target)?;
+    let opts = crate::io::SaveOptions { companions_from: Some(spec.source_model.clone()), ..Default::default() };
+    crate::io::save_model(out, &cfg, &small, &opts)
+}

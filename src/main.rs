@@ -159,7 +159,8 @@ struct PruneArgs {
     /// LR warm-up steps (default: 10% of --steps).
     #[arg(long)]
     lr_warmup_steps: Option<usize>,
-    /// Steps over which the target sparsity rises linearly from 0 (default: 20% of --steps).
+    /// Steps over which the target sparsity rises linearly from 0 (default: max(20%, min(50%, 640 steps)) of
+    /// --steps; shorter warm-ups let the sparsity oscillate around the target).
     #[arg(long)]
     lagrangian_warmup_steps: Option<usize>,
     /// Evaluate the deterministic masks and save them every N steps.

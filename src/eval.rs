@@ -99,3 +99,40 @@ mod tests {
         assert_eq!(w.iter().map(|w| w.len() - 1).sum::<usize>(), 8);
     }
 }
+
+/// Per-domain result of [`evaluate_corpus`].
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DomainEval {
+    pub domain: String,
+    pub sequences: usize,
+    pub tokens: usize,
+    pub mean_nll: f64,
+    pub perplexity: f64,
+}
+
+/// Mean NLL of every domain's eval split: each packed sequence is one window of the protocol above (its
+/// first token is not predicted). At most `max_sequences` per domain (all when `None`).
+pub fn evaluate_corpus(
+    model: &Llama,
+    corpus: &crate::data::corpus::Corpus,
+    max_sequences: Option<usize>,
+    batch_size: usize,
+    masks: Option<&MaskValues>,
+    mut progress: impl FnMut(&str, usize, usize),
+) -> Result<Vec<DomainEval>> {
+    let mut out = vec![];
+    for (d, name) in corpus.domains.iter().enumerate() {
+        let n = corpus.sequences(false, d).min(max_sequences.unwrap_or(usize::MAX));
+        let ids: Vec<u32> = (0..n).flat_map(|i| corpus.sequence(false, d, i).iter().copied()).collect();
+        let r =
+            evaluate_ids(model, &ids, corpus.seq_len(), batch_size, masks, |done, total| progress(name, done, total))?;
+        out.push(DomainEval {
+            domain: name.clone(),
+            sequences: n,
+            tokens: r.tokens,
+            mean_nll: r.mean_nll,
+            perplexity: r.perplexity,
+        });
+    }
+    Ok(out)
+}

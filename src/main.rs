@@ -45,6 +45,12 @@ enum Command {
     Materialize(MaterializeArgs),
     /// Per-layer table of what a pruning run keeps: heads by KV group, intermediate and hidden dims, layers.
     Inspect(InspectArgs),
+    /// Continued pre-training on a corpus with dynamic batch loading (checkpoints, --resume).
+    Train(TrainArgs),
+    /// Write the latest checkpoint of a `shear train` run as an HF model directory.
+    Export(ExportArgs),
+    /// A randomly initialized model of any shape (the from-scratch baseline for a pruned model).
+    Init(InitArgs),
     /// Throughput and memory benchmarks (figures, not tests).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -245,6 +251,97 @@ struct InspectArgs {
     step: Option<usize>,
 }
 
+#[derive(Args)]
+struct TrainArgs {
+    /// Model directory to continue training (HF layout).
+    #[arg(long, required_unless_present = "resume")]
+    model: Option<PathBuf>,
+    /// Corpus directory (`shear corpus build`).
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
+    /// Run directory to create (or, with --resume, to continue).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its latest checkpoint (optionally to a new --steps).
+    #[arg(long)]
+    resume: bool,
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// LR warm-up steps (default: 3% of --steps).
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Evaluate every domain and update the proportions every N steps.
+    #[arg(long, default_value_t = 50)]
+    eval_interval: usize,
+    /// Eval sequences per domain at each evaluation.
+    #[arg(long, default_value_t = 16)]
+    eval_sequences: usize,
+    #[arg(long, default_value_t = 50)]
+    checkpoint_interval: usize,
+    #[arg(long, default_value_t = 17)]
+    seed: u64,
+    /// Compute in bf16 (weights and AdamW state stay f32).
+    #[arg(long)]
+    bf16: bool,
+    /// Proportion update: doremi (the released code), paper (Algorithm 1) or constant.
+    #[arg(long, default_value = "doremi")]
+    update: String,
+    /// Initial proportions as domain=weight pairs (default: RedPajama's, spec 6.1).
+    #[arg(long)]
+    proportions: Option<String>,
+    /// Reference losses from a JSON file {"cc": 2.1, ...}.
+    #[arg(long, conflicts_with_all = ["reference_model", "reference_scaling"])]
+    reference_losses: Option<PathBuf>,
+    /// Reference losses = this model's per-domain eval losses (e.g. the unpruned source).
+    #[arg(long, conflicts_with = "reference_scaling")]
+    reference_model: Option<PathBuf>,
+    /// Reference losses from a scaling law L(N) = a N^-b + c fitted through three sizes, evaluated at this
+    /// model's parameter count: JSON {"sizes": [N1, N2, N3], "losses": {"cc": [L1, L2, L3], ...}}.
+    #[arg(long)]
+    reference_scaling: Option<PathBuf>,
+    /// Testing aid: sleep after every step (lets a test kill the process mid-run).
+    #[arg(long, hide = true, default_value_t = 0)]
+    step_delay_ms: u64,
+    #[arg(long)]
+    cpu: bool,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Training run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// Output model directory; must not exist yet.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// The architecture: an HF config.json, or a target .toml (then --like supplies vocabulary, head_dim, RoPE).
+    #[arg(long)]
+    config: PathBuf,
+    /// A model directory whose config fills in what a target leaves open and whose tokenizer is copied.
+    #[arg(long)]
+    like: Option<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Inference throughput (full-sequence forward, logits for every position) and peak RSS.
@@ -291,6 +388,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Prune(a) => prune_cmd(a),
         Command::Materialize(a) => materialize_cmd(a),
         Command::Inspect(a) => inspect_cmd(a),
+        Command::Train(a) => train_cmd(a),
+        Command::Export(a) => {
+            let out = shear::train::continued::export_run(&a.run, &a.out)?;
+            info!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Init(a) => init_cmd(a),
         Command::Bench(BenchCommand::Forward(a)) => bench_forward(a),
     }
 }
@@ -675,6 +779,160 @@ fn corpus_build(a: CorpusBuildArgs) -> Result<()> {
         a.seq_len,
         fetched,
         t.elapsed().as_secs_f64() - fetched
+    );
+    Ok(())
+}
+
+fn parse_domain_map(text: &str, domains: &[String], what: &str) -> Result<Vec<f64>> {
+    let mut map = std::collections::BTreeMap::new();
+    for pair in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = pair.split_once('=').with_context(|| format!("{what}: `{pair}` is not domain=value"))?;
+        map.insert(k.trim().to_string(), v.trim().parse::<f64>().with_context(|| format!("{what}: `{v}`"))?);
+    }
+    domains.iter().map(|d| map.get(d).copied().with_context(|| format!("{what}: no value for domain `{d}`"))).collect()
+}
+
+fn reference_losses(a: &TrainArgs, corpus: &shear::data::corpus::Corpus, cfg: &shear::LlamaConfig) -> Result<Vec<f64>> {
+    let domains = &corpus.domains;
+    if let Some(f) = &a.reference_losses {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?)
+                .with_context(|| format!("{}: invalid JSON", f.display()))?;
+        return domains
+            .iter()
+            .map(|d| v[d].as_f64().with_context(|| format!("{}: no reference loss for `{d}`", f.display())))
+            .collect();
+    }
+    if let Some(f) = &a.reference_scaling {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?)
+                .with_context(|| format!("{}: invalid JSON", f.display()))?;
+        let sizes: Vec<f64> =
+            serde_json::from_value(v["sizes"].clone()).with_context(|| format!("{}: sizes", f.display()))?;
+        anyhow::ensure!(sizes.len() == 3, "{}: need exactly three sizes", f.display());
+        let n = cfg.param_counts().total() as f64;
+        return domains
+            .iter()
+            .map(|d| {
+                let l: Vec<f64> = serde_json::from_value(v["losses"][d].clone())
+                    .with_context(|| format!("{}: losses of `{d}`", f.display()))?;
+                anyhow::ensure!(l.len() == 3, "{}: `{d}` needs three losses", f.display());
+                let (pa, pb, pc) =
+                    shear::data::loader::fit_scaling_law([(sizes[0], l[0]), (sizes[1], l[1]), (sizes[2], l[2])])?;
+                Ok(pa * n.powf(-pb) + pc)
+            })
+            .collect();
+    }
+    if let Some(dir) = &a.reference_model {
+        let tj = std::fs::read(dir.join("tokenizer.json")).with_context(|| format!("{}", dir.display()))?;
+        corpus.check_tokenizer(&tj, dir)?;
+        let r = io::load_model(dir, candle_core::DType::F32, &shear::device(a.cpu)?)?;
+        info!("reference losses: evaluating {} on {} eval sequences per domain", dir.display(), a.eval_sequences);
+        let rows = eval::evaluate_corpus(&r.model, corpus, Some(a.eval_sequences), a.batch_size, None, |_, _, _| {})?;
+        return Ok(rows.iter().map(|r| r.mean_nll).collect());
+    }
+    bail!(
+        "the `{}` update needs reference losses: --reference-model, --reference-losses or --reference-scaling",
+        a.update
+    )
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    use shear::train::continued::{self, TrainConfig, TrainSpec};
+    let device = shear::device(a.cpu)?;
+    let spec = if a.resume {
+        let mut spec = continued::read_train_spec(&a.out).context("--resume needs an existing run in --out")?;
+        if let Some(s) = a.steps {
+            spec.config.steps = s;
+        }
+        spec
+    } else {
+        let (model, data) = (a.model.clone().unwrap(), a.data.clone().unwrap());
+        io::check_writable_destination(&a.out)?;
+        let corpus = shear::data::corpus::Corpus::open(&data)?;
+        let cfg = hf::load_config(&model)?;
+        let steps = a.steps.context("--steps is required")?;
+        let mut c = TrainConfig::for_steps(steps, &corpus.domains);
+        c.batch_size = a.batch_size;
+        c.grad_accum = a.grad_accum;
+        c.lr = a.lr;
+        c.warmup_steps = a.warmup_steps.unwrap_or(c.warmup_steps);
+        c.weight_decay = a.weight_decay;
+        c.max_grad_norm = a.max_grad_norm;
+        c.eval_interval = a.eval_interval;
+        c.eval_sequences = a.eval_sequences;
+        c.checkpoint_interval = a.checkpoint_interval;
+        c.seed = a.seed;
+        c.bf16 = a.bf16;
+        c.update_rule = a.update.parse()?;
+        if let Some(p) = &a.proportions {
+            c.proportions = parse_domain_map(p, &corpus.domains, "--proportions")?;
+        }
+        if c.update_rule != shear::data::loader::UpdateRule::Constant {
+            c.reference_losses = reference_losses(&a, &corpus, &cfg)?;
+        }
+        let abs = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
+        TrainSpec { model: abs(model)?, data: abs(data)?, domains: corpus.domains.clone(), config: c }
+    };
+    let corpus = shear::data::corpus::Corpus::open(&spec.data)?;
+    let tj = std::fs::read(spec.model.join("tokenizer.json")).with_context(|| format!("{}", spec.model.display()))?;
+    corpus.check_tokenizer(&tj, &spec.model)?;
+    let cfg = hf::load_config(&spec.model)?;
+    let weights = hf::load_weights(&spec.model, Some(candle_core::DType::F32), &device)?;
+    shear::model::check_weights(&cfg, &weights)?;
+    info!(
+        "training {} ({:.1}M parameters) on {} for {} steps of {}x{}x{} tokens, {:?} proportion updates",
+        spec.model.display(),
+        cfg.param_counts().total() as f64 / 1e6,
+        spec.data.display(),
+        spec.config.steps,
+        spec.config.grad_accum,
+        spec.config.batch_size,
+        corpus.seq_len(),
+        spec.config.update_rule
+    );
+    let pb = progress_bar(spec.config.steps, "train");
+    let delay = std::time::Duration::from_millis(a.step_delay_ms);
+    let summary = continued::train(&a.out, &spec, &cfg, &weights, &corpus, a.resume, |r| {
+        pb.set_position(r.step as u64);
+        pb.set_message(format!("loss {:.3}", r.loss));
+        if let Some((losses, props)) = r.eval {
+            let fmt = |v: &[f64], p: usize| {
+                corpus.domains.iter().zip(v).map(|(d, x)| format!("{d} {x:.p$}")).collect::<Vec<_>>().join(", ")
+            };
+            pb.println(format!("step {}: eval loss {}", r.step, fmt(losses, 3)));
+            pb.println(format!("step {}: proportions {}", r.step, fmt(props, 3)));
+        }
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    pb.finish_and_clear();
+    info!("{} steps at {:.2}s/step; run in {}", summary.steps_run, summary.mean_step_seconds, a.out.display());
+    Ok(())
+}
+
+fn init_cmd(a: InitArgs) -> Result<()> {
+    let like = a.like.as_ref().map(|d| hf::load_config(d)).transpose()?;
+    let cfg = if a.config.extension().is_some_and(|e| e == "toml") {
+        let base = like.context("a target .toml needs --like MODEL to supply vocabulary, head_dim and RoPE")?;
+        let target = shear::prune::TargetShape::load(&a.config)?;
+        target.validate(&base)?;
+        target.config(&base)
+    } else {
+        shear::LlamaConfig::load(&a.config)?
+    };
+    let weights = shear::model::random_weights(&cfg, a.seed, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    let opts = SaveOptions { companions_from: a.like.clone(), ..Default::default() };
+    let out = hf::save_model(&a.out, &cfg, &weights, &opts)?;
+    info!(
+        "wrote {}: randomly initialized (seed {}), {} layers, hidden {}, {:.2}M parameters",
+        out.display(),
+        a.seed,
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.param_counts().total() as f64 / 1e6
     );
     Ok(())
 }

@@ -2,5 +2,7 @@
 //! shares these pieces).
 
 pub mod checkpoint;
+pub mod continued;
+pub mod metrics;
 pub mod optim;
 pub mod pruning;

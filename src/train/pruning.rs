@@ -10,7 +10,6 @@
 //! `evals.jsonl`, `masks/step_NNNNNN.safetensors` (log-α and deterministic masks) and `checkpoint/`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -20,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::checkpoint;
+use super::metrics::{truncate_jsonl, JsonlWriter};
 use super::optim::{clip_factor, global_grad_norm, AdamW, AdamWConfig, CosineSchedule};
 use crate::config::LlamaConfig;
 use crate::data::TextData;
@@ -252,8 +252,8 @@ pub fn prune(
     let schedule = CosineSchedule { warmup: c.lr_warmup_steps, total: c.steps, alpha_f: c.alpha_f };
     let all_vars: Vec<candle_core::Var> =
         st.weights.values().cloned().chain(st.masks.vars()).chain(st.lagrangian.vars()).collect();
-    let mut metrics = open_append(&run.join(METRICS))?;
-    let mut evals = open_append(&run.join(EVALS))?;
+    let mut metrics = JsonlWriter::open(&run.join(METRICS))?;
+    let mut evals = JsonlWriter::open(&run.join(EVALS))?;
     let source_prunable = prunable_params(source_cfg);
     let start_step = st.step;
     let started = Instant::now();
@@ -302,8 +302,7 @@ pub fn prune(
         let seconds = t0.elapsed().as_secs_f64();
         m.insert("seconds".into(), seconds.into());
         m.insert("tokens".into(), (st.step * c.batch_size * c.seq_len).into());
-        writeln!(metrics, "{}", Value::Object(m.clone())).map_err(|e| Error::io(run.join(METRICS), e))?;
-        metrics.flush().map_err(|e| Error::io(run.join(METRICS), e))?;
+        metrics.write(&Value::Object(m.clone()))?;
 
         let last = st.step == c.steps;
         let mut eval_nll = None;
@@ -315,8 +314,7 @@ pub fn prune(
             let kept = MaskScores::indicators(source_cfg, &det)?.expected_params(source_cfg);
             let line =
                 json!({"step": st.step, "eval_nll": r.mean_nll, "eval_tokens": r.tokens, "deterministic_params": kept});
-            writeln!(evals, "{line}").map_err(|e| Error::io(run.join(EVALS), e))?;
-            evals.flush().map_err(|e| Error::io(run.join(EVALS), e))?;
+            evals.write(&line)?;
             eval_nll = Some(r.mean_nll);
         }
         let record = StepRecord {
@@ -402,29 +400,6 @@ pub fn load_log_alphas(run: &Path, step: Option<usize>) -> Result<(usize, BTreeM
         }
     }
     Ok((n, out))
-}
-
-fn open_append(path: &Path) -> Result<std::fs::File> {
-    std::fs::OpenOptions::new().append(true).create(true).open(path).map_err(|e| Error::io(path, e))
-}
-
-/// Drop lines logged after `step` (written after the checkpoint a run resumes from).
-fn truncate_jsonl(path: &Path, step: usize) -> Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step)
-        })
-        .collect();
-    let mut out = kept.join("\n");
-    if !out.is_empty() {
-        out.push('\n');
-    }
-    std::fs::write(path, out).map_err(|e| Error::io(path, e))
 }
 
 /// Materialize a pruning run: deterministic masks with exactly the target counts from the latest

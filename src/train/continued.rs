@@ -1,0 +1,383 @@
+//! Continued pre-training with dynamic batch loading (spec §6, §9.3).
+//!
+//! One step draws `batch_size × grad_accum` sequences (each sample's domain drawn from the current
+//! proportions), accumulates gradients over the micro-batches, clips the global norm and takes an AdamW
+//! step under a cosine-with-warmup schedule. Every `eval_interval` steps each domain's eval loss is
+//! measured and the proportions are updated from the gap to the reference losses. A run directory holds
+//! `run.json`, `metrics.jsonl` (per step), `evals.jsonl` (per eval) and `checkpoint/` (weights, AdamW
+//! moments, step, loader state with its RNG and cursors), so a killed run resumes bit-for-bit.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::checkpoint;
+use super::metrics::{truncate_jsonl, JsonlWriter};
+use super::optim::{clip_factor, global_grad_norm, AdamW, AdamWConfig, CosineSchedule};
+use crate::config::LlamaConfig;
+use crate::data::corpus::Corpus;
+use crate::data::loader::{DynamicLoader, LoaderState, UpdateRule};
+use crate::error::{Error, Result};
+use crate::eval::evaluate_corpus;
+use crate::model::{nll_from_logits, trainable, Kernels, Llama, TensorMap};
+
+/// RedPajama's proportions, the reference's initial mixture (spec §6.1).
+pub const REDPAJAMA_PROPORTIONS: [(&str, f64); 7] = [
+    ("cc", 0.67),
+    ("github", 0.045),
+    ("book", 0.045),
+    ("stackexchange", 0.02),
+    ("wiki", 0.045),
+    ("arxiv", 0.025),
+    ("c4", 0.15),
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub steps: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub alpha_f: f64,
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    pub eval_interval: usize,
+    /// Eval sequences per domain at each eval.
+    pub eval_sequences: usize,
+    pub checkpoint_interval: usize,
+    pub seed: u64,
+    /// Compute forward and backward in bf16 (weights and optimizer state stay f32).
+    pub bf16: bool,
+    pub update_rule: UpdateRule,
+    /// Initial proportions, in the corpus's domain order.
+    pub proportions: Vec<f64>,
+    /// Reference losses, in the corpus's domain order (unused by `constant`).
+    pub reference_losses: Vec<f64>,
+}
+
+impl TrainConfig {
+    /// The paper's continued pre-training recipe scaled to `steps`: LR 1e-4, warm-up 3%, cosine to 10%.
+    pub fn for_steps(steps: usize, domains: &[String]) -> Self {
+        let proportions = domains
+            .iter()
+            .map(|d| REDPAJAMA_PROPORTIONS.iter().find(|(n, _)| n == d).map(|(_, p)| *p).unwrap_or(1.0 / 7.0))
+            .collect();
+        Self {
+            steps,
+            batch_size: 4,
+            grad_accum: 1,
+            lr: 1e-4,
+            warmup_steps: (steps * 3).div_ceil(100),
+            alpha_f: 0.1,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            eval_interval: 50,
+            eval_sequences: 16,
+            checkpoint_interval: 50,
+            seed: 17,
+            bf16: false,
+            update_rule: UpdateRule::Doremi,
+            proportions,
+            reference_losses: vec![],
+        }
+    }
+}
+
+/// What a run was asked to do (`run.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSpec {
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub domains: Vec<String>,
+    pub config: TrainConfig,
+}
+
+const RUN_FILE: &str = "run.json";
+const METRICS: &str = "metrics.jsonl";
+const EVALS: &str = "evals.jsonl";
+
+pub fn read_train_spec(run: &Path) -> Result<TrainSpec> {
+    let path = run.join(RUN_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+}
+
+pub struct StepReport<'a> {
+    pub step: usize,
+    pub loss: f64,
+    pub tokens_per_s: f64,
+    /// Per-domain eval losses and the proportions after the update, on eval steps.
+    pub eval: Option<(&'a [f64], &'a [f64])>,
+    pub wrapped: &'a [String],
+}
+
+pub struct TrainSummary {
+    pub steps_run: usize,
+    pub final_step: usize,
+    pub mean_step_seconds: f64,
+}
+
+struct State {
+    vars: BTreeMap<String, Var>,
+    optimizer: AdamW,
+    loader: DynamicLoader,
+    step: usize,
+}
+
+fn sizes(corpus: &Corpus) -> Vec<usize> {
+    (0..corpus.domains.len()).map(|d| corpus.sequences(true, d)).collect()
+}
+
+/// A model over the current values of `vars`, in `dtype` (a bf16 copy stays connected to the f32 vars
+/// for backward; `detach` gives an inference-only copy).
+fn model_of(cfg: &LlamaConfig, vars: &BTreeMap<String, Var>, dtype: DType, detach: bool) -> Result<Llama> {
+    let mut t = TensorMap::new();
+    for (k, v) in vars {
+        let x = if detach { v.as_tensor().detach() } else { v.as_tensor().clone() };
+        t.insert(k.clone(), if x.dtype() == dtype { x } else { x.to_dtype(dtype)? });
+    }
+    Llama::new(cfg, &t)
+}
+
+/// Run (or resume) continued pre-training in `run`. `on_step` sees every step; `Break` checkpoints and stops.
+pub fn train(
+    run: &Path,
+    spec: &TrainSpec,
+    cfg: &LlamaConfig,
+    weights: &TensorMap,
+    corpus: &Corpus,
+    resume: bool,
+    mut on_step: impl FnMut(&StepReport) -> ControlFlow<()>,
+) -> Result<TrainSummary> {
+    let c = &spec.config;
+    let k = corpus.domains.len();
+    if spec.domains != corpus.domains {
+        return Err(Error::Invalid(format!(
+            "run domains {:?} differ from the corpus's {:?}",
+            spec.domains, corpus.domains
+        )));
+    }
+    if c.proportions.len() != k {
+        return Err(Error::Invalid(format!("{} initial proportions for {k} domains", c.proportions.len())));
+    }
+    if c.update_rule != UpdateRule::Constant && c.reference_losses.len() != k {
+        return Err(Error::Invalid(format!(
+            "the `{:?}` rule needs one reference loss per domain ({k}), got {}",
+            c.update_rule,
+            c.reference_losses.len()
+        )));
+    }
+    if c.batch_size == 0 || c.grad_accum == 0 {
+        return Err(Error::Invalid("batch size and gradient accumulation must be positive".into()));
+    }
+    let device = weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
+    let (vars, _) = trainable(weights)?;
+    let params: Vec<(String, Var)> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let adam = AdamWConfig { weight_decay: c.weight_decay, ..AdamWConfig::sheared(c.lr) };
+    let mut st = State {
+        optimizer: AdamW::new("weights", adam, params)?,
+        loader: DynamicLoader::new(corpus.domains.clone(), &sizes(corpus), &c.proportions, c.seed)?,
+        vars,
+        step: 0,
+    };
+    if resume {
+        restore(run, &mut st, corpus, &device)?;
+        truncate_jsonl(&run.join(METRICS), st.step)?;
+        truncate_jsonl(&run.join(EVALS), st.step)?;
+    } else {
+        std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
+        let text = serde_json::to_string_pretty(spec).expect("json");
+        std::fs::write(run.join(RUN_FILE), text).map_err(|e| Error::io(run, e))?;
+        for f in [METRICS, EVALS] {
+            std::fs::write(run.join(f), "").map_err(|e| Error::io(run.join(f), e))?;
+        }
+    }
+    let compute = if c.bf16 { DType::BF16 } else { DType::F32 };
+    let schedule = CosineSchedule { warmup: c.warmup_steps, total: c.steps, alpha_f: c.alpha_f };
+    let all_vars: Vec<Var> = st.vars.values().cloned().collect();
+    let mut metrics = JsonlWriter::open(&run.join(METRICS))?;
+    let mut evals = JsonlWriter::open(&run.join(EVALS))?;
+    let seq = corpus.seq_len();
+    let start_step = st.step;
+    let started = Instant::now();
+    // In f32 the model can hold the vars themselves; a bf16 model is a fresh copy every step.
+    let f32_model = if c.bf16 { None } else { Some(model_of(cfg, &st.vars, DType::F32, false)?) };
+
+    while st.step < c.steps {
+        let t0 = Instant::now();
+        let plan = st.loader.next_batch(c.batch_size * c.grad_accum);
+        let wrapped: Vec<String> = plan.wrapped.iter().map(|&d| corpus.domains[d].clone()).collect();
+        for d in &wrapped {
+            tracing::warn!("step {}: domain `{d}` ran out of sequences and wrapped around (data repeats)", st.step + 1);
+        }
+        let bf16_model;
+        let model = match &f32_model {
+            Some(m) => m,
+            None => {
+                bf16_model = model_of(cfg, &st.vars, compute, false)?;
+                &bf16_model
+            }
+        };
+        let mut acc: Option<GradStore> = None;
+        let mut domain_loss = vec![(0f64, 0usize); k];
+        for micro in plan.samples.chunks(c.batch_size) {
+            let ids: Vec<u32> = micro.iter().flat_map(|&(d, i)| corpus.sequence(true, d, i).iter().copied()).collect();
+            let ids = Tensor::from_vec(ids, (micro.len(), seq), &device)?;
+            let logits = model.forward_masked(&ids.narrow(1, 0, seq - 1)?, Kernels::Differentiable, None)?;
+            let per_sample = nll_from_logits(&logits, &ids.narrow(1, 1, seq - 1)?)?.mean(1)?; // [b]
+            let values: Vec<f32> = per_sample.to_vec1()?;
+            if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+                return Err(Error::Invalid(format!("non-finite loss ({bad}) at step {}; lower --lr", st.step + 1)));
+            }
+            for (&(d, _), v) in micro.iter().zip(&values) {
+                domain_loss[d].0 += *v as f64;
+                domain_loss[d].1 += 1;
+            }
+            let loss = (per_sample.sum_all()? / (c.batch_size * c.grad_accum) as f64)?;
+            let grads = loss.backward()?;
+            acc = Some(match acc.take() {
+                None => grads,
+                Some(mut a) => {
+                    for v in &all_vars {
+                        if let Some(g) = grads.get(v.as_tensor()) {
+                            let sum = match a.get(v.as_tensor()) {
+                                Some(prev) => (prev + g)?,
+                                None => g.clone(),
+                            };
+                            a.insert(v.as_tensor(), sum);
+                        }
+                    }
+                    a
+                }
+            });
+        }
+        let grads = acc.expect("at least one micro-batch");
+        let norm = global_grad_norm(&grads, &all_vars)?;
+        let factor = schedule.factor(st.step);
+        st.optimizer.step(&grads, factor, clip_factor(norm, c.max_grad_norm))?;
+        st.step += 1;
+
+        let n_samples = plan.samples.len();
+        let loss = domain_loss.iter().map(|(s, _)| s).sum::<f64>() / n_samples as f64;
+        let seconds = t0.elapsed().as_secs_f64();
+        let tokens = n_samples * seq;
+        let mut m = Map::new();
+        m.insert("step".into(), st.step.into());
+        m.insert("loss".into(), loss.into());
+        // Only domains that appeared in this batch have a train loss (never 0/0).
+        let mut per_domain = Map::new();
+        for (d, (sum, n)) in domain_loss.iter().enumerate() {
+            if *n > 0 {
+                per_domain.insert(corpus.domains[d].clone(), (sum / *n as f64).into());
+            }
+        }
+        m.insert("domain_loss".into(), Value::Object(per_domain));
+        m.insert("lr".into(), (c.lr * factor).into());
+        m.insert("grad_norm".into(), norm.into());
+        m.insert("tokens".into(), (st.step * tokens).into());
+        m.insert("proportions".into(), json!(st.loader.state.proportions));
+        m.insert("wrapped".into(), json!(wrapped));
+        m.insert("seconds".into(), seconds.into());
+        m.insert("tokens_per_s".into(), (tokens as f64 / seconds).into());
+        metrics.write(&Value::Object(m))?;
+
+        let last = st.step == c.steps;
+        let mut eval_losses = None;
+        if c.eval_interval > 0 && (st.step % c.eval_interval == 0 || last) {
+            let eval_model = model_of(cfg, &st.vars, DType::F32, true)?;
+            let rows = evaluate_corpus(&eval_model, corpus, Some(c.eval_sequences), c.batch_size, None, |_, _, _| {})?;
+            let losses: Vec<f64> = rows.iter().map(|r| r.mean_nll).collect();
+            let before = st.loader.state.proportions.clone();
+            if c.update_rule != UpdateRule::Constant {
+                st.loader.update(c.update_rule, &losses, &c.reference_losses)?;
+            }
+            let named = |v: &[f64]| -> Map<String, Value> {
+                corpus.domains.iter().zip(v).map(|(d, x)| (d.clone(), Value::from(*x))).collect()
+            };
+            evals.write(&json!({
+                "step": st.step,
+                "eval_loss": named(&losses),
+                "reference_loss": if c.reference_losses.is_empty() { Value::Null } else { Value::Object(named(&c.reference_losses)) },
+                "proportions_before": named(&before),
+                "proportions": named(&st.loader.state.proportions),
+                "rule": c.update_rule,
+            }))?;
+            eval_losses = Some(losses);
+        }
+        let props = st.loader.state.proportions.clone();
+        let report = StepReport {
+            step: st.step,
+            loss,
+            tokens_per_s: tokens as f64 / seconds,
+            eval: eval_losses.as_deref().map(|l| (l, props.as_slice())),
+            wrapped: &wrapped,
+        };
+        let stop = on_step(&report).is_break();
+        if last || stop || (c.checkpoint_interval > 0 && st.step % c.checkpoint_interval == 0) {
+            save(run, &st)?;
+        }
+        if stop {
+            break;
+        }
+    }
+    let steps_run = st.step - start_step;
+    Ok(TrainSummary {
+        steps_run,
+        final_step: st.step,
+        mean_step_seconds: started.elapsed().as_secs_f64() / steps_run.max(1) as f64,
+    })
+}
+
+fn save(run: &Path, st: &State) -> Result<()> {
+    let mut t = BTreeMap::new();
+    for (k, v) in &st.vars {
+        t.insert(format!("weights.{k}"), v.as_tensor().clone());
+    }
+    for (i, (name, _)) in st.optimizer.params.iter().enumerate() {
+        t.insert(format!("adam_m.{name}"), st.optimizer.m[i].clone());
+        t.insert(format!("adam_v.{name}"), st.optimizer.v[i].clone());
+    }
+    let state = json!({"step": st.step, "optimizer_steps": st.optimizer.steps, "loader": st.loader.state});
+    checkpoint::save(run, &t, &state)
+}
+
+fn restore(run: &Path, st: &mut State, corpus: &Corpus, device: &Device) -> Result<()> {
+    let (t, state) = checkpoint::load(run, device)?;
+    let missing = |k: &str| Error::Invalid(format!("{}: checkpoint lacks `{k}`", run.display()));
+    for (k, v) in &st.vars {
+        v.set(t.get(&format!("weights.{k}")).ok_or_else(|| missing(k))?)?;
+    }
+    let mut ms = vec![];
+    let mut vs = vec![];
+    for (name, _) in &st.optimizer.params {
+        ms.push(t.get(&format!("adam_m.{name}")).ok_or_else(|| missing(name))?.clone());
+        vs.push(t.get(&format!("adam_v.{name}")).ok_or_else(|| missing(name))?.clone());
+    }
+    let steps = state["optimizer_steps"].as_u64().ok_or_else(|| missing("optimizer_steps"))? as usize;
+    st.optimizer.load_state(ms, vs, steps)?;
+    st.step = state["step"].as_u64().ok_or_else(|| missing("step"))? as usize;
+    let loader: LoaderState = serde_json::from_value(state["loader"].clone())
+        .map_err(|e| Error::Invalid(format!("checkpoint loader: {e}")))?;
+    st.loader = DynamicLoader::from_state(loader, &sizes(corpus));
+    Ok(())
+}
+
+/// Export the latest checkpoint of a training run as an HF directory (tokenizer copied from the model).
+pub fn export_run(run: &Path, out: &Path) -> Result<PathBuf> {
+    crate::io::check_writable_destination(out)?;
+    let spec = read_train_spec(run)?;
+    let cfg = crate::io::hf::load_config(&spec.model)?;
+    let (t, _) = checkpoint::load(run, &Device::Cpu)?;
+    let weights = checkpoint::take_prefixed(&t, "weights");
+    let opts = crate::io::SaveOptions { companions_from: Some(spec.model.clone()), ..Default::default() };
+    crate::io::save_model(out, &cfg, &weights, &opts)
+}

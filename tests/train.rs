@@ -1,0 +1,177 @@
+//! Continued pre-training through the CLI on a tiny model and corpus: SIGKILL + resume ≡ uninterrupted,
+//! proportions that move under `doremi` and stay under `constant`, and the from-scratch baseline.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use shear::data::corpus::{build, BuildOptions, DOMAINS};
+use shear::train::metrics::read_jsonl;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_shear"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A tiny model and a corpus of seven synthetic domains with distinct statistics.
+fn setup(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let g = root.join("tiny.gguf");
+    write_tiny_gguf(&g, "llama");
+    let model = root.join("model");
+    shear::io::gguf::convert_gguf(&g, &model, Default::default(), |_, _| {}).unwrap();
+    let raw = root.join("raw");
+    std::fs::create_dir(&raw).unwrap();
+    for (k, d) in DOMAINS.iter().enumerate() {
+        let lines: Vec<String> = (0..40)
+            .map(|i| {
+                let text =
+                    format!("{d} {i} {}", ["ab ", "ba ", "xyz ", "0 1 2 ", "abab ", "q ", "é "][k].repeat(20 + i));
+                serde_json::json!({"id": format!("{d}/{i}"), "source": "synthetic", "text": text}).to_string()
+            })
+            .collect();
+        std::fs::write(raw.join(format!("{d}.jsonl")), lines.join("\n")).unwrap();
+    }
+    let tok = shear::io::load_tokenizer(&model).unwrap();
+    let tj = std::fs::read(model.join("tokenizer.json")).unwrap();
+    let corpus = root.join("corpus");
+    build(
+        &raw,
+        &corpus,
+        &tok,
+        &tj,
+        (0, 0),
+        &BuildOptions { seq_len: 24, eval_permille: 150, ..Default::default() },
+        |_, _| {},
+    )
+    .unwrap();
+    let reference = root.join("ref.json");
+    let r: serde_json::Map<String, serde_json::Value> = DOMAINS.iter().map(|d| (d.to_string(), 4.0.into())).collect();
+    std::fs::write(&reference, serde_json::Value::Object(r).to_string()).unwrap();
+    (model, corpus, reference)
+}
+
+fn train_args<'a>(
+    model: &'a Path,
+    corpus: &'a Path,
+    reference: &'a Path,
+    out: &'a Path,
+    update: &'a str,
+) -> Vec<&'a str> {
+    let mut v = vec!["train", "--model", s(model), "--data", s(corpus), "--out", s(out), "--steps", "8"];
+    v.extend(["--batch-size", "3", "--grad-accum", "2", "--eval-interval", "2", "--eval-sequences", "2"]);
+    v.extend(["--checkpoint-interval", "2", "--lr", "3e-3", "--update", update]);
+    if update != "constant" {
+        v.extend(["--reference-losses", s(reference)]);
+    }
+    v
+}
+
+fn without_timing(path: &Path) -> Vec<serde_json::Value> {
+    read_jsonl(path)
+        .unwrap()
+        .into_iter()
+        .map(|mut v| {
+            let o = v.as_object_mut().unwrap();
+            o.remove("seconds");
+            o.remove("tokens_per_s");
+            v
+        })
+        .collect()
+}
+
+fn checkpoint_tensors(run: &Path) -> Vec<(String, Vec<f32>)> {
+    let (t, _) = shear::train::checkpoint::load(run, &candle_core::Device::Cpu).unwrap();
+    t.into_iter().map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect()
+}
+
+#[test]
+fn sigkill_and_resume_equals_uninterrupted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, corpus, reference) = setup(tmp.path());
+
+    let straight = tmp.path().join("straight");
+    let out = bin().args(train_args(&model, &corpus, &reference, &straight, "doremi")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The same run, killed with SIGKILL after step 5 (its last checkpoint is step 4's), then resumed.
+    let killed = tmp.path().join("killed");
+    let mut child = bin()
+        .args(train_args(&model, &corpus, &reference, &killed, "doremi"))
+        .args(["--step-delay-ms", "400"])
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(killed.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+        if lines >= 5 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "the run did not reach step 5");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert!(read_jsonl(&killed.join("metrics.jsonl")).unwrap().len() < 8, "killed before the end");
+    let out = bin().args(["train", "--resume", "--out", s(&killed)]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    assert_eq!(checkpoint_tensors(&straight), checkpoint_tensors(&killed), "weights or optimizer moments differ");
+    assert_eq!(without_timing(&straight.join("metrics.jsonl")), without_timing(&killed.join("metrics.jsonl")));
+    assert_eq!(read_jsonl(&straight.join("evals.jsonl")).unwrap(), read_jsonl(&killed.join("evals.jsonl")).unwrap());
+
+    // doremi moved the proportions; every logged loss is finite even for domains absent from a batch.
+    let evals = read_jsonl(&straight.join("evals.jsonl")).unwrap();
+    assert_eq!(evals.len(), 4);
+    assert_ne!(evals[0]["proportions"], evals[0]["proportions_before"]);
+    for m in read_jsonl(&straight.join("metrics.jsonl")).unwrap() {
+        assert!(m["loss"].as_f64().unwrap().is_finite());
+        for (_, v) in m["domain_loss"].as_object().unwrap() {
+            assert!(v.as_f64().unwrap().is_finite());
+        }
+        // 6 samples over 7 domains: at least one domain is missing from every batch, and is simply absent.
+        assert!(m["domain_loss"].as_object().unwrap().len() < 7);
+    }
+
+    // The trained model exports as an HF directory that loads.
+    let exported = tmp.path().join("exported");
+    let out = bin().args(["export", "--run", s(&straight), "--out", s(&exported)]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    shear::io::load_model(&exported, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+}
+
+#[test]
+fn constant_proportions_stay_and_scratch_baseline_has_the_same_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, corpus, reference) = setup(tmp.path());
+    let run = tmp.path().join("constant");
+    let out = bin().args(train_args(&model, &corpus, &reference, &run, "constant")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for e in read_jsonl(&run.join("evals.jsonl")).unwrap() {
+        assert_eq!(e["proportions"], e["proportions_before"]);
+    }
+    let scratch = tmp.path().join("scratch");
+    let out = bin()
+        .args(["init", "--config", s(&model.join("config.json")), "--like", s(&model), "--out", s(&scratch)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let a = shear::io::hf::load_config(&model).unwrap();
+    let b = shear::io::hf::load_config(&scratch).unwrap();
+    assert_eq!(a.tensor_shapes(), b.tensor_shapes());
+    assert!(scratch.join("tokenizer.json").exists());
+    // Without reference losses a dynamic rule refuses to start.
+    let out = bin()
+        .args(["train", "--model", s(&model), "--data", s(&corpus), "--out", s(&tmp.path().join("x")), "--steps", "2"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs reference losses"));
+    assert!(!tmp.path().join("x").exists());
+}

@@ -179,9 +179,13 @@ struct PruneArgs {
     /// Target shape, a TOML file with layers, hidden, heads, kv_heads, intermediate (see data/targets/).
     #[arg(long, required_unless_present = "resume")]
     target: Option<PathBuf>,
-    /// Training text: a UTF-8 file (the last --eval-fraction of its tokens is held out for evals).
+    /// Training data: a corpus directory (`shear corpus build`, with dynamic batch loading) or a UTF-8 text
+    /// file (the last --eval-fraction of its tokens is held out for evals).
     #[arg(long, required_unless_present = "resume")]
     data: Option<PathBuf>,
+    /// With a corpus: the mixture (default reference losses: the source model's own, evaluated first).
+    #[command(flatten)]
+    mixture: MixtureArgs,
     /// Run directory to create (or, with --resume, to continue).
     #[arg(long)]
     out: PathBuf,
@@ -295,6 +299,18 @@ struct TrainArgs {
     /// Compute in bf16 (weights and AdamW state stay f32).
     #[arg(long)]
     bf16: bool,
+    #[command(flatten)]
+    mixture: MixtureArgs,
+    /// Testing aid: sleep after every step (lets a test kill the process mid-run).
+    #[arg(long, hide = true, default_value_t = 0)]
+    step_delay_ms: u64,
+    #[arg(long)]
+    cpu: bool,
+}
+
+/// How the domain mixture starts and moves (corpus data only).
+#[derive(Args, Clone)]
+struct MixtureArgs {
     /// Proportion update: doremi (the released code), paper (Algorithm 1) or constant.
     #[arg(long, default_value = "doremi")]
     update: String,
@@ -307,15 +323,16 @@ struct TrainArgs {
     /// Reference losses = this model's per-domain eval losses (e.g. the unpruned source).
     #[arg(long, conflicts_with = "reference_scaling")]
     reference_model: Option<PathBuf>,
-    /// Reference losses from a scaling law L(N) = a N^-b + c fitted through three sizes, evaluated at this
-    /// model's parameter count: JSON {"sizes": [N1, N2, N3], "losses": {"cc": [L1, L2, L3], ...}}.
+    /// Reference losses from a scaling law L(N) = a N^-b + c fitted through three sizes, evaluated at the
+    /// trained model's parameter count: JSON {"sizes": [N1, N2, N3], "losses": {"cc": [L1, L2, L3], ...}}.
     #[arg(long)]
     reference_scaling: Option<PathBuf>,
-    /// Testing aid: sleep after every step (lets a test kill the process mid-run).
-    #[arg(long, hide = true, default_value_t = 0)]
-    step_delay_ms: u64,
-    #[arg(long)]
-    cpu: bool,
+}
+
+impl MixtureArgs {
+    fn any_reference(&self) -> bool {
+        self.reference_losses.is_some() || self.reference_model.is_some() || self.reference_scaling.is_some()
+    }
 }
 
 #[derive(Args)]
@@ -599,34 +616,77 @@ fn prune_cmd(a: PruneArgs) -> Result<()> {
         config.checkpoint_interval = a.checkpoint_interval;
         config.seed = a.seed;
         config.max_grad_norm = a.max_grad_norm;
+        config.update_rule = a.mixture.update.parse()?;
         let abs = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
         RunSpec { source_model: abs(model)?, data: abs(data)?, target, config }
     };
+    let mut spec = spec;
     // Check everything before any work starts.
     let cfg = hf::load_config(&spec.source_model)?;
     spec.target.validate(&cfg)?;
     let tok = io::load_tokenizer(&spec.source_model)?;
-    let data = shear::data::TextData::from_file(&spec.data, &tok, a.eval_fraction, spec.config.seq_len)?;
     let weights = hf::load_weights(&spec.source_model, Some(candle_core::DType::F32), &device)?;
     shear::model::check_weights(&cfg, &weights)?;
+    let mut data = if spec.data.is_dir() {
+        use shear::data::{corpus::Corpus, loader::UpdateRule, CorpusFeed};
+        let corpus = Corpus::open(&spec.data)?;
+        let tj = std::fs::read(spec.source_model.join("tokenizer.json"))?;
+        corpus.check_tokenizer(&tj, &spec.source_model)?;
+        anyhow::ensure!(
+            corpus.seq_len() == spec.config.seq_len,
+            "{} is packed in sequences of {}; pass --seq-len {}",
+            spec.data.display(),
+            corpus.seq_len(),
+            corpus.seq_len()
+        );
+        let c = &mut spec.config;
+        if !a.resume {
+            c.proportions = match &a.mixture.proportions {
+                Some(p) => parse_domain_map(p, &corpus.domains, "--proportions")?,
+                None => shear::train::continued::TrainConfig::for_steps(1, &corpus.domains).proportions,
+            };
+            if c.update_rule != UpdateRule::Constant {
+                let per_domain = (c.eval_tokens / c.seq_len / corpus.domains.len()).max(1);
+                c.reference_losses = if a.mixture.any_reference() {
+                    reference_losses(&a.mixture, &corpus, &cfg, per_domain, c.batch_size, a.cpu)?
+                } else {
+                    // The source's own per-domain losses (spec 6.2's alternative to the scaling law).
+                    info!("reference losses: the source model on {per_domain} eval sequences per domain");
+                    let m = shear::Llama::new(&cfg, &weights)?;
+                    eval::evaluate_corpus(&m, &corpus, Some(per_domain), c.batch_size, None, |_, _, _| {})?
+                        .iter()
+                        .map(|r| r.mean_nll)
+                        .collect()
+                };
+            }
+        }
+        let feed = CorpusFeed::new(corpus, &c.proportions, c.update_rule, c.reference_losses.clone(), c.seed)?;
+        pruning::PruneData::Corpus(feed)
+    } else {
+        pruning::PruneData::Text(shear::data::TextData::from_file(
+            &spec.data,
+            &tok,
+            a.eval_fraction,
+            spec.config.seq_len,
+        )?)
+    };
     if !a.resume {
         std::fs::create_dir_all(&a.out)?;
     }
     let target_cfg = spec.target.config(&cfg);
     info!(
-        "pruning {} ({:.1}M parameters) to {} ({:.1}M) on {} train / {} eval tokens, {} steps of {}x{}",
+        "pruning {} ({:.1}M parameters) to {} ({:.1}M) on {}, {} steps of {}x{}",
         spec.source_model.display(),
         cfg.param_counts().total() as f64 / 1e6,
         spec.target,
         target_cfg.param_counts().total() as f64 / 1e6,
-        data.train.len(),
-        data.eval.len(),
+        spec.data.display(),
         spec.config.steps,
         spec.config.batch_size,
         spec.config.seq_len
     );
     let pb = progress_bar(spec.config.steps, "prune");
-    let summary = pruning::prune(&a.out, &spec, &cfg, &weights, &data, a.resume, |r| {
+    let summary = pruning::prune(&a.out, &spec, &cfg, &weights, &mut data, a.resume, |r| {
         pb.set_position(r.step as u64);
         pb.set_message(format!("loss {:.3}", r.lm_loss));
         tracing::debug!(
@@ -792,7 +852,14 @@ fn parse_domain_map(text: &str, domains: &[String], what: &str) -> Result<Vec<f6
     domains.iter().map(|d| map.get(d).copied().with_context(|| format!("{what}: no value for domain `{d}`"))).collect()
 }
 
-fn reference_losses(a: &TrainArgs, corpus: &shear::data::corpus::Corpus, cfg: &shear::LlamaConfig) -> Result<Vec<f64>> {
+fn reference_losses(
+    a: &MixtureArgs,
+    corpus: &shear::data::corpus::Corpus,
+    cfg: &shear::LlamaConfig,
+    eval_sequences: usize,
+    batch_size: usize,
+    cpu: bool,
+) -> Result<Vec<f64>> {
     let domains = &corpus.domains;
     if let Some(f) = &a.reference_losses {
         let v: serde_json::Value =
@@ -826,9 +893,9 @@ fn reference_losses(a: &TrainArgs, corpus: &shear::data::corpus::Corpus, cfg: &s
     if let Some(dir) = &a.reference_model {
         let tj = std::fs::read(dir.join("tokenizer.json")).with_context(|| format!("{}", dir.display()))?;
         corpus.check_tokenizer(&tj, dir)?;
-        let r = io::load_model(dir, candle_core::DType::F32, &shear::device(a.cpu)?)?;
-        info!("reference losses: evaluating {} on {} eval sequences per domain", dir.display(), a.eval_sequences);
-        let rows = eval::evaluate_corpus(&r.model, corpus, Some(a.eval_sequences), a.batch_size, None, |_, _, _| {})?;
+        let r = io::load_model(dir, candle_core::DType::F32, &shear::device(cpu)?)?;
+        info!("reference losses: evaluating {} on {eval_sequences} eval sequences per domain", dir.display());
+        let rows = eval::evaluate_corpus(&r.model, corpus, Some(eval_sequences), batch_size, None, |_, _, _| {})?;
         return Ok(rows.iter().map(|r| r.mean_nll).collect());
     }
     bail!(
@@ -864,12 +931,12 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         c.checkpoint_interval = a.checkpoint_interval;
         c.seed = a.seed;
         c.bf16 = a.bf16;
-        c.update_rule = a.update.parse()?;
-        if let Some(p) = &a.proportions {
+        c.update_rule = a.mixture.update.parse()?;
+        if let Some(p) = &a.mixture.proportions {
             c.proportions = parse_domain_map(p, &corpus.domains, "--proportions")?;
         }
         if c.update_rule != shear::data::loader::UpdateRule::Constant {
-            c.reference_losses = reference_losses(&a, &corpus, &cfg)?;
+            c.reference_losses = reference_losses(&a.mixture, &corpus, &cfg, a.eval_sequences, a.batch_size, a.cpu)?;
         }
         let abs = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
         TrainSpec { model: abs(model)?, data: abs(data)?, domains: corpus.domains.clone(), config: c }
@@ -893,12 +960,13 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     );
     let pb = progress_bar(spec.config.steps, "train");
     let delay = std::time::Duration::from_millis(a.step_delay_ms);
-    let summary = continued::train(&a.out, &spec, &cfg, &weights, &corpus, a.resume, |r| {
+    let domains = corpus.domains.clone();
+    let summary = continued::train(&a.out, &spec, &cfg, &weights, corpus, a.resume, |r| {
         pb.set_position(r.step as u64);
         pb.set_message(format!("loss {:.3}", r.loss));
         if let Some((losses, props)) = r.eval {
             let fmt = |v: &[f64], p: usize| {
-                corpus.domains.iter().zip(v).map(|(d, x)| format!("{d} {x:.p$}")).collect::<Vec<_>>().join(", ")
+                domains.iter().zip(v).map(|(d, x)| format!("{d} {x:.p$}")).collect::<Vec<_>>().join(", ")
             };
             pb.println(format!("step {}: eval loss {}", r.step, fmt(losses, 3)));
             pb.println(format!("step {}: proportions {}", r.step, fmt(props, 3)));

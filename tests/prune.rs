@@ -94,10 +94,10 @@ fn materialized_model_round_trips_through_hf_format() {
 mod run {
     use super::*;
     use shear::data::TextData;
-    use shear::train::pruning::{prune, PruneConfig, RunSpec};
+    use shear::train::pruning::{prune, PruneConfig, PruneData, RunSpec};
     use std::ops::ControlFlow;
 
-    fn setup(root: &std::path::Path) -> (RunSpec, shear::LlamaConfig, shear::TensorMap, TextData) {
+    fn setup(root: &std::path::Path) -> (RunSpec, shear::LlamaConfig, shear::TensorMap, PruneData) {
         let g = root.join("tiny.gguf");
         write_tiny_gguf(&g, "llama");
         let model = root.join("model");
@@ -115,7 +115,7 @@ mod run {
         config.eval_tokens = 64;
         config.checkpoint_interval = 5;
         let target = TargetShape { layers: 1, hidden: 16, heads: 2, kv_heads: 1, intermediate: 24 };
-        let data = TextData::from_file(&text, &tok, 0.1, config.seq_len).unwrap();
+        let data = PruneData::Text(TextData::from_file(&text, &tok, 0.1, config.seq_len).unwrap());
         (RunSpec { source_model: model, data: text, target, config }, cfg, weights, data)
     }
 
@@ -140,16 +140,16 @@ mod run {
     #[test]
     fn resumed_pruning_run_equals_uninterrupted() {
         let tmp = tempfile::tempdir().unwrap();
-        let (spec, cfg, weights, data) = setup(tmp.path());
+        let (spec, cfg, weights, mut data) = setup(tmp.path());
         let straight = tmp.path().join("straight");
         std::fs::create_dir(&straight).unwrap();
-        let s = prune(&straight, &spec, &cfg, &weights, &data, false, |_| ControlFlow::Continue(())).unwrap();
+        let s = prune(&straight, &spec, &cfg, &weights, &mut data, false, |_| ControlFlow::Continue(())).unwrap();
         assert_eq!(s.final_step, 12);
 
         // Stopping on request checkpoints the current step, and resuming continues from there.
         let stopped = tmp.path().join("stopped");
         std::fs::create_dir(&stopped).unwrap();
-        prune(&stopped, &spec, &cfg, &weights, &data, false, |r| {
+        prune(&stopped, &spec, &cfg, &weights, &mut data, false, |r| {
             if r.step == 3 {
                 ControlFlow::Break(())
             } else {
@@ -157,7 +157,7 @@ mod run {
             }
         })
         .unwrap();
-        let r = prune(&stopped, &spec, &cfg, &weights, &data, true, |_| ControlFlow::Continue(())).unwrap();
+        let r = prune(&stopped, &spec, &cfg, &weights, &mut data, true, |_| ControlFlow::Continue(())).unwrap();
         assert_eq!(r.steps_run, 9);
         assert_eq!(final_state(&stopped).0, final_state(&straight).0);
 
@@ -165,14 +165,14 @@ mod run {
         let resumed = tmp.path().join("resumed");
         std::fs::create_dir(&resumed).unwrap();
         let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            prune(&resumed, &spec, &cfg, &weights, &data, false, |r| {
+            prune(&resumed, &spec, &cfg, &weights, &mut data, false, |r| {
                 assert!(r.step < 7, "simulated crash at step 7");
                 ControlFlow::Continue(())
             })
         }));
         assert!(crashed.is_err());
         assert_eq!(std::fs::read_to_string(resumed.join("metrics.jsonl")).unwrap().lines().count(), 7);
-        let r = prune(&resumed, &spec, &cfg, &weights, &data, true, |_| ControlFlow::Continue(())).unwrap();
+        let r = prune(&resumed, &spec, &cfg, &weights, &mut data, true, |_| ControlFlow::Continue(())).unwrap();
         assert_eq!(r.steps_run, 7, "resumes from the step-5 checkpoint");
         let (a, b) = (final_state(&straight), final_state(&resumed));
         assert_eq!(a.0.len(), b.0.len());
@@ -190,4 +190,96 @@ mod run {
         assert_eq!((small.num_kv_heads(), small.intermediate_size), (1, 24));
         assert!(out.join("tokenizer.json").exists());
     }
+}
+
+/// Pruning on a corpus: the loader's proportions move under `doremi` with the source's own losses as
+/// reference, and a stopped-and-resumed run matches the straight one (loader state included).
+#[test]
+fn pruning_on_a_corpus_with_dynamic_loading_resumes_exactly() {
+    use shear::data::corpus::{build, BuildOptions, Corpus, DOMAINS};
+    use shear::data::{loader::UpdateRule, CorpusFeed};
+    use shear::train::pruning::{prune, PruneConfig, PruneData, RunSpec};
+    use std::ops::ControlFlow;
+    let tmp = tempfile::tempdir().unwrap();
+    let g = tmp.path().join("tiny.gguf");
+    write_tiny_gguf(&g, "llama");
+    let model = tmp.path().join("model");
+    shear::io::gguf::convert_gguf(&g, &model, Default::default(), |_, _| {}).unwrap();
+    let raw = tmp.path().join("raw");
+    std::fs::create_dir(&raw).unwrap();
+    for (k, d) in DOMAINS.iter().enumerate() {
+        let lines: Vec<String> = (0..30)
+            .map(|i| {
+                let text = format!("{d} {i} {}", ["ab ", "ba ", "xyz ", "0 1 ", "abab ", "q ", "é "][k].repeat(15 + i));
+                serde_json::json!({"id": format!("{d}/{i}"), "source": "synthetic", "text": text}).to_string()
+            })
+            .collect();
+        std::fs::write(raw.join(format!("{d}.jsonl")), lines.join("\n")).unwrap();
+    }
+    let tok = shear::io::load_tokenizer(&model).unwrap();
+    let tj = std::fs::read(model.join("tokenizer.json")).unwrap();
+    let corpus_dir = tmp.path().join("corpus");
+    build(
+        &raw,
+        &corpus_dir,
+        &tok,
+        &tj,
+        (0, 0),
+        &BuildOptions { seq_len: 16, eval_permille: 150, ..Default::default() },
+        |_, _| {},
+    )
+    .unwrap();
+    let cfg = hf::load_config(&model).unwrap();
+    let weights = hf::load_weights(&model, Some(candle_core::DType::F32), &candle_core::Device::Cpu).unwrap();
+    let mut config = PruneConfig::for_steps(8);
+    config.batch_size = 3;
+    config.seq_len = 16;
+    config.eval_interval = 2;
+    config.eval_tokens = 7 * 32;
+    config.checkpoint_interval = 4;
+    config.update_rule = UpdateRule::Doremi;
+    config.proportions = vec![1.0; 7];
+    // The source's own losses as reference, as `shear prune` does by default.
+    let corpus = Corpus::open(&corpus_dir).unwrap();
+    let source = Llama::new(&cfg, &weights).unwrap();
+    config.reference_losses = shear::eval::evaluate_corpus(&source, &corpus, Some(2), 3, None, |_, _, _| {})
+        .unwrap()
+        .iter()
+        .map(|r| r.mean_nll)
+        .collect();
+    let target = TargetShape { layers: 1, hidden: 16, heads: 2, kv_heads: 1, intermediate: 24 };
+    let spec = RunSpec { source_model: model.clone(), data: corpus_dir.clone(), target, config: config.clone() };
+    let feed = || {
+        let c = Corpus::open(&corpus_dir).unwrap();
+        PruneData::Corpus(
+            CorpusFeed::new(c, &config.proportions, config.update_rule, config.reference_losses.clone(), 17).unwrap(),
+        )
+    };
+    let a = tmp.path().join("a");
+    prune(&a, &spec, &cfg, &weights, &mut feed(), false, |_| ControlFlow::Continue(())).unwrap();
+    let b = tmp.path().join("b");
+    prune(&b, &spec, &cfg, &weights, &mut feed(), false, |r| {
+        if r.step == 3 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    prune(&b, &spec, &cfg, &weights, &mut feed(), true, |_| ControlFlow::Continue(())).unwrap();
+    let read = |run: &std::path::Path| shear::train::metrics::read_jsonl(&run.join("evals.jsonl")).unwrap();
+    assert_eq!(read(&a), read(&b));
+    let (ta, _) = shear::train::checkpoint::load(&a, &candle_core::Device::Cpu).unwrap();
+    let (tb, sb) = shear::train::checkpoint::load(&b, &candle_core::Device::Cpu).unwrap();
+    for (k, v) in &ta {
+        assert_eq!(
+            v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            tb[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "{k}"
+        );
+    }
+    assert!(sb["loader"]["proportions"].is_array());
+    let evals = read(&a);
+    assert_eq!(evals.len(), 4);
+    assert_ne!(evals[3]["proportions"], evals[0]["proportions_before"], "doremi moved the mixture");
 }

@@ -12,6 +12,9 @@ use tokenizers::Tokenizer;
 use crate::error::{Error, Result};
 use crate::io::{read_utf8, tokenizer::encode};
 use crate::rng::Rng;
+use corpus::Corpus;
+use loader::{DynamicLoader, LoaderState, UpdateRule};
+use serde_json::{json, Value};
 
 pub struct TextData {
     pub train: Vec<u32>,
@@ -23,10 +26,7 @@ impl TextData {
     /// contiguous split, so no eval window overlaps a training window.
     pub fn from_file(path: &Path, tok: &Tokenizer, eval_fraction: f64, seq_len: usize) -> Result<Self> {
         if path.is_dir() {
-            return Err(Error::Invalid(format!(
-                "{}: corpus directories are not supported yet; pass a UTF-8 text file",
-                path.display()
-            )));
+            return Err(Error::Invalid(format!("{}: a directory, not a text file", path.display())));
         }
         let ids = encode(tok, &read_utf8(path)?)?;
         let n_eval = ((ids.len() as f64) * eval_fraction) as usize;
@@ -51,5 +51,68 @@ impl TextData {
             ids.extend_from_slice(&self.train[s..s + seq_len]);
         }
         Ok(Tensor::from_vec(ids, (batch, seq_len), device)?)
+    }
+}
+
+/// A corpus with its dynamic batch loader and the rule that moves the proportions.
+pub struct CorpusFeed {
+    pub corpus: Corpus,
+    pub loader: DynamicLoader,
+    pub rule: UpdateRule,
+    /// Reference losses in domain order (empty for `constant`).
+    pub reference: Vec<f64>,
+}
+
+impl CorpusFeed {
+    pub fn new(corpus: Corpus, proportions: &[f64], rule: UpdateRule, reference: Vec<f64>, seed: u64) -> Result<Self> {
+        if rule != UpdateRule::Constant && reference.len() != corpus.domains.len() {
+            return Err(Error::Invalid(format!(
+                "the `{rule:?}` rule needs one reference loss per domain ({}), got {}",
+                corpus.domains.len(),
+                reference.len()
+            )));
+        }
+        let sizes: Vec<usize> = (0..corpus.domains.len()).map(|d| corpus.sequences(true, d)).collect();
+        let loader = DynamicLoader::new(corpus.domains.clone(), &sizes, proportions, seed)?;
+        Ok(Self { corpus, loader, rule, reference })
+    }
+
+    /// The next batch and each sample's domain; wrap-arounds are logged.
+    pub fn next_batch(&mut self, batch: usize, device: &Device) -> Result<(Tensor, Vec<usize>)> {
+        let plan = self.loader.next_batch(batch);
+        for d in &plan.wrapped {
+            tracing::warn!(
+                "domain `{}` ran out of sequences and wrapped around (data repeats)",
+                self.corpus.domains[*d]
+            );
+        }
+        let seq = self.corpus.seq_len();
+        let ids: Vec<u32> =
+            plan.samples.iter().flat_map(|&(d, i)| self.corpus.sequence(true, d, i).iter().copied()).collect();
+        let domains = plan.samples.iter().map(|(d, _)| *d).collect();
+        Ok((Tensor::from_vec(ids, (batch, seq), device)?, domains))
+    }
+
+    /// Update the proportions from per-domain eval losses; returns the record for `evals.jsonl`.
+    pub fn update(&mut self, losses: &[f64]) -> Result<Value> {
+        let before = self.loader.state.proportions.clone();
+        if self.rule != UpdateRule::Constant {
+            self.loader.update(self.rule, losses, &self.reference)?;
+        }
+        let named = |v: &[f64]| -> serde_json::Map<String, Value> {
+            self.corpus.domains.iter().zip(v).map(|(d, x)| (d.clone(), Value::from(*x))).collect()
+        };
+        Ok(json!({
+            "eval_loss": named(losses),
+            "reference_loss": if self.reference.is_empty() { Value::Null } else { Value::Object(named(&self.reference)) },
+            "proportions_before": named(&before),
+            "proportions": named(&self.loader.state.proportions),
+            "rule": self.rule,
+        }))
+    }
+
+    pub fn restore(&mut self, state: LoaderState) {
+        let sizes: Vec<usize> = (0..self.corpus.domains.len()).map(|d| self.corpus.sequences(true, d)).collect();
+        self.loader = DynamicLoader::from_state(state, &sizes);
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Var};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -22,7 +22,8 @@ use super::metrics::{truncate_jsonl, JsonlWriter};
 use super::optim::{clip_factor, global_grad_norm, AdamW, AdamWConfig, CosineSchedule};
 use crate::config::LlamaConfig;
 use crate::data::corpus::Corpus;
-use crate::data::loader::{DynamicLoader, LoaderState, UpdateRule};
+use crate::data::loader::{LoaderState, UpdateRule};
+use crate::data::CorpusFeed;
 use crate::error::{Error, Result};
 use crate::eval::evaluate_corpus;
 use crate::model::{nll_from_logits, trainable, Kernels, Llama, TensorMap};
@@ -117,7 +118,6 @@ pub struct StepReport<'a> {
     pub tokens_per_s: f64,
     /// Per-domain eval losses and the proportions after the update, on eval steps.
     pub eval: Option<(&'a [f64], &'a [f64])>,
-    pub wrapped: &'a [String],
 }
 
 pub struct TrainSummary {
@@ -129,12 +129,8 @@ pub struct TrainSummary {
 struct State {
     vars: BTreeMap<String, Var>,
     optimizer: AdamW,
-    loader: DynamicLoader,
+    feed: CorpusFeed,
     step: usize,
-}
-
-fn sizes(corpus: &Corpus) -> Vec<usize> {
-    (0..corpus.domains.len()).map(|d| corpus.sequences(true, d)).collect()
 }
 
 /// A model over the current values of `vars`, in `dtype` (a bf16 copy stays connected to the f32 vars
@@ -154,7 +150,7 @@ pub fn train(
     spec: &TrainSpec,
     cfg: &LlamaConfig,
     weights: &TensorMap,
-    corpus: &Corpus,
+    corpus: Corpus,
     resume: bool,
     mut on_step: impl FnMut(&StepReport) -> ControlFlow<()>,
 ) -> Result<TrainSummary> {
@@ -169,13 +165,6 @@ pub fn train(
     if c.proportions.len() != k {
         return Err(Error::Invalid(format!("{} initial proportions for {k} domains", c.proportions.len())));
     }
-    if c.update_rule != UpdateRule::Constant && c.reference_losses.len() != k {
-        return Err(Error::Invalid(format!(
-            "the `{:?}` rule needs one reference loss per domain ({k}), got {}",
-            c.update_rule,
-            c.reference_losses.len()
-        )));
-    }
     if c.batch_size == 0 || c.grad_accum == 0 {
         return Err(Error::Invalid("batch size and gradient accumulation must be positive".into()));
     }
@@ -183,14 +172,10 @@ pub fn train(
     let (vars, _) = trainable(weights)?;
     let params: Vec<(String, Var)> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let adam = AdamWConfig { weight_decay: c.weight_decay, ..AdamWConfig::sheared(c.lr) };
-    let mut st = State {
-        optimizer: AdamW::new("weights", adam, params)?,
-        loader: DynamicLoader::new(corpus.domains.clone(), &sizes(corpus), &c.proportions, c.seed)?,
-        vars,
-        step: 0,
-    };
+    let feed = CorpusFeed::new(corpus, &c.proportions, c.update_rule, c.reference_losses.clone(), c.seed)?;
+    let mut st = State { optimizer: AdamW::new("weights", adam, params)?, feed, vars, step: 0 };
     if resume {
-        restore(run, &mut st, corpus, &device)?;
+        restore(run, &mut st, &device)?;
         truncate_jsonl(&run.join(METRICS), st.step)?;
         truncate_jsonl(&run.join(EVALS), st.step)?;
     } else {
@@ -206,7 +191,8 @@ pub fn train(
     let all_vars: Vec<Var> = st.vars.values().cloned().collect();
     let mut metrics = JsonlWriter::open(&run.join(METRICS))?;
     let mut evals = JsonlWriter::open(&run.join(EVALS))?;
-    let seq = corpus.seq_len();
+    let seq = st.feed.corpus.seq_len();
+    let domains = st.feed.corpus.domains.clone();
     let start_step = st.step;
     let started = Instant::now();
     // In f32 the model can hold the vars themselves; a bf16 model is a fresh copy every step.
@@ -214,11 +200,8 @@ pub fn train(
 
     while st.step < c.steps {
         let t0 = Instant::now();
-        let plan = st.loader.next_batch(c.batch_size * c.grad_accum);
-        let wrapped: Vec<String> = plan.wrapped.iter().map(|&d| corpus.domains[d].clone()).collect();
-        for d in &wrapped {
-            tracing::warn!("step {}: domain `{d}` ran out of sequences and wrapped around (data repeats)", st.step + 1);
-        }
+        let n_samples = c.batch_size * c.grad_accum;
+        let (batch, sample_domains) = st.feed.next_batch(n_samples, &device)?;
         let bf16_model;
         let model = match &f32_model {
             Some(m) => m,
@@ -229,20 +212,19 @@ pub fn train(
         };
         let mut acc: Option<GradStore> = None;
         let mut domain_loss = vec![(0f64, 0usize); k];
-        for micro in plan.samples.chunks(c.batch_size) {
-            let ids: Vec<u32> = micro.iter().flat_map(|&(d, i)| corpus.sequence(true, d, i).iter().copied()).collect();
-            let ids = Tensor::from_vec(ids, (micro.len(), seq), &device)?;
+        for (m, micro) in sample_domains.chunks(c.batch_size).enumerate() {
+            let ids = batch.narrow(0, m * c.batch_size, micro.len())?;
             let logits = model.forward_masked(&ids.narrow(1, 0, seq - 1)?, Kernels::Differentiable, None)?;
             let per_sample = nll_from_logits(&logits, &ids.narrow(1, 1, seq - 1)?)?.mean(1)?; // [b]
             let values: Vec<f32> = per_sample.to_vec1()?;
             if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
                 return Err(Error::Invalid(format!("non-finite loss ({bad}) at step {}; lower --lr", st.step + 1)));
             }
-            for (&(d, _), v) in micro.iter().zip(&values) {
+            for (&d, v) in micro.iter().zip(&values) {
                 domain_loss[d].0 += *v as f64;
                 domain_loss[d].1 += 1;
             }
-            let loss = (per_sample.sum_all()? / (c.batch_size * c.grad_accum) as f64)?;
+            let loss = (per_sample.sum_all()? / n_samples as f64)?;
             let grads = loss.backward()?;
             acc = Some(match acc.take() {
                 None => grads,
@@ -266,7 +248,6 @@ pub fn train(
         st.optimizer.step(&grads, factor, clip_factor(norm, c.max_grad_norm))?;
         st.step += 1;
 
-        let n_samples = plan.samples.len();
         let loss = domain_loss.iter().map(|(s, _)| s).sum::<f64>() / n_samples as f64;
         let seconds = t0.elapsed().as_secs_f64();
         let tokens = n_samples * seq;
@@ -277,15 +258,16 @@ pub fn train(
         let mut per_domain = Map::new();
         for (d, (sum, n)) in domain_loss.iter().enumerate() {
             if *n > 0 {
-                per_domain.insert(corpus.domains[d].clone(), (sum / *n as f64).into());
+                per_domain.insert(domains[d].clone(), (sum / *n as f64).into());
             }
         }
         m.insert("domain_loss".into(), Value::Object(per_domain));
         m.insert("lr".into(), (c.lr * factor).into());
         m.insert("grad_norm".into(), norm.into());
         m.insert("tokens".into(), (st.step * tokens).into());
-        m.insert("proportions".into(), json!(st.loader.state.proportions));
-        m.insert("wrapped".into(), json!(wrapped));
+        m.insert("proportions".into(), json!(st.feed.loader.state.proportions));
+        // Cumulative wrap-arounds per domain: repeated data is visible, never silent.
+        m.insert("wraps".into(), json!(st.feed.loader.state.wraps));
         m.insert("seconds".into(), seconds.into());
         m.insert("tokens_per_s".into(), (tokens as f64 / seconds).into());
         metrics.write(&Value::Object(m))?;
@@ -294,32 +276,26 @@ pub fn train(
         let mut eval_losses = None;
         if c.eval_interval > 0 && (st.step % c.eval_interval == 0 || last) {
             let eval_model = model_of(cfg, &st.vars, DType::F32, true)?;
-            let rows = evaluate_corpus(&eval_model, corpus, Some(c.eval_sequences), c.batch_size, None, |_, _, _| {})?;
+            let rows = evaluate_corpus(
+                &eval_model,
+                &st.feed.corpus,
+                Some(c.eval_sequences),
+                c.batch_size,
+                None,
+                |_, _, _| {},
+            )?;
             let losses: Vec<f64> = rows.iter().map(|r| r.mean_nll).collect();
-            let before = st.loader.state.proportions.clone();
-            if c.update_rule != UpdateRule::Constant {
-                st.loader.update(c.update_rule, &losses, &c.reference_losses)?;
-            }
-            let named = |v: &[f64]| -> Map<String, Value> {
-                corpus.domains.iter().zip(v).map(|(d, x)| (d.clone(), Value::from(*x))).collect()
-            };
-            evals.write(&json!({
-                "step": st.step,
-                "eval_loss": named(&losses),
-                "reference_loss": if c.reference_losses.is_empty() { Value::Null } else { Value::Object(named(&c.reference_losses)) },
-                "proportions_before": named(&before),
-                "proportions": named(&st.loader.state.proportions),
-                "rule": c.update_rule,
-            }))?;
+            let mut record = st.feed.update(&losses)?;
+            record["step"] = st.step.into();
+            evals.write(&record)?;
             eval_losses = Some(losses);
         }
-        let props = st.loader.state.proportions.clone();
+        let props = st.feed.loader.state.proportions.clone();
         let report = StepReport {
             step: st.step,
             loss,
             tokens_per_s: tokens as f64 / seconds,
             eval: eval_losses.as_deref().map(|l| (l, props.as_slice())),
-            wrapped: &wrapped,
         };
         let stop = on_step(&report).is_break();
         if last || stop || (c.checkpoint_interval > 0 && st.step % c.checkpoint_interval == 0) {
@@ -346,11 +322,11 @@ fn save(run: &Path, st: &State) -> Result<()> {
         t.insert(format!("adam_m.{name}"), st.optimizer.m[i].clone());
         t.insert(format!("adam_v.{name}"), st.optimizer.v[i].clone());
     }
-    let state = json!({"step": st.step, "optimizer_steps": st.optimizer.steps, "loader": st.loader.state});
+    let state = json!({"step": st.step, "optimizer_steps": st.optimizer.steps, "loader": st.feed.loader.state});
     checkpoint::save(run, &t, &state)
 }
 
-fn restore(run: &Path, st: &mut State, corpus: &Corpus, device: &Device) -> Result<()> {
+fn restore(run: &Path, st: &mut State, device: &Device) -> Result<()> {
     let (t, state) = checkpoint::load(run, device)?;
     let missing = |k: &str| Error::Invalid(format!("{}: checkpoint lacks `{k}`", run.display()));
     for (k, v) in &st.vars {
@@ -367,7 +343,7 @@ fn restore(run: &Path, st: &mut State, corpus: &Corpus, device: &Device) -> Resu
     st.step = state["step"].as_u64().ok_or_else(|| missing("step"))? as usize;
     let loader: LoaderState = serde_json::from_value(state["loader"].clone())
         .map_err(|e| Error::Invalid(format!("checkpoint loader: {e}")))?;
-    st.loader = DynamicLoader::from_state(loader, &sizes(corpus));
+    st.feed.restore(loader);
     Ok(())
 }
 

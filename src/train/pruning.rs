@@ -22,9 +22,10 @@ use super::checkpoint;
 use super::metrics::{truncate_jsonl, JsonlWriter};
 use super::optim::{clip_factor, global_grad_norm, AdamW, AdamWConfig, CosineSchedule};
 use crate::config::LlamaConfig;
-use crate::data::TextData;
+use crate::data::loader::{LoaderState, UpdateRule};
+use crate::data::{CorpusFeed, TextData};
 use crate::error::{Error, Result};
-use crate::eval::evaluate_ids;
+use crate::eval::{evaluate_corpus, evaluate_ids};
 use crate::model::{trainable, Kernels, Llama, MaskValues, TensorMap};
 use crate::prune::masks::{layouts, prunable_params, Deterministic, Family, MaskScores, MaskSet};
 use crate::prune::{Lagrangian, TargetShape};
@@ -53,6 +54,18 @@ pub struct PruneConfig {
     pub eval_tokens: usize,
     pub checkpoint_interval: usize,
     pub seed: u64,
+    /// With a corpus: how the domain proportions move at each eval (spec §6).
+    #[serde(default = "constant_rule")]
+    pub update_rule: UpdateRule,
+    /// With a corpus: initial proportions (domain order); reference losses for dynamic rules.
+    #[serde(default)]
+    pub proportions: Vec<f64>,
+    #[serde(default)]
+    pub reference_losses: Vec<f64>,
+}
+
+fn constant_rule() -> UpdateRule {
+    UpdateRule::Constant
 }
 
 impl PruneConfig {
@@ -76,8 +89,17 @@ impl PruneConfig {
             eval_tokens: 8192,
             checkpoint_interval: 100,
             seed: 17,
+            update_rule: UpdateRule::Constant,
+            proportions: vec![],
+            reference_losses: vec![],
         }
     }
+}
+
+/// What a pruning run trains and evaluates on: a text file, or a corpus with dynamic batch loading.
+pub enum PruneData {
+    Text(TextData),
+    Corpus(CorpusFeed),
 }
 
 /// What a run was asked to do (`run.json`).
@@ -180,12 +202,16 @@ impl State {
         out
     }
 
-    fn save(&self, run: &Path) -> Result<()> {
+    fn save(&self, run: &Path, data: &PruneData) -> Result<()> {
         let steps: Vec<usize> = self.optimizers.iter().map(|o| o.steps).collect();
-        checkpoint::save(run, &self.tensors(), &json!({"step": self.step, "rng": self.rng, "optimizer_steps": steps}))
+        let mut state = json!({"step": self.step, "rng": self.rng, "optimizer_steps": steps});
+        if let PruneData::Corpus(feed) = data {
+            state["loader"] = serde_json::to_value(&feed.loader.state).expect("json");
+        }
+        checkpoint::save(run, &self.tensors(), &state)
     }
 
-    fn restore(&mut self, run: &Path, device: &Device) -> Result<()> {
+    fn restore(&mut self, run: &Path, device: &Device, data: &mut PruneData) -> Result<()> {
         let (t, state) = checkpoint::load(run, device)?;
         let missing = |k: &str| Error::Invalid(format!("{}: checkpoint lacks `{k}`", run.display()));
         for (k, v) in &self.weights {
@@ -217,6 +243,11 @@ impl State {
         self.step = state["step"].as_u64().ok_or_else(|| missing("step"))? as usize;
         self.rng =
             serde_json::from_value(state["rng"].clone()).map_err(|e| Error::Invalid(format!("checkpoint rng: {e}")))?;
+        if let PruneData::Corpus(feed) = data {
+            let loader: LoaderState = serde_json::from_value(state["loader"].clone())
+                .map_err(|e| Error::Invalid(format!("checkpoint loader state: {e}")))?;
+            feed.restore(loader);
+        }
         Ok(())
     }
 }
@@ -228,7 +259,7 @@ pub fn prune(
     spec: &RunSpec,
     source_cfg: &LlamaConfig,
     source_weights: &TensorMap,
-    data: &TextData,
+    data: &mut PruneData,
     resume: bool,
     mut on_step: impl FnMut(&StepRecord) -> ControlFlow<()>,
 ) -> Result<PruneSummary> {
@@ -236,7 +267,7 @@ pub fn prune(
     let device = source_weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
     let mut st = State::fresh(source_cfg, source_weights, spec, &device)?;
     if resume {
-        st.restore(run, &device)?;
+        st.restore(run, &device, data)?;
         truncate_jsonl(&run.join(METRICS), st.step)?;
         truncate_jsonl(&run.join(EVALS), st.step)?;
     } else {
@@ -262,7 +293,10 @@ pub fn prune(
         let t0 = Instant::now();
         let step = st.step;
         st.masks.clamp_in_place()?;
-        let batch = data.sample_batch(c.batch_size, c.seq_len, &mut st.rng, &device)?;
+        let batch = match data {
+            PruneData::Text(t) => t.sample_batch(c.batch_size, c.seq_len, &mut st.rng, &device)?,
+            PruneData::Corpus(feed) => feed.next_batch(c.batch_size, &device)?.0,
+        };
         let z = st.masks.sample(&mut st.rng)?;
         let lm = st.model.lm_loss(&batch, Kernels::Differentiable, Some(&z))?;
         let (lag, stats) = st.lagrangian.loss(&st.masks.expected_sparsity()?, step)?;
@@ -308,14 +342,39 @@ pub fn prune(
         let mut eval_nll = None;
         if c.eval_interval > 0 && (st.step % c.eval_interval == 0 || last) {
             let det = st.masks.deterministic(Deterministic::Expected)?;
-            let n = c.eval_tokens.min(data.eval.len());
-            let r = evaluate_ids(&st.model, &data.eval[..n], c.seq_len, c.batch_size, Some(&det), |_, _| {})?;
-            save_mask_snapshot(run, st.step, &st.masks, &det)?;
             let kept = MaskScores::indicators(source_cfg, &det)?.expected_params(source_cfg);
-            let line =
-                json!({"step": st.step, "eval_nll": r.mean_nll, "eval_tokens": r.tokens, "deterministic_params": kept});
+            let mut line = match data {
+                PruneData::Text(t) => {
+                    let n = c.eval_tokens.min(t.eval.len());
+                    let r = evaluate_ids(&st.model, &t.eval[..n], c.seq_len, c.batch_size, Some(&det), |_, _| {})?;
+                    json!({"eval_nll": r.mean_nll, "eval_tokens": r.tokens})
+                }
+                PruneData::Corpus(feed) => {
+                    // The eval budget is shared by the domains; each gets at least one sequence.
+                    let per_domain = (c.eval_tokens / c.seq_len / feed.corpus.domains.len()).max(1);
+                    let rows = evaluate_corpus(
+                        &st.model,
+                        &feed.corpus,
+                        Some(per_domain),
+                        c.batch_size,
+                        Some(&det),
+                        |_, _, _| {},
+                    )?;
+                    let losses: Vec<f64> = rows.iter().map(|r| r.mean_nll).collect();
+                    let tokens: usize = rows.iter().map(|r| r.tokens).sum();
+                    let mean = rows.iter().map(|r| r.mean_nll * r.tokens as f64).sum::<f64>() / tokens as f64;
+                    let mut record = feed.update(&losses)?;
+                    record["eval_nll"] = mean.into();
+                    record["eval_tokens"] = tokens.into();
+                    record
+                }
+            };
+            save_mask_snapshot(run, st.step, &st.masks, &det)?;
+            line["step"] = st.step.into();
+            line["deterministic_params"] = kept.into();
+            let eval_mean = line["eval_nll"].as_f64().unwrap_or(f64::NAN);
             evals.write(&line)?;
-            eval_nll = Some(r.mean_nll);
+            eval_nll = Some(eval_mean);
         }
         let record = StepRecord {
             step: st.step,
@@ -328,7 +387,7 @@ pub fn prune(
         };
         let stop = on_step(&record).is_break();
         if last || stop || (c.checkpoint_interval > 0 && st.step % c.checkpoint_interval == 0) {
-            st.save(run)?;
+            st.save(run, data)?;
         }
         if stop {
             break;

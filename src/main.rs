@@ -661,7 +661,7 @@ fn prune_cmd(a: PruneArgs) -> Result<()> {
             }
         }
         let feed = CorpusFeed::new(corpus, &c.proportions, c.update_rule, c.reference_losses.clone(), c.seed)?;
-        pruning::PruneData::Corpus(feed)
+        pruning::PruneData::Corpus(Box::new(feed))
     } else {
         pruning::PruneData::Text(shear::data::TextData::from_file(
             &spec.data,

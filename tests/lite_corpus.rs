@@ -9,7 +9,11 @@ use shear::data::corpus::{Corpus, DOMAINS};
 #[test]
 fn lite_corpus_is_complete_and_evaluates() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/corpus");
-    assert!(dir.join("manifest.json").exists(), "{} missing: run scripts/test.sh (it builds the lite corpus)", dir.display());
+    assert!(
+        dir.join("manifest.json").exists(),
+        "{} missing: run scripts/test.sh (it builds the lite corpus)",
+        dir.display()
+    );
     let corpus = Corpus::open(&dir).unwrap(); // verifies every shard's size and checksum
     assert_eq!(corpus.domains, DOMAINS.iter().map(|d| d.to_string()).collect::<Vec<_>>());
     let model = smollm2_dir();

@@ -251,9 +251,8 @@ fn pruning_on_a_corpus_with_dynamic_loading_resumes_exactly() {
     let spec = RunSpec { source_model: model.clone(), data: corpus_dir.clone(), target, config: config.clone() };
     let feed = || {
         let c = Corpus::open(&corpus_dir).unwrap();
-        PruneData::Corpus(
-            CorpusFeed::new(c, &config.proportions, config.update_rule, config.reference_losses.clone(), 17).unwrap(),
-        )
+        let feed = CorpusFeed::new(c, &config.proportions, config.update_rule, config.reference_losses.clone(), 17);
+        PruneData::Corpus(Box::new(feed.unwrap()))
     };
     let a = tmp.path().join("a");
     prune(&a, &spec, &cfg, &weights, &mut feed(), false, |_| ControlFlow::Continue(())).unwrap();

@@ -173,7 +173,8 @@ fn constant_proportions_stay_and_scratch_baseline_has_the_same_shape() {
     args.push("--bf16");
     let out = bin().args(args).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (m16, m32) = (read_jsonl(&bf16.join("metrics.jsonl")).unwrap(), read_jsonl(&run.join("metrics.jsonl")).unwrap());
+    let (m16, m32) =
+        (read_jsonl(&bf16.join("metrics.jsonl")).unwrap(), read_jsonl(&run.join("metrics.jsonl")).unwrap());
     for (a, b) in m16.iter().zip(&m32) {
         let (a, b) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
         assert!(a.is_finite() && (a - b).abs() < 0.1, "bf16 {a} vs f32 {b}");

@@ -71,7 +71,7 @@ pub fn update_proportions(rule: UpdateRule, w: &[f64], loss: &[f64], reference: 
 /// `(L1 − L2)/(L2 − L3) = (N1^−b − N2^−b)/(N2^−b − N3^−b)`, then `a` and `c`.
 pub fn fit_scaling_law(points: [(f64, f64); 3]) -> Result<(f64, f64, f64)> {
     let [(n1, l1), (n2, l2), (n3, l3)] = points;
-    if !(n1 < n2 && n2 < n3) || !(l1 > l2 && l2 > l3) {
+    if !(n1 < n2 && n2 < n3 && l1 > l2 && l2 > l3) {
         return Err(Error::Invalid("scaling-law points must have increasing sizes and decreasing losses".into()));
     }
     let target = (l1 - l2) / (l2 - l3);
@@ -143,7 +143,9 @@ impl DynamicLoader {
         if let Some(d) = (0..sizes.len()).find(|&d| sizes[d] == 0) {
             return Err(Error::Invalid(format!("domain `{}` has no sequences", domains[d])));
         }
-        if proportions.iter().any(|p| !(*p >= 0.0) || !p.is_finite()) || proportions.iter().sum::<f64>() <= 0.0 {
+        if proportions.iter().any(|p| p.is_nan() || *p < 0.0 || !p.is_finite())
+            || proportions.iter().sum::<f64>() <= 0.0
+        {
             return Err(Error::Invalid(format!("invalid proportions {proportions:?}")));
         }
         let total: f64 = proportions.iter().sum();
@@ -155,7 +157,7 @@ impl DynamicLoader {
             wraps: vec![0; k],
             drawn: vec![0; k],
             rng: Rng::new(seed),
-            permutation_seed: seed ^ 0x5EED_0F_D0_0A15,
+            permutation_seed: seed ^ 0x5EED_0FD0_0A15,
         };
         Ok(Self::from_state(state, sizes))
     }

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::checkpoint;
-use super::metrics::{truncate_jsonl, JsonlWriter};
 use super::optim::{clip_factor, global_grad_norm, AdamW, AdamWConfig, CosineSchedule};
+use super::run::{read_spec, RunLogs, RunSummary};
 use crate::config::LlamaConfig;
 use crate::data::corpus::Corpus;
 use crate::data::loader::{LoaderState, UpdateRule};
@@ -102,14 +102,8 @@ pub struct TrainSpec {
     pub config: TrainConfig,
 }
 
-const RUN_FILE: &str = "run.json";
-const METRICS: &str = "metrics.jsonl";
-const EVALS: &str = "evals.jsonl";
-
 pub fn read_train_spec(run: &Path) -> Result<TrainSpec> {
-    let path = run.join(RUN_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+    read_spec(run)
 }
 
 pub struct StepReport<'a> {
@@ -118,12 +112,6 @@ pub struct StepReport<'a> {
     pub tokens_per_s: f64,
     /// Per-domain eval losses and the proportions after the update, on eval steps.
     pub eval: Option<(&'a [f64], &'a [f64])>,
-}
-
-pub struct TrainSummary {
-    pub steps_run: usize,
-    pub final_step: usize,
-    pub mean_step_seconds: f64,
 }
 
 struct State {
@@ -153,7 +141,7 @@ pub fn train(
     corpus: Corpus,
     resume: bool,
     mut on_step: impl FnMut(&StepReport) -> ControlFlow<()>,
-) -> Result<TrainSummary> {
+) -> Result<RunSummary> {
     let c = &spec.config;
     let k = corpus.domains.len();
     if spec.domains != corpus.domains {
@@ -176,25 +164,13 @@ pub fn train(
     let mut st = State { optimizer: AdamW::new("weights", adam, params)?, feed, vars, step: 0 };
     if resume {
         restore(run, &mut st, &device)?;
-        truncate_jsonl(&run.join(METRICS), st.step)?;
-        truncate_jsonl(&run.join(EVALS), st.step)?;
-    } else {
-        std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
-        let text = serde_json::to_string_pretty(spec).expect("json");
-        std::fs::write(run.join(RUN_FILE), text).map_err(|e| Error::io(run, e))?;
-        for f in [METRICS, EVALS] {
-            std::fs::write(run.join(f), "").map_err(|e| Error::io(run.join(f), e))?;
-        }
     }
+    let mut logs = RunLogs::open(run, spec, resume.then_some(st.step))?;
     let compute = if c.bf16 { DType::BF16 } else { DType::F32 };
     let schedule = CosineSchedule { warmup: c.warmup_steps, total: c.steps, alpha_f: c.alpha_f };
     let all_vars: Vec<Var> = st.vars.values().cloned().collect();
-    let mut metrics = JsonlWriter::open(&run.join(METRICS))?;
-    let mut evals = JsonlWriter::open(&run.join(EVALS))?;
     let seq = st.feed.corpus.seq_len();
     let domains = st.feed.corpus.domains.clone();
-    let start_step = st.step;
-    let started = Instant::now();
     // In f32 the model can hold the vars themselves; a bf16 model is a fresh copy every step.
     let f32_model = if c.bf16 { None } else { Some(model_of(cfg, &st.vars, DType::F32, false)?) };
 
@@ -270,11 +246,11 @@ pub fn train(
         m.insert("wraps".into(), json!(st.feed.loader.state.wraps));
         m.insert("seconds".into(), seconds.into());
         m.insert("tokens_per_s".into(), (tokens as f64 / seconds).into());
-        metrics.write(&Value::Object(m))?;
+        logs.metrics.write(&Value::Object(m))?;
 
         let last = st.step == c.steps;
         let mut eval_losses = None;
-        if c.eval_interval > 0 && (st.step % c.eval_interval == 0 || last) {
+        if c.eval_interval > 0 && (st.step.is_multiple_of(c.eval_interval) || last) {
             let eval_model = model_of(cfg, &st.vars, DType::F32, true)?;
             let rows = evaluate_corpus(
                 &eval_model,
@@ -287,7 +263,7 @@ pub fn train(
             let losses: Vec<f64> = rows.iter().map(|r| r.mean_nll).collect();
             let mut record = st.feed.update(&losses)?;
             record["step"] = st.step.into();
-            evals.write(&record)?;
+            logs.evals.write(&record)?;
             eval_losses = Some(losses);
         }
         let props = st.feed.loader.state.proportions.clone();
@@ -298,19 +274,14 @@ pub fn train(
             eval: eval_losses.as_deref().map(|l| (l, props.as_slice())),
         };
         let stop = on_step(&report).is_break();
-        if last || stop || (c.checkpoint_interval > 0 && st.step % c.checkpoint_interval == 0) {
+        if last || stop || (c.checkpoint_interval > 0 && st.step.is_multiple_of(c.checkpoint_interval)) {
             save(run, &st)?;
         }
         if stop {
             break;
         }
     }
-    let steps_run = st.step - start_step;
-    Ok(TrainSummary {
-        steps_run,
-        final_step: st.step,
-        mean_step_seconds: started.elapsed().as_secs_f64() / steps_run.max(1) as f64,
-    })
+    Ok(logs.summary(st.step))
 }
 
 fn save(run: &Path, st: &State) -> Result<()> {

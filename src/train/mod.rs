@@ -6,3 +6,4 @@ pub mod continued;
 pub mod metrics;
 pub mod optim;
 pub mod pruning;
+pub mod run;

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::checkpoint;
-use super::metrics::{truncate_jsonl, JsonlWriter};
 use super::optim::{clip_factor, global_grad_norm, AdamW, AdamWConfig, CosineSchedule};
+use super::run::{read_spec, RunLogs, RunSummary};
 use crate::config::LlamaConfig;
 use crate::data::loader::{LoaderState, UpdateRule};
 use crate::data::{CorpusFeed, TextData};
@@ -99,7 +99,7 @@ impl PruneConfig {
 /// What a pruning run trains and evaluates on: a text file, or a corpus with dynamic batch loading.
 pub enum PruneData {
     Text(TextData),
-    Corpus(CorpusFeed),
+    Corpus(Box<CorpusFeed>),
 }
 
 /// What a run was asked to do (`run.json`).
@@ -124,20 +124,8 @@ pub struct StepRecord {
     pub metrics: Map<String, Value>,
 }
 
-pub struct PruneSummary {
-    pub steps_run: usize,
-    pub final_step: usize,
-    pub mean_step_seconds: f64,
-}
-
-const RUN_FILE: &str = "run.json";
-const METRICS: &str = "metrics.jsonl";
-const EVALS: &str = "evals.jsonl";
-
 pub fn read_run_spec(run: &Path) -> Result<RunSpec> {
-    let path = run.join(RUN_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+    read_spec(run)
 }
 
 /// Everything trained in a pruning run.
@@ -262,32 +250,22 @@ pub fn prune(
     data: &mut PruneData,
     resume: bool,
     mut on_step: impl FnMut(&StepRecord) -> ControlFlow<()>,
-) -> Result<PruneSummary> {
+) -> Result<RunSummary> {
     let c = &spec.config;
     let device = source_weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
     let mut st = State::fresh(source_cfg, source_weights, spec, &device)?;
     if resume {
         st.restore(run, &device, data)?;
-        truncate_jsonl(&run.join(METRICS), st.step)?;
-        truncate_jsonl(&run.join(EVALS), st.step)?;
     } else {
         std::fs::create_dir_all(run.join("masks")).map_err(|e| Error::io(run, e))?;
-        let text = serde_json::to_string_pretty(spec).expect("json");
-        std::fs::write(run.join(RUN_FILE), text).map_err(|e| Error::io(run, e))?;
         let toml = toml::to_string(&spec.target).expect("toml");
         std::fs::write(run.join("target.toml"), toml).map_err(|e| Error::io(run, e))?;
-        for f in [METRICS, EVALS] {
-            std::fs::write(run.join(f), "").map_err(|e| Error::io(run.join(f), e))?;
-        }
     }
+    let mut logs = RunLogs::open(run, spec, resume.then_some(st.step))?;
     let schedule = CosineSchedule { warmup: c.lr_warmup_steps, total: c.steps, alpha_f: c.alpha_f };
     let all_vars: Vec<candle_core::Var> =
         st.weights.values().cloned().chain(st.masks.vars()).chain(st.lagrangian.vars()).collect();
-    let mut metrics = JsonlWriter::open(&run.join(METRICS))?;
-    let mut evals = JsonlWriter::open(&run.join(EVALS))?;
     let source_prunable = prunable_params(source_cfg);
-    let start_step = st.step;
-    let started = Instant::now();
 
     while st.step < c.steps {
         let t0 = Instant::now();
@@ -336,11 +314,11 @@ pub fn prune(
         let seconds = t0.elapsed().as_secs_f64();
         m.insert("seconds".into(), seconds.into());
         m.insert("tokens".into(), (st.step * c.batch_size * c.seq_len).into());
-        metrics.write(&Value::Object(m.clone()))?;
+        logs.metrics.write(&Value::Object(m.clone()))?;
 
         let last = st.step == c.steps;
         let mut eval_nll = None;
-        if c.eval_interval > 0 && (st.step % c.eval_interval == 0 || last) {
+        if c.eval_interval > 0 && (st.step.is_multiple_of(c.eval_interval) || last) {
             let det = st.masks.deterministic(Deterministic::Expected)?;
             let kept = MaskScores::indicators(source_cfg, &det)?.expected_params(source_cfg);
             let mut line = match data {
@@ -373,7 +351,7 @@ pub fn prune(
             line["step"] = st.step.into();
             line["deterministic_params"] = kept.into();
             let eval_mean = line["eval_nll"].as_f64().unwrap_or(f64::NAN);
-            evals.write(&line)?;
+            logs.evals.write(&line)?;
             eval_nll = Some(eval_mean);
         }
         let record = StepRecord {
@@ -386,19 +364,14 @@ pub fn prune(
             metrics: m,
         };
         let stop = on_step(&record).is_break();
-        if last || stop || (c.checkpoint_interval > 0 && st.step % c.checkpoint_interval == 0) {
+        if last || stop || (c.checkpoint_interval > 0 && st.step.is_multiple_of(c.checkpoint_interval)) {
             st.save(run, data)?;
         }
         if stop {
             break;
         }
     }
-    let steps_run = st.step - start_step;
-    Ok(PruneSummary {
-        steps_run,
-        final_step: st.step,
-        mean_step_seconds: started.elapsed().as_secs_f64() / steps_run.max(1) as f64,
-    })
+    Ok(logs.summary(st.step))
 }
 
 /// `masks/step_NNNNNN.safetensors`: log-α of every family and the deterministic (expected-count) masks.

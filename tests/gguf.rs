@@ -52,3 +52,51 @@ fn gguf_tokenizer_applies_merges_and_keeps_control_tokens_whole() {
     let loaded = io::load_model(&out, candle_core::DType::F32, &Device::Cpu).unwrap();
     assert_eq!(loaded.config.vocab_size, TINY_VOCAB);
 }
+
+/// Every quantization the issue names, one per tensor of a model whose rows are long enough for the
+/// K-quants (256): each tensor comes back exactly as candle dequantizes its quantized original, with Q and
+/// K rows back in HF order.
+#[test]
+fn gguf_import_dequantizes_every_supported_type() {
+    use candle_core::quantized::GgmlDType::*;
+    let cfg = shear::LlamaConfig::new(TINY_VOCAB, 256, 512, 1, 4, 2, 64, false);
+    let plan = |name: &str| match name {
+        "model.embed_tokens.weight" => F16,
+        "lm_head.weight" => Q8_0,
+        n if n.ends_with("q_proj.weight") => Q4_0,
+        n if n.ends_with("k_proj.weight") => Q4_1,
+        n if n.ends_with("v_proj.weight") => Q5_0,
+        n if n.ends_with("o_proj.weight") => Q4K,
+        n if n.ends_with("gate_proj.weight") => Q6K,
+        n if n.ends_with("up_proj.weight") => Q5K,
+        n if n.ends_with("down_proj.weight") => Q3K,
+        _ => F32,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("quants.gguf");
+    let orig = write_gguf(&path, "llama", &cfg, plan);
+    let imp = gguf::read_gguf(&path, |_, _| {}).unwrap();
+    let kinds: Vec<String> = imp.tensor_types.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(kinds.len(), 10, "{kinds:?}");
+    for (name, original) in &orig.weights {
+        let heads = if name.ends_with("q_proj.weight") {
+            Some(4)
+        } else if name.ends_with("k_proj.weight") {
+            Some(2)
+        } else {
+            None
+        };
+        // What llama.cpp stores (permuted), quantized, dequantized by candle, un-permuted.
+        let stored = match heads {
+            Some(h) => gguf::permute_rope_rows(original, h).unwrap(),
+            None => original.clone(),
+        };
+        let mut expected = QTensor::quantize(&stored, plan(name)).unwrap().dequantize(&Device::Cpu).unwrap();
+        if let Some(h) = heads {
+            expected = gguf::unpermute_rope_rows(&expected, h).unwrap();
+        }
+        assert_eq!(max_abs_diff(&imp.weights[name], &expected), 0.0, "{name} ({:?})", plan(name));
+        // And every type approximates the original weights (std 0.02) reasonably.
+        assert!(max_abs_diff(&imp.weights[name], original) < 0.02, "{name}");
+    }
+}

@@ -92,21 +92,41 @@ pub fn tiny_gguf_tokens() -> (Vec<String>, Vec<String>, Vec<i32>) {
 }
 
 pub fn write_tiny_gguf(path: &std::path::Path, architecture: &str) -> TinyGguf {
-    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use candle_core::quantized::GgmlDType;
     let cfg = LlamaConfig::new(TINY_VOCAB, 32, 48, 2, 4, 2, 8, false);
+    write_gguf(path, architecture, &cfg, |name| {
+        if name == "model.embed_tokens.weight" {
+            GgmlDType::Q8_0
+        } else {
+            GgmlDType::F32
+        }
+    })
+}
+
+/// A LLaMA of shape `cfg` with the tiny byte-level vocabulary, each tensor stored as `quant(hf_name)`.
+pub fn write_gguf(
+    path: &std::path::Path,
+    architecture: &str,
+    cfg: &LlamaConfig,
+    quant: impl Fn(&str) -> candle_core::quantized::GgmlDType,
+) -> TinyGguf {
+    use candle_core::quantized::{gguf_file, QTensor};
+    let cfg = cfg.clone();
     let weights = random_model(&cfg, 11);
+    let u32v = |x: usize| gguf_file::Value::U32(x as u32);
     let (tokens, merges, types) = tiny_gguf_tokens();
     let s = |x: &str| gguf_file::Value::String(x.to_string());
     let arr = |v: Vec<gguf_file::Value>| gguf_file::Value::Array(v);
     let md: Vec<(&str, gguf_file::Value)> = vec![
         ("general.architecture", s(architecture)),
         ("general.name", s("tiny")),
-        ("llama.block_count", gguf_file::Value::U32(2)),
-        ("llama.context_length", gguf_file::Value::U32(256)),
-        ("llama.embedding_length", gguf_file::Value::U32(32)),
-        ("llama.feed_forward_length", gguf_file::Value::U32(48)),
-        ("llama.attention.head_count", gguf_file::Value::U32(4)),
-        ("llama.attention.head_count_kv", gguf_file::Value::U32(2)),
+        ("llama.block_count", u32v(cfg.num_hidden_layers)),
+        ("llama.context_length", u32v(256)),
+        ("llama.embedding_length", u32v(cfg.hidden_size)),
+        ("llama.feed_forward_length", u32v(cfg.intermediate_size)),
+        ("llama.attention.head_count", u32v(cfg.num_attention_heads)),
+        ("llama.attention.head_count_kv", u32v(cfg.num_kv_heads())),
+        ("llama.attention.key_length", u32v(cfg.head_dim())),
         ("llama.rope.freq_base", gguf_file::Value::F32(10000.0)),
         ("llama.attention.layer_norm_rms_epsilon", gguf_file::Value::F32(1e-5)),
         ("tokenizer.ggml.model", s("gpt2")),
@@ -145,17 +165,13 @@ pub fn write_tiny_gguf(path: &std::path::Path, architecture: &str) -> TinyGguf {
     let mut qtensors = vec![];
     for (name, t) in &weights {
         let t = if name.ends_with("q_proj.weight") {
-            shear::io::gguf::permute_rope_rows(t, 4).unwrap()
+            shear::io::gguf::permute_rope_rows(t, cfg.num_attention_heads).unwrap()
         } else if name.ends_with("k_proj.weight") {
-            shear::io::gguf::permute_rope_rows(t, 2).unwrap()
+            shear::io::gguf::permute_rope_rows(t, cfg.num_kv_heads()).unwrap()
         } else {
             t.clone()
         };
-        let q = if name == "model.embed_tokens.weight" {
-            QTensor::quantize(&t, GgmlDType::Q8_0).unwrap()
-        } else {
-            QTensor::quantize(&t, GgmlDType::F32).unwrap()
-        };
+        let q = QTensor::quantize(&t, quant(name)).unwrap();
         qtensors.push((gguf_name(name), q));
     }
     let mut f = std::fs::File::create(path).unwrap();

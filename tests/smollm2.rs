@@ -85,24 +85,19 @@ fn eval_nll_matches_transformers() {
 }
 
 #[test]
-fn bf16_nll_is_within_one_percent_of_f32_reference() {
-    let loaded = io::load_model(&smollm2_dir(), DType::BF16, &Device::Cpu).unwrap();
+fn half_precision_nll_is_within_one_percent_of_f32_reference() {
     let fx = fixture("nll.json");
-    let run = &fx["runs"][1]; // seq_len 128, first 1000 tokens: bf16 matmuls are slow on CPU
+    let run = &fx["runs"][1]; // seq_len 128, first 1000 tokens: half-precision matmuls are slow on CPU
     let ids = sonnet_ids();
-    let r = eval::evaluate_ids(
-        &loaded.model,
-        &ids[..run["max_tokens"].as_u64().unwrap() as usize],
-        128,
-        8,
-        None,
-        |_, _| {},
-    )
-    .unwrap();
-    let expected = run["mean_nll"].as_f64().unwrap();
-    let rel = (r.mean_nll - expected).abs() / expected;
-    println!("bf16 NLL {:.5} vs f32 reference {expected:.5} (rel {rel:e})", r.mean_nll);
-    assert!(rel < 0.01, "bf16 relative NLL difference {rel}");
+    for dtype in [DType::BF16, DType::F16] {
+        let loaded = io::load_model(&smollm2_dir(), dtype, &Device::Cpu).unwrap();
+        let n = run["max_tokens"].as_u64().unwrap() as usize;
+        let r = eval::evaluate_ids(&loaded.model, &ids[..n], 128, 8, None, |_, _| {}).unwrap();
+        let expected = run["mean_nll"].as_f64().unwrap();
+        let rel = (r.mean_nll - expected).abs() / expected;
+        println!("{dtype:?} NLL {:.5} vs f32 reference {expected:.5} (rel {rel:e})", r.mean_nll);
+        assert!(rel < 0.01, "{dtype:?} relative NLL difference {rel}");
+    }
 }
 
 /// Masked ≡ materialized on the real model: random deterministic masks with the default target's counts.

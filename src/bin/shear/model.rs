@@ -1,0 +1,288 @@
+//! Verbs on a model directory: convert, eval, generate, bench.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use tracing::info;
+
+use shear::bench;
+use shear::eval::{self, EvalResult};
+use shear::generate::{self, Sampling};
+use shear::io::{self, hf, SaveOptions};
+
+use crate::{load, progress_bar};
+
+#[derive(Args)]
+pub struct DeviceArgs {
+    /// Compute dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Run on the CPU even when a CUDA GPU is available.
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// A llama.cpp GGUF file (LLaMA architecture, byte-level BPE vocabulary).
+    #[arg(long, conflicts_with = "hf", required_unless_present = "hf")]
+    pub gguf: Option<PathBuf>,
+    /// An HF model directory to re-save (e.g. to change dtype or shard size).
+    #[arg(long)]
+    pub hf: Option<PathBuf>,
+    /// Output directory; must not exist yet (or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Dtype of the written weights: f32, bf16 or f16 (default: f32 for GGUF, unchanged for HF).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Largest safetensors shard in MB; larger models are split into model-0000i-of-0000n.safetensors.
+    #[arg(long)]
+    pub shard_size_mb: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Model directory (HF layout).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// UTF-8 text file to evaluate on.
+    #[arg(long, conflicts_with = "data", required_unless_present = "data")]
+    pub text: Option<PathBuf>,
+    /// A corpus directory (`shear corpus build`): per-domain NLL on its eval split.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// With --data: at most N eval sequences per domain.
+    #[arg(long)]
+    pub max_sequences: Option<usize>,
+    /// Window length in tokens.
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Keep only the first N token ids of the encoded text.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Nucleus sampling with this top-p (greedy decoding when absent).
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Inference throughput (full-sequence forward, logits for every position) and peak RSS.
+    Forward(BenchForwardArgs),
+}
+
+#[derive(Args)]
+pub struct BenchForwardArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Settings as BATCHxSEQ, comma-separated.
+    #[arg(long, default_value = "1x128,1x512,4x256,8x512")]
+    pub shapes: String,
+    /// Timed runs per setting (after one warm-up run); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn convert(a: ConvertArgs) -> Result<()> {
+    let t = Instant::now();
+    let opts = SaveOptions {
+        dtype: a.dtype.as_deref().map(hf::parse_dtype).transpose()?,
+        max_shard_bytes: a.shard_size_mb.map(|mb| mb * 1_000_000),
+        ..Default::default()
+    };
+    let out = if let Some(gguf) = &a.gguf {
+        let pb = progress_bar(0, "dequantize");
+        let out = io::gguf::convert_gguf(gguf, &a.out, opts, |done, total| {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+        })?;
+        pb.finish_and_clear();
+        out
+    } else {
+        let src = a.hf.as_ref().expect("clap enforces --gguf or --hf");
+        let cfg = hf::load_config(src)?;
+        let weights = hf::load_weights(src, opts.dtype, &candle_core::Device::Cpu)?;
+        io::load_tokenizer(src)?; // a model directory without a usable tokenizer is not worth re-saving
+        hf::save_model(&a.out, &cfg, &weights, &SaveOptions { companions_from: Some(src.clone()), ..opts })?
+    };
+    let cfg = hf::load_config(&out)?;
+    info!(
+        "wrote {} in {:.1}s: {} layers, hidden {}, {} heads / {} KV heads, intermediate {}, {:.1}M parameters",
+        out.display(),
+        t.elapsed().as_secs_f64(),
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_kv_heads(),
+        cfg.intermediate_size,
+        cfg.param_counts().total() as f64 / 1e6
+    );
+    Ok(())
+}
+
+pub fn eval_cmd(a: EvalArgs) -> Result<()> {
+    if let Some(dir) = &a.data {
+        return eval_corpus_cmd(&a, dir);
+    }
+    let text_path = a.text.clone().expect("clap enforces --text or --data");
+    let text = io::read_utf8(&text_path)?;
+    let (loaded, tok) = load(&a.model, &a.device)?;
+    let mut ids = io::tokenizer::encode(&tok, &text)?;
+    if let Some(n) = a.max_tokens {
+        ids.truncate(n);
+    }
+    let pb = progress_bar(0, "eval");
+    let t = Instant::now();
+    let r: EvalResult = eval::evaluate_ids(&loaded.model, &ids, a.seq_len, a.batch_size, None, |done, total| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    })?;
+    pb.finish_and_clear();
+    let secs = t.elapsed().as_secs_f64();
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["model"] = a.model.display().to_string().into();
+        v["text"] = text_path.display().to_string().into();
+        v["seconds"] = secs.into();
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!("model       {}", a.model.display());
+        println!("text        {}", text_path.display());
+        println!("tokens      {} predicted in {} windows of <= {}", r.tokens, r.windows, r.seq_len);
+        println!("mean NLL    {:.6} nats", r.mean_nll);
+        println!("perplexity  {:.4}", r.perplexity);
+        println!("time        {:.1}s ({:.0} tokens/s)", secs, r.tokens as f64 / secs);
+    }
+    Ok(())
+}
+
+pub fn eval_corpus_cmd(a: &EvalArgs, dir: &Path) -> Result<()> {
+    let corpus = shear::data::corpus::Corpus::open(dir)?;
+    let tokenizer_json =
+        std::fs::read(a.model.join("tokenizer.json")).with_context(|| format!("{}", a.model.display()))?;
+    corpus.check_tokenizer(&tokenizer_json, &a.model)?;
+    let (loaded, _) = load(&a.model, &a.device)?;
+    let pb = progress_bar(0, "eval");
+    let t = Instant::now();
+    let rows = eval::evaluate_corpus(&loaded.model, &corpus, a.max_sequences, a.batch_size, None, |d, done, total| {
+        pb.set_message(d.to_string());
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    })?;
+    pb.finish_and_clear();
+    if a.json {
+        let v = serde_json::json!({"model": a.model, "data": dir, "seq_len": corpus.seq_len(), "domains": rows,
+            "seconds": t.elapsed().as_secs_f64()});
+        println!("{v}");
+    } else {
+        println!("{} on {} (eval split, sequences of {})", a.model.display(), dir.display(), corpus.seq_len());
+        println!("{:<14} {:>9} {:>9} {:>10} {:>11}", "domain", "sequences", "tokens", "mean NLL", "perplexity");
+        for r in &rows {
+            println!("{:<14} {:>9} {:>9} {:>10.4} {:>11.2}", r.domain, r.sequences, r.tokens, r.mean_nll, r.perplexity);
+        }
+    }
+    Ok(())
+}
+
+pub fn generate_cmd(a: GenerateArgs) -> Result<()> {
+    let (loaded, tok) = load(&a.model, &a.device)?;
+    let prompt = io::tokenizer::encode(&tok, &a.prompt)?;
+    let sampling = match a.top_p {
+        Some(p) if !(0.0..=1.0).contains(&p) || p == 0.0 => {
+            bail!("--top-p must be in (0, 1], got {p}")
+        }
+        Some(top_p) => Sampling::TopP { top_p, temperature: a.temperature, seed: a.seed },
+        None => Sampling::Greedy,
+    };
+    let stop = loaded.config.eos_token_ids();
+    let t = Instant::now();
+    print!("{}", a.prompt);
+    let mut ids: Vec<u32> = Vec::new();
+    let mut printed = String::new();
+    let new = generate::generate(&loaded.model, &prompt, a.max_new_tokens, &sampling, &stop, |id| {
+        // Decode the whole continuation each time: byte-level tokens can split a UTF-8 character.
+        ids.push(id);
+        if let Ok(text) = tok.decode(&ids, true) {
+            if text.len() > printed.len() && text.starts_with(&printed) {
+                print!("{}", &text[printed.len()..]);
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                printed = text;
+            }
+        }
+    })?;
+    println!();
+    let secs = t.elapsed().as_secs_f64();
+    info!("{} new tokens in {:.2}s ({:.1} tokens/s)", new.len(), secs, new.len() as f64 / secs);
+    Ok(())
+}
+
+pub fn bench_forward(a: BenchForwardArgs) -> Result<()> {
+    let shapes: Vec<(usize, usize)> = a
+        .shapes
+        .split(',')
+        .map(|s| {
+            let (b, l) = s.trim().split_once('x').with_context(|| format!("shape `{s}` is not BATCHxSEQ"))?;
+            Ok((b.parse().context("batch")?, l.parse().context("seq len")?))
+        })
+        .collect::<Result<_>>()?;
+    let (loaded, _) = load(&a.model, &a.device)?;
+    let threads = candle_core::utils::get_num_threads();
+    let mut rows = vec![];
+    for (b, l) in shapes {
+        let row = bench::bench_forward(&loaded.model, b, l, a.runs)?;
+        if !a.json {
+            if rows.is_empty() {
+                println!("forward, {} ({}), {} threads", a.model.display(), a.device.dtype, threads);
+                println!(
+                    "{:>6} {:>8} {:>12} {:>12} {:>14}",
+                    "batch", "seq_len", "median ms", "tokens/s", "peak RSS MiB"
+                );
+            }
+            println!(
+                "{:>6} {:>8} {:>12.1} {:>12.0} {:>14.0}",
+                row.batch, row.seq_len, row.median_ms, row.tokens_per_s, row.peak_rss_mib
+            );
+        }
+        rows.push(row);
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"bench": "forward", "model": a.model, "dtype": a.device.dtype, "threads": threads, "rows": rows})
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! Verbs of the pruning stage: prune, materialize, inspect.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tracing::info;
+
+use shear::eval;
+use shear::io::{self, hf};
+
+use crate::data::{parse_domain_map, reference_losses, MixtureArgs};
+use crate::progress_bar;
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Source model directory (HF layout).
+    #[arg(long, required_unless_present = "resume")]
+    pub model: Option<PathBuf>,
+    /// Target shape, a TOML file with layers, hidden, heads, kv_heads, intermediate (see data/targets/).
+    #[arg(long, required_unless_present = "resume")]
+    pub target: Option<PathBuf>,
+    /// Training data: a corpus directory (`shear corpus build`, with dynamic batch loading) or a UTF-8 text
+    /// file (the last --eval-fraction of its tokens is held out for evals).
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
+    /// With a corpus: the mixture (default reference losses: the source model's own, evaluated first).
+    #[command(flatten)]
+    pub mixture: MixtureArgs,
+    /// Run directory to create (or, with --resume, to continue).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its latest checkpoint (optionally to a new --steps).
+    #[arg(long)]
+    pub resume: bool,
+    /// Optimizer steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Learning rate of the model weights.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Learning rate of the mask log-alphas.
+    #[arg(long, default_value_t = 1.0)]
+    pub mask_lr: f64,
+    /// Learning rate of the Lagrange multipliers (gradient ascent).
+    #[arg(long, default_value_t = 1.0)]
+    pub lambda_lr: f64,
+    /// LR warm-up steps (default: 10% of --steps).
+    #[arg(long)]
+    pub lr_warmup_steps: Option<usize>,
+    /// Steps over which the target sparsity rises linearly from 0 (default: max(20%, min(50%, 640 steps)) of
+    /// --steps; shorter warm-ups let the sparsity oscillate around the target).
+    #[arg(long)]
+    pub lagrangian_warmup_steps: Option<usize>,
+    /// Evaluate the deterministic masks and save them every N steps.
+    #[arg(long, default_value_t = 50)]
+    pub eval_interval: usize,
+    /// Held-out tokens per evaluation.
+    #[arg(long, default_value_t = 8192)]
+    pub eval_tokens: usize,
+    /// Fraction of the data's tokens held out for evaluation.
+    #[arg(long, default_value_t = 0.05)]
+    pub eval_fraction: f64,
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_interval: usize,
+    #[arg(long, default_value_t = 17)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Run on the CPU even when a CUDA GPU is available.
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+#[derive(Args)]
+pub struct MaterializeArgs {
+    /// Pruning run directory.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Output model directory; must not exist yet.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Pruning run directory.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Mask snapshot step (default: the newest).
+    #[arg(long)]
+    pub step: Option<usize>,
+}
+
+pub fn prune_cmd(a: PruneArgs) -> Result<()> {
+    use shear::train::pruning::{self, PruneConfig, RunSpec};
+    let device = shear::device(a.cpu)?;
+    let spec = if a.resume {
+        let mut spec = pruning::read_run_spec(&a.out).context("--resume needs an existing run in --out")?;
+        if let Some(s) = a.steps {
+            spec.config.steps = s;
+        }
+        spec
+    } else {
+        let (model, target, data) = (a.model.unwrap(), a.target.unwrap(), a.data.unwrap());
+        io::check_writable_destination(&a.out)?;
+        let steps = a.steps.context("--steps is required")?;
+        let target = shear::prune::TargetShape::load(&target)?;
+        let mut config = PruneConfig::for_steps(steps);
+        config.batch_size = a.batch_size;
+        config.seq_len = a.seq_len;
+        config.lr = a.lr;
+        config.mask_lr = a.mask_lr;
+        config.lambda_lr = a.lambda_lr;
+        config.lr_warmup_steps = a.lr_warmup_steps.unwrap_or(config.lr_warmup_steps);
+        config.lagrangian_warmup_steps = a.lagrangian_warmup_steps.unwrap_or(config.lagrangian_warmup_steps);
+        config.eval_interval = a.eval_interval;
+        config.eval_tokens = a.eval_tokens;
+        config.checkpoint_interval = a.checkpoint_interval;
+        config.seed = a.seed;
+        config.max_grad_norm = a.max_grad_norm;
+        config.update_rule = a.mixture.update.parse()?;
+        let abs = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
+        RunSpec { source_model: abs(model)?, data: abs(data)?, target, config }
+    };
+    let mut spec = spec;
+    // Check everything before any work starts.
+    let cfg = hf::load_config(&spec.source_model)?;
+    spec.target.validate(&cfg)?;
+    let tok = io::load_tokenizer(&spec.source_model)?;
+    let weights = hf::load_weights(&spec.source_model, Some(candle_core::DType::F32), &device)?;
+    shear::model::check_weights(&cfg, &weights)?;
+    let mut data = if spec.data.is_dir() {
+        use shear::data::{corpus::Corpus, loader::UpdateRule, CorpusFeed};
+        let corpus = Corpus::open(&spec.data)?;
+        let tj = std::fs::read(spec.source_model.join("tokenizer.json"))?;
+        corpus.check_tokenizer(&tj, &spec.source_model)?;
+        anyhow::ensure!(
+            corpus.seq_len() == spec.config.seq_len,
+            "{} is packed in sequences of {}; pass --seq-len {}",
+            spec.data.display(),
+            corpus.seq_len(),
+            corpus.seq_len()
+        );
+        let c = &mut spec.config;
+        if !a.resume {
+            c.proportions = match &a.mixture.proportions {
+                Some(p) => parse_domain_map(p, &corpus.domains, "--proportions")?,
+                None => shear::train::continued::TrainConfig::for_steps(1, &corpus.domains).proportions,
+            };
+            if c.update_rule != UpdateRule::Constant {
+                let per_domain = (c.eval_tokens / c.seq_len / corpus.domains.len()).max(1);
+                c.reference_losses = if a.mixture.any_reference() {
+                    reference_losses(&a.mixture, &corpus, &cfg, per_domain, c.batch_size, a.cpu)?
+                } else {
+                    // The source's own per-domain losses (spec 6.2's alternative to the scaling law).
+                    info!("reference losses: the source model on {per_domain} eval sequences per domain");
+                    let m = shear::Llama::new(&cfg, &weights)?;
+                    eval::evaluate_corpus(&m, &corpus, Some(per_domain), c.batch_size, None, |_, _, _| {})?
+                        .iter()
+                        .map(|r| r.mean_nll)
+                        .collect()
+                };
+            }
+        }
+        let feed = CorpusFeed::new(corpus, &c.proportions, c.update_rule, c.reference_losses.clone(), c.seed)?;
+        pruning::PruneData::Corpus(Box::new(feed))
+    } else {
+        pruning::PruneData::Text(shear::data::TextData::from_file(
+            &spec.data,
+            &tok,
+            a.eval_fraction,
+            spec.config.seq_len,
+        )?)
+    };
+    if !a.resume {
+        std::fs::create_dir_all(&a.out)?;
+    }
+    let target_cfg = spec.target.config(&cfg);
+    info!(
+        "pruning {} ({:.1}M parameters) to {} ({:.1}M) on {}, {} steps of {}x{}",
+        spec.source_model.display(),
+        cfg.param_counts().total() as f64 / 1e6,
+        spec.target,
+        target_cfg.param_counts().total() as f64 / 1e6,
+        spec.data.display(),
+        spec.config.steps,
+        spec.config.batch_size,
+        spec.config.seq_len
+    );
+    let pb = progress_bar(spec.config.steps, "prune");
+    let summary = pruning::prune(&a.out, &spec, &cfg, &weights, &mut data, a.resume, |r| {
+        pb.set_position(r.step as u64);
+        pb.set_message(format!("loss {:.3}", r.lm_loss));
+        tracing::debug!(
+            "step {} lm {:.4} lag {:.4} E[params] {:.2}M",
+            r.step,
+            r.lm_loss,
+            r.lagrangian,
+            r.expected_params / 1e6
+        );
+        if let Some(nll) = r.eval_nll {
+            pb.println(format!(
+                "step {}: eval NLL {nll:.4} (deterministic masks, expected counts), E[params] {:.2}M",
+                r.step,
+                r.expected_params / 1e6
+            ));
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    pb.finish_and_clear();
+    info!(
+        "{} steps in {:.1}s/step; run in {} (materialize with `shear materialize --run {} --out DIR`)",
+        summary.steps_run,
+        summary.mean_step_seconds,
+        a.out.display(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+pub fn materialize_cmd(a: MaterializeArgs) -> Result<()> {
+    let out = shear::train::pruning::materialize_run(&a.run, &a.out)?;
+    let cfg = hf::load_config(&out)?;
+    info!(
+        "wrote {}: {} layers, hidden {}, {} heads / {} KV heads (head_dim {}), intermediate {}, {:.2}M parameters",
+        out.display(),
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_kv_heads(),
+        cfg.head_dim(),
+        cfg.intermediate_size,
+        cfg.param_counts().total() as f64 / 1e6
+    );
+    Ok(())
+}
+
+pub fn inspect_cmd(a: InspectArgs) -> Result<()> {
+    let (step, masks) = shear::report::run_masks(&a.run, a.step)?;
+    // Show every row and column of these small tables.
+    std::env::set_var("POLARS_FMT_MAX_ROWS", "-1");
+    std::env::set_var("POLARS_FMT_MAX_COLS", "-1");
+    std::env::set_var("POLARS_TABLE_WIDTH", "250");
+    println!("{} at step {step}, target {}", a.run.display(), masks.target());
+    println!("{}", shear::report::family_table(&masks)?);
+    let layers = shear::report::layer_table(&masks)?;
+    let cols = [
+        "layer",
+        "layer_kept",
+        "layer_score",
+        "heads_by_group",
+        "heads_kept",
+        "intermediate_kept",
+        "hidden_kept",
+        "head_expected_sparsity",
+        "intermediate_expected_sparsity",
+    ];
+    println!("{}", layers.select(cols).map_err(|e| anyhow::anyhow!("{e}"))?);
+    Ok(())
+}

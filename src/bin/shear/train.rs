@@ -1,0 +1,190 @@
+//! Continued pre-training, export of a training run, and from-scratch initialization.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tracing::info;
+
+use shear::io::{self, hf, SaveOptions};
+
+use crate::data::{parse_domain_map, reference_losses, MixtureArgs};
+use crate::progress_bar;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Model directory to continue training (HF layout).
+    #[arg(long, required_unless_present = "resume")]
+    pub model: Option<PathBuf>,
+    /// Corpus directory (`shear corpus build`).
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
+    /// Run directory to create (or, with --resume, to continue).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its latest checkpoint (optionally to a new --steps).
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// LR warm-up steps (default: 3% of --steps).
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Evaluate every domain and update the proportions every N steps.
+    #[arg(long, default_value_t = 50)]
+    pub eval_interval: usize,
+    /// Eval sequences per domain at each evaluation.
+    #[arg(long, default_value_t = 16)]
+    pub eval_sequences: usize,
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_interval: usize,
+    #[arg(long, default_value_t = 17)]
+    pub seed: u64,
+    /// Compute in bf16 (weights and AdamW state stay f32).
+    #[arg(long)]
+    pub bf16: bool,
+    #[command(flatten)]
+    pub mixture: MixtureArgs,
+    /// Testing aid: sleep after every step (lets a test kill the process mid-run).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub step_delay_ms: u64,
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Training run directory.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Output model directory; must not exist yet.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// The architecture: an HF config.json, or a target .toml (then --like supplies vocabulary, head_dim, RoPE).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// A model directory whose config fills in what a target leaves open and whose tokenizer is copied.
+    #[arg(long)]
+    pub like: Option<PathBuf>,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn train_cmd(a: TrainArgs) -> Result<()> {
+    use shear::train::continued::{self, TrainConfig, TrainSpec};
+    let device = shear::device(a.cpu)?;
+    let spec = if a.resume {
+        let mut spec = continued::read_train_spec(&a.out).context("--resume needs an existing run in --out")?;
+        if let Some(s) = a.steps {
+            spec.config.steps = s;
+        }
+        spec
+    } else {
+        let (model, data) = (a.model.clone().unwrap(), a.data.clone().unwrap());
+        io::check_writable_destination(&a.out)?;
+        let corpus = shear::data::corpus::Corpus::open(&data)?;
+        let cfg = hf::load_config(&model)?;
+        let steps = a.steps.context("--steps is required")?;
+        let mut c = TrainConfig::for_steps(steps, &corpus.domains);
+        c.batch_size = a.batch_size;
+        c.grad_accum = a.grad_accum;
+        c.lr = a.lr;
+        c.warmup_steps = a.warmup_steps.unwrap_or(c.warmup_steps);
+        c.weight_decay = a.weight_decay;
+        c.max_grad_norm = a.max_grad_norm;
+        c.eval_interval = a.eval_interval;
+        c.eval_sequences = a.eval_sequences;
+        c.checkpoint_interval = a.checkpoint_interval;
+        c.seed = a.seed;
+        c.bf16 = a.bf16;
+        c.update_rule = a.mixture.update.parse()?;
+        if let Some(p) = &a.mixture.proportions {
+            c.proportions = parse_domain_map(p, &corpus.domains, "--proportions")?;
+        }
+        if c.update_rule != shear::data::loader::UpdateRule::Constant {
+            c.reference_losses = reference_losses(&a.mixture, &corpus, &cfg, a.eval_sequences, a.batch_size, a.cpu)?;
+        }
+        let abs = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
+        TrainSpec { model: abs(model)?, data: abs(data)?, domains: corpus.domains.clone(), config: c }
+    };
+    let corpus = shear::data::corpus::Corpus::open(&spec.data)?;
+    let tj = std::fs::read(spec.model.join("tokenizer.json")).with_context(|| format!("{}", spec.model.display()))?;
+    corpus.check_tokenizer(&tj, &spec.model)?;
+    let cfg = hf::load_config(&spec.model)?;
+    let weights = hf::load_weights(&spec.model, Some(candle_core::DType::F32), &device)?;
+    shear::model::check_weights(&cfg, &weights)?;
+    info!(
+        "training {} ({:.1}M parameters) on {} for {} steps of {}x{}x{} tokens, {:?} proportion updates",
+        spec.model.display(),
+        cfg.param_counts().total() as f64 / 1e6,
+        spec.data.display(),
+        spec.config.steps,
+        spec.config.grad_accum,
+        spec.config.batch_size,
+        corpus.seq_len(),
+        spec.config.update_rule
+    );
+    let pb = progress_bar(spec.config.steps, "train");
+    let delay = std::time::Duration::from_millis(a.step_delay_ms);
+    let domains = corpus.domains.clone();
+    let summary = continued::train(&a.out, &spec, &cfg, &weights, corpus, a.resume, |r| {
+        pb.set_position(r.step as u64);
+        pb.set_message(format!("loss {:.3}", r.loss));
+        if let Some((losses, props)) = r.eval {
+            let fmt = |v: &[f64], p: usize| {
+                domains.iter().zip(v).map(|(d, x)| format!("{d} {x:.p$}")).collect::<Vec<_>>().join(", ")
+            };
+            pb.println(format!("step {}: eval loss {}", r.step, fmt(losses, 3)));
+            pb.println(format!("step {}: proportions {}", r.step, fmt(props, 3)));
+        }
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    pb.finish_and_clear();
+    info!("{} steps at {:.2}s/step; run in {}", summary.steps_run, summary.mean_step_seconds, a.out.display());
+    Ok(())
+}
+
+pub fn init_cmd(a: InitArgs) -> Result<()> {
+    let like = a.like.as_ref().map(|d| hf::load_config(d)).transpose()?;
+    let cfg = if a.config.extension().is_some_and(|e| e == "toml") {
+        let base = like.context("a target .toml needs --like MODEL to supply vocabulary, head_dim and RoPE")?;
+        let target = shear::prune::TargetShape::load(&a.config)?;
+        target.validate(&base)?;
+        target.config(&base)
+    } else {
+        shear::LlamaConfig::load(&a.config)?
+    };
+    let weights = shear::model::random_weights(&cfg, a.seed, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    let opts = SaveOptions { companions_from: a.like.clone(), ..Default::default() };
+    let out = hf::save_model(&a.out, &cfg, &weights, &opts)?;
+    info!(
+        "wrote {}: randomly initialized (seed {}), {} layers, hidden {}, {:.2}M parameters",
+        out.display(),
+        a.seed,
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.param_counts().total() as f64 / 1e6
+    );
+    Ok(())
+}

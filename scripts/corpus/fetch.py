@@ -34,8 +34,9 @@ DOMAINS = ["cc", "c4", "github", "wiki", "book", "arxiv", "stackexchange"]
 
 class Fetcher:
     def __init__(self, cache: Path):
-        self.cache = cache
-        cache.mkdir(parents=True, exist_ok=True)
+        # Absolute: the package tools run with the cache as their working directory.
+        self.cache = cache.resolve()
+        self.cache.mkdir(parents=True, exist_ok=True)
         self.apt_updated = False
 
     def _run(self, cmd, cwd):

@@ -217,23 +217,15 @@ impl Llama {
         if let Some(h) = &hidden {
             x = x.broadcast_mul(&h.z)?;
         }
+        // Per-layer masks in the compute dtype, cast once; row `i` is layer `i`'s.
+        let in_dtype = |t: &Option<Tensor>| t.as_ref().map(|z| z.to_dtype(self.dtype())).transpose();
+        let (layer_z, int_z) = (in_dtype(&masks.layer)?, in_dtype(&masks.intermediate)?);
+        let row = |t: &Option<Tensor>, i: usize| t.as_ref().map(|z| z.get(i)).transpose();
         for (i, block) in self.blocks.iter().enumerate() {
             let bm = BlockMasks {
-                layer: masks
-                    .layer
-                    .as_ref()
-                    .map(|z| z.get(i))
-                    .transpose()?
-                    .map(|z| z.to_dtype(self.dtype()))
-                    .transpose()?,
-                head_dims: head_dims.as_ref().map(|z| z.get(i)).transpose()?,
-                intermediate: masks
-                    .intermediate
-                    .as_ref()
-                    .map(|z| z.get(i))
-                    .transpose()?
-                    .map(|z| z.to_dtype(self.dtype()))
-                    .transpose()?,
+                layer: row(&layer_z, i)?,
+                head_dims: row(&head_dims, i)?,
+                intermediate: row(&int_z, i)?,
                 hidden: hidden.as_ref(),
             };
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);

@@ -35,14 +35,16 @@ pub use error::{Error, Result};
 pub use model::{Kernels, Llama, TensorMap};
 
 /// The device shear runs on: the first CUDA GPU when built with `--features cuda` and one is present
-/// (unless `cpu` is requested), otherwise the CPU.
+/// (unless `cpu` is requested), otherwise the CPU (with a warning when a CUDA build finds no GPU).
 pub fn device(cpu: bool) -> Result<candle_core::Device> {
-    if cpu {
+    if cpu || !candle_core::utils::cuda_is_available() {
         return Ok(candle_core::Device::Cpu);
     }
-    if candle_core::utils::cuda_is_available() {
-        Ok(candle_core::Device::new_cuda(0)?)
-    } else {
-        Ok(candle_core::Device::Cpu)
+    match candle_core::Device::new_cuda(0) {
+        Ok(d) => Ok(d),
+        Err(e) => {
+            tracing::warn!("no usable CUDA device ({e}); running on the CPU");
+            Ok(candle_core::Device::Cpu)
+        }
     }
 }

@@ -289,10 +289,7 @@ fn save(run: &Path, st: &State) -> Result<()> {
     for (k, v) in &st.vars {
         t.insert(format!("weights.{k}"), v.as_tensor().clone());
     }
-    for (i, (name, _)) in st.optimizer.params.iter().enumerate() {
-        t.insert(format!("adam_m.{name}"), st.optimizer.m[i].clone());
-        t.insert(format!("adam_v.{name}"), st.optimizer.v[i].clone());
-    }
+    st.optimizer.save_moments(&mut t, "");
     let state = json!({"step": st.step, "optimizer_steps": st.optimizer.steps, "loader": st.feed.loader.state});
     checkpoint::save(run, &t, &state)
 }
@@ -303,14 +300,8 @@ fn restore(run: &Path, st: &mut State, device: &Device) -> Result<()> {
     for (k, v) in &st.vars {
         v.set(t.get(&format!("weights.{k}")).ok_or_else(|| missing(k))?)?;
     }
-    let mut ms = vec![];
-    let mut vs = vec![];
-    for (name, _) in &st.optimizer.params {
-        ms.push(t.get(&format!("adam_m.{name}")).ok_or_else(|| missing(name))?.clone());
-        vs.push(t.get(&format!("adam_v.{name}")).ok_or_else(|| missing(name))?.clone());
-    }
     let steps = state["optimizer_steps"].as_u64().ok_or_else(|| missing("optimizer_steps"))? as usize;
-    st.optimizer.load_state(ms, vs, steps)?;
+    st.optimizer.restore_moments(&t, "", steps)?;
     st.step = state["step"].as_u64().ok_or_else(|| missing("step"))? as usize;
     let loader: LoaderState = serde_json::from_value(state["loader"].clone())
         .map_err(|e| Error::Invalid(format!("checkpoint loader: {e}")))?;

@@ -72,17 +72,35 @@ impl AdamW {
         Ok(())
     }
 
-    /// Restore moments saved by a checkpoint (same params, same order).
-    pub fn load_state(&mut self, m: Vec<Tensor>, v: Vec<Tensor>, steps: usize) -> Result<()> {
-        if m.len() != self.params.len() || v.len() != self.params.len() {
-            return Err(Error::Invalid(format!(
-                "optimizer `{}`: checkpoint has a different parameter count",
-                self.name
-            )));
+    /// The moments as checkpoint tensors, named `adam_m.{prefix}{param}` and `adam_v.{prefix}{param}`.
+    pub fn save_moments(&self, out: &mut std::collections::BTreeMap<String, Tensor>, prefix: &str) {
+        for (i, (name, _)) in self.params.iter().enumerate() {
+            out.insert(format!("adam_m.{prefix}{name}"), self.m[i].clone());
+            out.insert(format!("adam_v.{prefix}{name}"), self.v[i].clone());
         }
-        for (i, (name, p)) in self.params.iter().enumerate() {
-            if m[i].dims() != p.dims() || v[i].dims() != p.dims() {
-                return Err(Error::Invalid(format!("optimizer `{}`: moment shape mismatch for `{name}`", self.name)));
+    }
+
+    /// Restore what [`AdamW::save_moments`] wrote, checking every moment against its parameter.
+    pub fn restore_moments(
+        &mut self,
+        saved: &std::collections::BTreeMap<String, Tensor>,
+        prefix: &str,
+        steps: usize,
+    ) -> Result<()> {
+        let (mut m, mut v) = (vec![], vec![]);
+        for (name, p) in &self.params {
+            for (kind, dst) in [("m", &mut m), ("v", &mut v)] {
+                let key = format!("adam_{kind}.{prefix}{name}");
+                let t = saved
+                    .get(&key)
+                    .ok_or_else(|| Error::Invalid(format!("optimizer `{}`: checkpoint lacks `{key}`", self.name)))?;
+                if t.dims() != p.dims() {
+                    return Err(Error::Invalid(format!(
+                        "optimizer `{}`: moment shape mismatch for `{name}`",
+                        self.name
+                    )));
+                }
+                dst.push(t.clone());
             }
         }
         self.m = m;

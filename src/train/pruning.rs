@@ -182,10 +182,7 @@ impl State {
             out.insert(format!("lambda2.{}", m.family.name()), m.lambda2.as_tensor().clone());
         }
         for opt in &self.optimizers {
-            for (i, (name, _)) in opt.params.iter().enumerate() {
-                out.insert(format!("adam_m.{}.{name}", opt.name), opt.m[i].clone());
-                out.insert(format!("adam_v.{}.{name}", opt.name), opt.v[i].clone());
-            }
+            opt.save_moments(&mut out, &format!("{}.", opt.name));
         }
         out
     }
@@ -218,15 +215,8 @@ impl State {
         let steps: Vec<usize> = serde_json::from_value(state["optimizer_steps"].clone())
             .map_err(|e| Error::Invalid(format!("checkpoint optimizer_steps: {e}")))?;
         for (opt, s) in self.optimizers.iter_mut().zip(steps) {
-            let mut ms = vec![];
-            let mut vs = vec![];
-            for (name, _) in &opt.params {
-                let km = format!("adam_m.{}.{name}", opt.name);
-                let kv = format!("adam_v.{}.{name}", opt.name);
-                ms.push(t.get(&km).ok_or_else(|| missing(&km))?.clone());
-                vs.push(t.get(&kv).ok_or_else(|| missing(&kv))?.clone());
-            }
-            opt.load_state(ms, vs, s)?;
+            let prefix = format!("{}.", opt.name);
+            opt.restore_moments(&t, &prefix, s)?;
         }
         self.step = state["step"].as_u64().ok_or_else(|| missing("step"))? as usize;
         self.rng =

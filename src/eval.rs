@@ -136,3 +136,53 @@ pub fn evaluate_corpus(
     }
     Ok(out)
 }
+
+/// How a model's logits compare with a frozen reference (`tests/fixtures/smollm2/logits.json`, written by
+/// `scripts/reference/make_fixtures.py` from PyTorch/`transformers`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferenceCheck {
+    /// The tokenizer gave the reference's ids for the reference prompt.
+    pub ids_match: bool,
+    pub positions: usize,
+    /// Vocabulary columns compared at every position.
+    pub columns: usize,
+    pub max_abs_diff: f64,
+    /// Positions whose argmax over the full vocabulary equals the reference's.
+    pub argmax_agree: usize,
+}
+
+/// Run the reference prompt through `model` and compare with the fixture at `fixture`.
+pub fn check_reference_logits(
+    model: &Llama,
+    tok: &tokenizers::Tokenizer,
+    fixture: &std::path::Path,
+) -> Result<ReferenceCheck> {
+    let text = std::fs::read_to_string(fixture).map_err(|e| Error::io(fixture, e))?;
+    let fx: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: invalid JSON: {e}", fixture.display())))?;
+    let field = |k: &str| -> Result<serde_json::Value> {
+        fx.get(k).cloned().ok_or_else(|| Error::Invalid(format!("{}: no `{k}`", fixture.display())))
+    };
+    let parse = |k: &str, v: String| Error::Invalid(format!("{}: `{k}`: {v}", fixture.display()));
+    let prompt = field("prompt")?.as_str().map(str::to_string).ok_or_else(|| parse("prompt", "not a string".into()))?;
+    let ref_ids: Vec<u32> = serde_json::from_value(field("ids")?).map_err(|e| parse("ids", e.to_string()))?;
+    let cols: Vec<u32> =
+        serde_json::from_value(field("vocab_columns")?).map_err(|e| parse("vocab_columns", e.to_string()))?;
+    let expected: Vec<Vec<f32>> =
+        serde_json::from_value(field("logits")?).map_err(|e| parse("logits", e.to_string()))?;
+    let argmax: Vec<u32> = serde_json::from_value(field("argmax")?).map_err(|e| parse("argmax", e.to_string()))?;
+    let ids = crate::io::tokenizer::encode(tok, &prompt)?;
+    let device = model.device();
+    let input = Tensor::new(ref_ids.as_slice(), device)?.unsqueeze(0)?;
+    let logits = model.forward(&input, Kernels::Fused)?.squeeze(0)?.to_dtype(candle_core::DType::F32)?;
+    let sampled = logits.index_select(&Tensor::new(cols.as_slice(), device)?, 1)?;
+    let diff = (sampled - Tensor::new(expected, device)?)?.abs()?.max_all()?.to_scalar::<f32>()? as f64;
+    let ours: Vec<u32> = logits.argmax(1)?.to_vec1()?;
+    Ok(ReferenceCheck {
+        ids_match: ids == ref_ids,
+        positions: ref_ids.len(),
+        columns: cols.len(),
+        max_abs_diff: diff,
+        argmax_agree: ours.iter().zip(&argmax).filter(|(a, b)| a == b).count(),
+    })
+}

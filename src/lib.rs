@@ -12,7 +12,8 @@
 //! | [`prune`] | hard-concrete masks, the Lagrangian constraint, materialization |
 //! | [`data`] | training text and batches |
 //! | [`train`] | AdamW, schedules, checkpoints, the pruning loop |
-//! | [`report`] | polars tables of what pruning kept |
+//! | [`report`] | polars tables and SVG charts of what pruning kept and how runs went |
+//! | [`notebook`] | quick mode and paths for the evcxr notebooks |
 //! | [`eval`] | the NLL / perplexity protocol |
 //! | [`generate`] | greedy and top-p decoding with a KV cache |
 //! | [`bench`] | throughput and memory figures |
@@ -25,14 +26,20 @@ pub mod eval;
 pub mod generate;
 pub mod io;
 pub mod model;
+pub mod notebook;
 pub mod prune;
 pub mod report;
 pub mod rng;
 pub mod train;
 
 pub use config::LlamaConfig;
+
+// Re-exported so that a notebook needs one `:dep` and never builds a second version of these crates.
+pub use candle_core;
 pub use error::{Error, Result};
 pub use model::{Kernels, Llama, TensorMap};
+pub use polars;
+pub use serde_json;
 
 /// The device shear runs on: the first CUDA GPU when built with `--features cuda` and one is present
 /// (unless `cpu` is requested), otherwise the CPU (with a warning when a CUDA build finds no GPU).

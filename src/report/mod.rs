@@ -1,5 +1,9 @@
-//! What pruning did, as polars DataFrames: per layer (kept heads by KV group, kept intermediate and hidden
-//! dims, layer mask, expected vs target sparsity) and per mask family.
+//! What pruning and training did: polars tables of what the masks keep (per layer, per family), of run logs
+//! ([`runs`]), and the SVG charts built from them ([`charts`], [`views`]).
+
+pub mod charts;
+pub mod runs;
+pub mod views;
 
 use std::path::Path;
 
@@ -11,7 +15,7 @@ use crate::prune::hard_concrete as hc;
 use crate::prune::masks::{layouts, Deterministic, Family, MaskSet};
 use crate::train::pruning::{load_log_alphas, read_run_spec};
 
-fn polars_err(e: PolarsError) -> Error {
+pub(crate) fn polars_err(e: PolarsError) -> Error {
     Error::Invalid(format!("building a table: {e}"))
 }
 
@@ -47,16 +51,37 @@ fn per_layer_scores(masks: &MaskSet, family: Family, layers: usize) -> Result<Ve
     }
 }
 
+/// Query heads kept at materialization, per layer and KV group (`[layer][group]`; 0 for a removed group).
+/// Layers removed by the layer mask keep their head counts here; see `layer_kept`.
+pub fn kept_heads_by_group(masks: &MaskSet) -> Result<Vec<Vec<usize>>> {
+    let cfg = masks.source();
+    let (l, h, kv) = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_kv_heads());
+    let g = h / kv;
+    let det = masks.deterministic(Deterministic::Target)?;
+    let z_group = values(&det.kv_group, l * kv)?;
+    let z_head = values(&det.head, l * h)?;
+    Ok((0..l)
+        .map(|layer| {
+            (0..kv)
+                .map(|gg| {
+                    if z_group[layer * kv + gg] == 0.0 {
+                        0
+                    } else {
+                        (0..g).filter(|i| z_head[layer * h + gg * g + i] != 0.0).count()
+                    }
+                })
+                .collect()
+        })
+        .collect())
+}
+
 /// One row per source layer. `*_kept` columns are what materialization keeps (exact target counts);
 /// `*_expected_sparsity` come from the current mask scores and `*_target_sparsity` from the target.
 pub fn layer_table(masks: &MaskSet) -> Result<DataFrame> {
     let cfg = masks.source();
-    let (l, h, kv, m) = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_kv_heads(), cfg.intermediate_size);
-    let g = h / kv;
+    let (l, m) = (cfg.num_hidden_layers, cfg.intermediate_size);
     let det = masks.deterministic(Deterministic::Target)?;
     let z_layer = values(&det.layer, l)?;
-    let z_group = values(&det.kv_group, l * kv)?;
-    let z_head = values(&det.head, l * h)?;
     let z_int = values(&det.intermediate, l * m)?;
     let hidden_kept = values(&det.hidden, cfg.hidden_size)?.iter().filter(|v| **v != 0.0).count() as u32;
     let layer_score: Vec<f64> = match masks.get(Family::Layer) {
@@ -64,17 +89,12 @@ pub fn layer_table(masks: &MaskSet) -> Result<DataFrame> {
         None => vec![1.0; l],
     };
 
+    let per_group_all = kept_heads_by_group(masks)?;
     let mut heads_by_group = vec![];
     let mut heads_kept = vec![];
     let mut groups_kept = vec![];
     let mut int_kept = vec![];
-    for layer in 0..l {
-        let mut per_group = vec![];
-        for gg in 0..kv {
-            let on = z_group[layer * kv + gg] != 0.0;
-            let n = (0..g).filter(|i| z_head[layer * h + gg * g + i] != 0.0).count();
-            per_group.push(if on { n } else { 0 });
-        }
+    for (layer, per_group) in per_group_all.iter().enumerate() {
         heads_kept.push(per_group.iter().sum::<usize>() as u32);
         groups_kept.push(per_group.iter().filter(|&&n| n > 0).count() as u32);
         heads_by_group.push(per_group.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" "));

@@ -124,8 +124,16 @@ pub struct StepRecord {
     pub metrics: Map<String, Value>,
 }
 
+/// A run's `run.json`. Relative model and data paths are relative to the run directory, so that a run can
+/// ship inside the repository (`data/runs/`).
 pub fn read_run_spec(run: &Path) -> Result<RunSpec> {
-    read_spec(run)
+    let mut spec: RunSpec = read_spec(run)?;
+    for p in [&mut spec.source_model, &mut spec.data] {
+        if p.is_relative() {
+            *p = run.join(&*p);
+        }
+    }
+    Ok(spec)
 }
 
 /// Everything trained in a pruning run.
@@ -427,6 +435,21 @@ pub fn load_log_alphas(run: &Path, step: Option<usize>) -> Result<(usize, BTreeM
 /// Materialize a pruning run: deterministic masks with exactly the target counts from the latest
 /// checkpoint's log-α, folded into its weights, written as an HF directory (tokenizer files copied from
 /// the source model).
+/// The source model with a run's latest trained weights, and its deterministic target masks: the masked
+/// model that materialization must reproduce exactly.
+pub fn masked_model(run: &Path) -> Result<(Llama, MaskValues)> {
+    let spec = read_run_spec(run)?;
+    let source_cfg = crate::io::hf::load_config(&spec.source_model)?;
+    let (t, _) = checkpoint::load(run, &Device::Cpu)?;
+    let weights: TensorMap = checkpoint::take_prefixed(&t, "weights");
+    let log_alphas: BTreeMap<Family, Tensor> = checkpoint::take_prefixed(&t, "log_alpha")
+        .into_iter()
+        .filter_map(|(k, v)| Family::from_name(&k).map(|f| (f, v)))
+        .collect();
+    let masks = MaskSet::from_log_alphas(&source_cfg, &spec.target, log_alphas)?;
+    Ok((Llama::new(&source_cfg, &weights)?, masks.deterministic(Deterministic::Target)?))
+}
+
 pub fn materialize_run(run: &Path, out: &Path) -> Result<PathBuf> {
     crate::io::check_writable_destination(out)?;
     let spec = read_run_spec(run)?;

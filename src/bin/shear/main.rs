@@ -52,6 +52,8 @@ enum Command {
     Materialize(MaterializeArgs),
     /// Per-layer table of what a pruning run keeps: heads by KV group, intermediate and hidden dims, layers.
     Inspect(InspectArgs),
+    /// Write the charts of a pruning or training run as SVG files (the notebooks' charts, without Jupyter).
+    Report(ReportArgs),
     /// Continued pre-training on a corpus with dynamic batch loading (checkpoints, --resume).
     Train(TrainArgs),
     /// Write the latest checkpoint of a `shear train` run as an HF model directory.
@@ -90,6 +92,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Prune(a) => prune_cmd(a),
         Command::Materialize(a) => materialize_cmd(a),
         Command::Inspect(a) => inspect_cmd(a),
+        Command::Report(a) => report_cmd(a),
         Command::Train(a) => train_cmd(a),
         Command::Export(a) => {
             let out = shear::train::continued::export_run(&a.run, &a.out)?;

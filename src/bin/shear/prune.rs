@@ -94,6 +94,19 @@ pub struct InspectArgs {
     /// Mask snapshot step (default: the newest).
     #[arg(long)]
     pub step: Option<usize>,
+    /// Also write the run's charts (sparsity, loss, λ, kept heads/dims, mask scores) as SVG files here.
+    #[arg(long)]
+    pub charts: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// A pruning run (`shear prune`) or continued pre-training run (`shear train`).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Directory for the SVG charts (created if missing; existing charts are replaced).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 pub fn prune_cmd(a: PruneArgs) -> Result<()> {
@@ -261,5 +274,20 @@ pub fn inspect_cmd(a: InspectArgs) -> Result<()> {
         "intermediate_expected_sparsity",
     ];
     println!("{}", layers.select(cols).map_err(|e| anyhow::anyhow!("{e}"))?);
+    if let Some(dir) = &a.charts {
+        write_charts(&a.run, a.step, dir)?;
+    }
+    Ok(())
+}
+
+pub fn report_cmd(a: ReportArgs) -> Result<()> {
+    write_charts(&a.run, None, &a.out)
+}
+
+fn write_charts(run: &std::path::Path, step: Option<usize>, dir: &std::path::Path) -> Result<()> {
+    use shear::report::views;
+    let charts = views::run_charts(run, step)?;
+    let paths = views::save_charts(&charts, dir)?;
+    info!("wrote {} charts to {}", paths.len(), dir.display());
     Ok(())
 }

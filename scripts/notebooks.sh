@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The notebooks (README's main command): install what is missing, fetch the embedded default model, the
+# text and the lite corpus, then open Jupyter on notebooks/.
+#
+#   scripts/notebooks.sh            set up and open Jupyter (http://localhost:8888)
+#   scripts/notebooks.sh --check    set up and execute every notebook headlessly in quick mode (CI)
+#   scripts/notebooks.sh --execute  execute every notebook in default mode and keep the outputs (committed)
+#   scripts/notebooks.sh --setup    only install and fetch
+#
+# Installs: evcxr_jupyter 0.22.0 (`cargo install --locked`: ~10-12 min on 2 cores, once), Jupyter pieces
+# from PyPI into .venv-nb (pinned in notebooks/requirements*.txt), and a kernel spec inside .venv-nb that
+# points evcxr at notebooks/.evcxr (build cache) and target/evcxr (its build dir, kept between runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-open}
+root=$PWD
+
+if ! command -v evcxr_jupyter >/dev/null; then
+  echo "notebooks: installing evcxr_jupyter 0.22.0 (about 10 minutes, once)"
+  cargo install --locked --version 0.22.0 evcxr_jupyter
+fi
+evcxr=$(command -v evcxr_jupyter)
+
+if [ ! -x .venv-nb/bin/python ]; then
+  python3 -m venv .venv-nb
+fi
+.venv-nb/bin/pip install --quiet --disable-pip-version-check -r notebooks/requirements.txt
+if [ "$mode" = open ]; then
+  .venv-nb/bin/pip install --quiet --disable-pip-version-check -r notebooks/requirements-ui.txt
+fi
+
+# Kernel spec inside the venv (found first by the venv's jupyter). evcxr_jupyter rewrites its spec when the
+# spec's version.txt differs from its own, so install it properly first, then add the environment that keeps
+# evcxr's build products (its build dir and cache) between kernels; the same variables are exported below
+# for the kernels this script starts.
+export JUPYTER_PATH=$root/.venv-nb/share/jupyter
+export EVCXR_CONFIG_DIR=$root/notebooks/.evcxr EVCXR_TMPDIR=$root/target/evcxr
+mkdir -p "$EVCXR_TMPDIR"
+"$evcxr" --install >/dev/null
+.venv-nb/bin/python - "$JUPYTER_PATH/kernels/rust/kernel.json" <<PY
+import json, sys
+spec = json.load(open(sys.argv[1]))
+spec["env"] = {"EVCXR_CONFIG_DIR": "$EVCXR_CONFIG_DIR", "EVCXR_TMPDIR": "$EVCXR_TMPDIR"}
+json.dump(spec, open(sys.argv[1], "w"), indent=2)
+PY
+
+# What the notebooks read: the source model, Shakespeare, the lite corpus.
+[ -x target/release/shear ] || cargo build --release --locked
+./scripts/fetch-default-model.sh
+./scripts/fetch-text.sh
+[ -f data/corpus/manifest.json ] || target/release/shear corpus build --out data/corpus --profile lite
+
+notebooks=(notebooks/0*.ipynb)
+case "$mode" in
+  --check)
+    SHEAR_QUICK=1 .venv-nb/bin/python notebooks/check.py --out target/notebooks-quick "${notebooks[@]}"
+    ;;
+  --execute)
+    .venv-nb/bin/python notebooks/check.py --inplace "${notebooks[@]}"
+    ;;
+  --setup)
+    ;;
+  open)
+    exec .venv-nb/bin/jupyter notebook --notebook-dir=notebooks --ServerApp.ip=127.0.0.1
+    ;;
+  *)
+    echo "usage: scripts/notebooks.sh [--check | --execute | --setup]" >&2
+    exit 2
+    ;;
+esac

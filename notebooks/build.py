@@ -230,7 +230,6 @@ CLI equivalent: `shear inspect --run RUN --charts DIR`.
     code(r"""
 use std::path::PathBuf;
 use shear::{notebook, report};
-use shear::polars::prelude::*;
 use shear::prune::masks::Family;
 
 let run = std::env::var("RUN").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("../data/runs/prune-smollm2-default"));
@@ -261,6 +260,7 @@ report::charts::table(&layers.select(["layer", "layer_kept", "layer_score", "hea
 """),
     code(r"""
 // Keep the layers that survive, and join them with the parameter count each will have once materialized.
+use shear::polars::prelude::{Column, DataFrame, DataFrameJoinOps};
 let layers = report::layer_table(&masks)?;
 let kept = layers.clone().filter(&layers.column("layer_kept")?.bool()?.clone())?;
 println!("{} of {} layers kept", kept.height(), layers.height());
@@ -328,7 +328,7 @@ let reference: Vec<f64> = src_eval.iter().map(|r| r.mean_nll).collect();
 println!("{:<14} {:>8} {:>8}", "domain", "source", "pruned");
 for (s, p) in src_eval.iter().zip(&pruned_eval) {
     println!("{:<14} {:>8.3} {:>8.3}", s.domain, s.mean_nll, p.mean_nll);
-}
+};
 """),
     md("### Three runs on the same token budget"),
     code(r"""
@@ -359,7 +359,7 @@ for (name, model, rule) in [("cpt-doremi", &pruned, UpdateRule::Doremi), ("cpt-c
     let s = continued::train(&run, &spec, &pcfg, &weights, Corpus::open(&corpus_dir)?, false, |_| std::ops::ControlFlow::Continue(()))?;
     println!("{name}: {} steps, {:.2} s/step", s.steps_run, s.mean_step_seconds);
 }
-}
+};
 """),
     md("### How the mixture moved (dynamic batch loading) and how each domain recovered"),
     code(r"""
@@ -404,7 +404,7 @@ for (((d, a), (_, b)), (_, c)) in last(&doremi).into_iter().zip(last(&constant))
     let r = reference[domains.iter().position(|x| *x == d).unwrap()];
     println!("{d:<14} {r:>9.3} {a:>9.3} {b:>9.3} {c:>9.3}");
 }
-}
+};
 """),
 ]
 
@@ -490,7 +490,7 @@ for (name, model) in [("source", &src.model), ("pruned + CPT", &finalm.model)] {
     let out = generate(model, &p, notebook::size(32, 6), &Sampling::Greedy, &src.config.eos_token_ids(), |_| {})?;
     let secs = t0.elapsed().as_secs_f64();
     println!("[{name}, {:.1} tok/s] {prompt}{}", out.len() as f64 / secs, tok.decode(&out, true).map_err(|e| e.to_string())?);
-}
+};
 """),
 ]
 

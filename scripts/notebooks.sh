@@ -36,6 +36,8 @@ fi
 export JUPYTER_PATH=$root/.venv-nb/share/jupyter
 export EVCXR_CONFIG_DIR=$root/notebooks/.evcxr EVCXR_TMPDIR=$root/target/evcxr
 mkdir -p "$EVCXR_TMPDIR"
+# evcxr regenerates its crate's manifest and sources; an interrupted kernel can leave them half-written.
+rm -rf "$EVCXR_TMPDIR/Cargo.toml" "$EVCXR_TMPDIR/src"
 "$evcxr" --install >/dev/null
 .venv-nb/bin/python - "$JUPYTER_PATH/kernels/rust/kernel.json" <<PY
 import json, sys

@@ -1,0 +1,49 @@
+//! The report views on the real pruning run shipped in data/runs/ (needs models/smollm2-135m for its config):
+//! what materialization keeps must be exactly the target, per layer, and every chart must draw.
+
+use std::path::Path;
+
+use shear::report::{self, runs, views};
+
+const RUN: &str = "data/runs/prune-smollm2-default";
+
+#[test]
+fn shipped_run_keeps_exactly_the_target_in_every_layer() {
+    let (step, masks) = report::run_masks(Path::new(RUN), None).unwrap();
+    assert_eq!(step, 400);
+    let t = masks.target().clone();
+    let layers = report::layer_table(&masks).unwrap();
+    let kept: Vec<bool> = runs::floats(&layers, "layer_value").unwrap().iter().map(|v| *v != 0.0).collect();
+    assert_eq!(kept.iter().filter(|k| **k).count(), t.layers);
+    // Every layer keeps heads/kv_heads query heads in each of its KV groups (uniform GQA) and the same
+    // number of intermediate dims, whether or not the layer itself is removed.
+    let per_group = t.heads / t.kv_heads;
+    for (l, groups) in report::kept_heads_by_group(&masks).unwrap().iter().enumerate() {
+        assert_eq!(groups, &vec![per_group; t.kv_heads], "layer {l}");
+    }
+    for (l, n) in runs::floats(&layers, "intermediate_kept").unwrap().iter().enumerate() {
+        assert_eq!(*n as usize, t.intermediate, "layer {l}");
+    }
+    assert!(runs::floats(&layers, "hidden_kept").unwrap().iter().all(|n| *n as usize == t.hidden));
+    // The same run's expected sparsity ended within 0.0035 of every family's target.
+    let families = report::family_table(&masks).unwrap();
+    let (e, g) =
+        (runs::floats(&families, "expected_sparsity").unwrap(), runs::floats(&families, "target_sparsity").unwrap());
+    for (a, b) in e.iter().zip(&g) {
+        assert!((a - b).abs() < 0.0035, "expected {a} vs target {b}");
+    }
+}
+
+#[test]
+fn every_chart_of_the_shipped_run_draws() {
+    let charts = views::run_charts(Path::new(RUN), None).unwrap();
+    let names: Vec<&str> = charts.iter().map(|(n, _)| n.as_str()).collect();
+    for want in ["sparsity", "loss", "lagrangian", "lambdas", "params", "heads", "intermediate", "layers", "hidden"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for (name, svg) in &charts {
+        assert!(svg.0.starts_with("<svg") && svg.0.len() > 2000, "{name}: {} bytes", svg.0.len());
+    }
+    let metrics = runs::prune_metrics(Path::new(RUN)).unwrap();
+    assert_eq!(runs::floats(&metrics, "step").unwrap().last().copied(), Some(400.0));
+}

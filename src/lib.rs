@@ -33,11 +33,11 @@ pub mod rng;
 pub mod train;
 
 pub use config::LlamaConfig;
+pub use error::{Error, Result};
+pub use model::{Kernels, Llama, TensorMap};
 
 // Re-exported so that a notebook needs one `:dep` and never builds a second version of these crates.
 pub use candle_core;
-pub use error::{Error, Result};
-pub use model::{Kernels, Llama, TensorMap};
 pub use polars;
 pub use serde_json;
 

@@ -128,6 +128,20 @@ impl Axes {
     }
 }
 
+/// Every chart's frame: the title above, room for tick labels and axis titles left and below.
+fn builder<'a, 'b, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, plotters::coord::Shift>,
+    axes: &Axes,
+    y_label_area: u32,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut b = ChartBuilder::on(area);
+    b.caption(&axes.title, ("sans-serif", 18).into_font().color(&BLACK))
+        .margin(12)
+        .x_label_area_size(42)
+        .y_label_area_size(y_label_area);
+    b
+}
+
 fn draw_err<E: std::fmt::Display>(e: E) -> Error {
     Error::Invalid(format!("drawing a chart: {e}"))
 }
@@ -194,13 +208,7 @@ pub fn line_chart(axes: &Axes, lines: &[Line]) -> Result<Svg> {
         let root = SVGBackend::with_string(&mut out, (axes.size.0 + legend_w, axes.size.1)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
         let (plot, legend) = root.split_horizontally(axes.size.0);
-        let mut chart = ChartBuilder::on(&plot)
-            .caption(&axes.title, ("sans-serif", 18).into_font().color(&BLACK))
-            .margin(12)
-            .x_label_area_size(42)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(draw_err)?;
+        let mut chart = builder(&plot, axes, 64).build_cartesian_2d(x0..x1, y0..y1).map_err(draw_err)?;
         let x_fmt = |x: &f64| if integer_x { format!("{x:.0}") } else { format!("{x}") };
         chart
             .configure_mesh()
@@ -270,13 +278,8 @@ pub fn bar_chart(axes: &Axes, labels: &[String], values: &[f64], reference: Opti
     {
         let root = SVGBackend::with_string(&mut out, axes.size).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(&axes.title, ("sans-serif", 18).into_font().color(&BLACK))
-            .margin(12)
-            .x_label_area_size(42)
-            .y_label_area_size(64)
-            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top)
-            .map_err(draw_err)?;
+        let mut chart =
+            builder(&root, axes, 64).build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top).map_err(draw_err)?;
         let labels_owned = labels.to_vec();
         chart
             .configure_mesh()
@@ -348,13 +351,8 @@ pub fn heatmap(
     {
         let root = SVGBackend::with_string(&mut out, axes.size).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(&axes.title, ("sans-serif", 18).into_font().color(&BLACK))
-            .margin(12)
-            .x_label_area_size(42)
-            .y_label_area_size(104)
-            .build_cartesian_2d(0f64..cols as f64, rows as f64..0f64)
-            .map_err(draw_err)?;
+        let mut chart =
+            builder(&root, axes, 104).build_cartesian_2d(0f64..cols as f64, rows as f64..0f64).map_err(draw_err)?;
         let (col_labels, row_labels) = (col_labels.to_vec(), row_labels.to_vec());
         chart
             .configure_mesh()
@@ -433,13 +431,7 @@ pub fn histogram(axes: &Axes, values: &[f64], lo: f64, hi: f64, bins: usize) -> 
     {
         let root = SVGBackend::with_string(&mut out, axes.size).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(&axes.title, ("sans-serif", 18).into_font().color(&BLACK))
-            .margin(12)
-            .x_label_area_size(42)
-            .y_label_area_size(64)
-            .build_cartesian_2d(lo..hi, 0f64..top.max(1.0))
-            .map_err(draw_err)?;
+        let mut chart = builder(&root, axes, 64).build_cartesian_2d(lo..hi, 0f64..top.max(1.0)).map_err(draw_err)?;
         chart
             .configure_mesh()
             .disable_x_mesh()

@@ -432,35 +432,33 @@ pub fn load_log_alphas(run: &Path, step: Option<usize>) -> Result<(usize, BTreeM
     Ok((n, out))
 }
 
-/// Materialize a pruning run: deterministic masks with exactly the target counts from the latest
-/// checkpoint's log-α, folded into its weights, written as an HF directory (tokenizer files copied from
-/// the source model).
+/// A run's latest checkpoint: the source config, the trained weights and the learned masks.
+fn checkpointed(run: &Path) -> Result<(RunSpec, LlamaConfig, TensorMap, MaskSet)> {
+    let spec = read_run_spec(run)?;
+    let source_cfg = crate::io::hf::load_config(&spec.source_model)?;
+    let (t, _) = checkpoint::load(run, &Device::Cpu)?;
+    let weights: TensorMap = checkpoint::take_prefixed(&t, "weights");
+    let log_alphas: BTreeMap<Family, Tensor> = checkpoint::take_prefixed(&t, "log_alpha")
+        .into_iter()
+        .filter_map(|(k, v)| Family::from_name(&k).map(|f| (f, v)))
+        .collect();
+    let masks = MaskSet::from_log_alphas(&source_cfg, &spec.target, log_alphas)?;
+    Ok((spec, source_cfg, weights, masks))
+}
+
 /// The source model with a run's latest trained weights, and its deterministic target masks: the masked
 /// model that materialization must reproduce exactly.
 pub fn masked_model(run: &Path) -> Result<(Llama, MaskValues)> {
-    let spec = read_run_spec(run)?;
-    let source_cfg = crate::io::hf::load_config(&spec.source_model)?;
-    let (t, _) = checkpoint::load(run, &Device::Cpu)?;
-    let weights: TensorMap = checkpoint::take_prefixed(&t, "weights");
-    let log_alphas: BTreeMap<Family, Tensor> = checkpoint::take_prefixed(&t, "log_alpha")
-        .into_iter()
-        .filter_map(|(k, v)| Family::from_name(&k).map(|f| (f, v)))
-        .collect();
-    let masks = MaskSet::from_log_alphas(&source_cfg, &spec.target, log_alphas)?;
+    let (_, source_cfg, weights, masks) = checkpointed(run)?;
     Ok((Llama::new(&source_cfg, &weights)?, masks.deterministic(Deterministic::Target)?))
 }
 
+/// Materialize a pruning run: deterministic masks with exactly the target counts from the latest
+/// checkpoint's log-α, folded into its weights, written as an HF directory (tokenizer files copied from
+/// the source model).
 pub fn materialize_run(run: &Path, out: &Path) -> Result<PathBuf> {
     crate::io::check_writable_destination(out)?;
-    let spec = read_run_spec(run)?;
-    let source_cfg = crate::io::hf::load_config(&spec.source_model)?;
-    let (t, _) = checkpoint::load(run, &Device::Cpu)?;
-    let weights: TensorMap = checkpoint::take_prefixed(&t, "weights");
-    let log_alphas: BTreeMap<Family, Tensor> = checkpoint::take_prefixed(&t, "log_alpha")
-        .into_iter()
-        .filter_map(|(k, v)| Family::from_name(&k).map(|f| (f, v)))
-        .collect();
-    let masks = MaskSet::from_log_alphas(&source_cfg, &spec.target, log_alphas)?;
+    let (spec, source_cfg, weights, masks) = checkpointed(run)?;
     let det = masks.deterministic(Deterministic::Target)?;
     let (cfg, small) = crate::prune::materialize(&source_cfg, &weights, &det, &spec.target)?;
     let opts = crate::io::SaveOptions { companions_from: Some(spec.source_model.clone()), ..Default::default() };

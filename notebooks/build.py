@@ -452,7 +452,11 @@ let materialized_vs_reloaded = (&m - &r)?.abs()?.max_all()?.to_scalar::<f32>()?;
 println!("logits {:?}", a.shape());
 println!("max |masked − materialized| = {masked_vs_materialized:.2e}");
 println!("max |materialized − reloaded| = {materialized_vs_reloaded:.2e}");
-assert!(masked_vs_materialized < 1e-3 && materialized_vs_reloaded == 0.0);
+// f32 rounding differs between folding a mask into the weights and multiplying by it: compare with the logits' scale.
+let scale = a.abs()?.max_all()?.to_scalar::<f32>()?;
+let same_top1 = a.argmax(2)?.eq(&m.argmax(2)?)?.to_dtype(DType::F32)?.mean_all()?.to_scalar::<f32>()?;
+println!("relative to max |logit| {scale:.1}: {:.1e}; same next-token prediction at {:.1}% of positions", masked_vs_materialized / scale, same_top1 * 100.0);
+assert!(masked_vs_materialized / scale < 5e-4 && materialized_vs_reloaded == 0.0);
 """),
     md("### The continued-pretraining result as a model directory"),
     code(r"""

@@ -35,6 +35,9 @@ fi
 # for the kernels this script starts.
 export JUPYTER_PATH=$root/.venv-nb/share/jupyter
 export EVCXR_CONFIG_DIR=$root/notebooks/.evcxr EVCXR_TMPDIR=$root/target/evcxr
+# evcxr builds at opt-level 2 but with debug assertions and overflow checks on, which makes candle's CPU
+# kernels several times slower; cargo's environment overrides the profile evcxr writes.
+export CARGO_PROFILE_DEV_DEBUG_ASSERTIONS=false CARGO_PROFILE_DEV_OVERFLOW_CHECKS=false
 mkdir -p "$EVCXR_TMPDIR"
 # evcxr regenerates its crate's manifest and sources; an interrupted kernel can leave them half-written.
 rm -rf "$EVCXR_TMPDIR/Cargo.toml" "$EVCXR_TMPDIR/src"
@@ -42,7 +45,12 @@ rm -rf "$EVCXR_TMPDIR/Cargo.toml" "$EVCXR_TMPDIR/src"
 .venv-nb/bin/python - "$JUPYTER_PATH/kernels/rust/kernel.json" <<PY
 import json, sys
 spec = json.load(open(sys.argv[1]))
-spec["env"] = {"EVCXR_CONFIG_DIR": "$EVCXR_CONFIG_DIR", "EVCXR_TMPDIR": "$EVCXR_TMPDIR"}
+spec["env"] = {
+    "EVCXR_CONFIG_DIR": "$EVCXR_CONFIG_DIR",
+    "EVCXR_TMPDIR": "$EVCXR_TMPDIR",
+    "CARGO_PROFILE_DEV_DEBUG_ASSERTIONS": "false",
+    "CARGO_PROFILE_DEV_OVERFLOW_CHECKS": "false",
+}
 json.dump(spec, open(sys.argv[1], "w"), indent=2)
 PY
 

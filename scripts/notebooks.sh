@@ -3,6 +3,7 @@
 # text and the lite corpus, then open Jupyter on notebooks/.
 #
 #   scripts/notebooks.sh            set up and open Jupyter (http://localhost:8888)
+#   scripts/notebooks.sh open ARGS  the same, passing ARGS to `jupyter notebook` (e.g. --no-browser --port 8899)
 #   scripts/notebooks.sh --check    set up and execute every notebook headlessly in quick mode (CI)
 #   scripts/notebooks.sh --execute  execute every notebook in default mode and keep the outputs (committed)
 #   scripts/notebooks.sh --setup    only install and fetch
@@ -13,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-open}
+[ $# -gt 0 ] && shift
 root=$PWD
 
 if ! command -v evcxr_jupyter >/dev/null; then
@@ -71,7 +73,10 @@ case "$mode" in
   --setup)
     ;;
   open)
-    exec .venv-nb/bin/jupyter notebook --notebook-dir=notebooks --ServerApp.ip=127.0.0.1
+    # Jupyter refuses to run as root without being told (containers often are root).
+    root_flag=()
+    [ "$(id -u)" = 0 ] && root_flag=(--allow-root)
+    exec .venv-nb/bin/jupyter notebook --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 "${root_flag[@]}" "$@"
     ;;
   *)
     echo "usage: scripts/notebooks.sh [--check | --execute | --setup]" >&2

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::checkpoint;
-use super::optim::{clip_factor, global_grad_norm, AdamW, AdamWConfig, CosineSchedule};
+use super::optim::{AdamW, AdamWConfig, CosineSchedule};
+use super::step::{accumulate, micro_batch, update};
 use super::run::{read_spec, RunLogs, RunSummary};
 use crate::config::LlamaConfig;
 use crate::data::corpus::Corpus;
@@ -26,7 +27,7 @@ use crate::data::loader::{LoaderState, UpdateRule};
 use crate::data::CorpusFeed;
 use crate::error::{Error, Result};
 use crate::eval::evaluate_corpus;
-use crate::model::{nll_from_logits, trainable, Kernels, Llama, TensorMap};
+use crate::model::{trainable, Llama, TensorMap};
 
 /// RedPajama's proportions, the reference's initial mixture (spec §6.1).
 pub const REDPAJAMA_PROPORTIONS: [(&str, f64); 7] = [
@@ -190,9 +191,7 @@ pub fn train(
         let mut domain_loss = vec![(0f64, 0usize); k];
         for (m, micro) in sample_domains.chunks(c.batch_size).enumerate() {
             let ids = batch.narrow(0, m * c.batch_size, micro.len())?;
-            let logits = model.forward_masked(&ids.narrow(1, 0, seq - 1)?, Kernels::Differentiable, None)?;
-            let per_sample = nll_from_logits(&logits, &ids.narrow(1, 1, seq - 1)?)?.mean(1)?; // [b]
-            let values: Vec<f32> = per_sample.to_vec1()?;
+            let (values, grads) = micro_batch(model, &ids, n_samples)?;
             if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
                 return Err(Error::Invalid(format!("non-finite loss ({bad}) at step {}; lower --lr", st.step + 1)));
             }
@@ -200,28 +199,11 @@ pub fn train(
                 domain_loss[d].0 += *v as f64;
                 domain_loss[d].1 += 1;
             }
-            let loss = (per_sample.sum_all()? / n_samples as f64)?;
-            let grads = loss.backward()?;
-            acc = Some(match acc.take() {
-                None => grads,
-                Some(mut a) => {
-                    for v in &all_vars {
-                        if let Some(g) = grads.get(v.as_tensor()) {
-                            let sum = match a.get(v.as_tensor()) {
-                                Some(prev) => (prev + g)?,
-                                None => g.clone(),
-                            };
-                            a.insert(v.as_tensor(), sum);
-                        }
-                    }
-                    a
-                }
-            });
+            acc = Some(accumulate(acc, grads, &all_vars)?);
         }
         let grads = acc.expect("at least one micro-batch");
-        let norm = global_grad_norm(&grads, &all_vars)?;
         let factor = schedule.factor(st.step);
-        st.optimizer.step(&grads, factor, clip_factor(norm, c.max_grad_norm))?;
+        let norm = update(std::slice::from_mut(&mut st.optimizer), &grads, &all_vars, factor, c.max_grad_norm)?;
         st.step += 1;
 
         let loss = domain_loss.iter().map(|(s, _)| s).sum::<f64>() / n_samples as f64;

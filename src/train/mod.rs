@@ -7,3 +7,4 @@ pub mod metrics;
 pub mod optim;
 pub mod pruning;
 pub mod run;
+pub mod step;

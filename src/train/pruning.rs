@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::checkpoint;
-use super::optim::{clip_factor, global_grad_norm, AdamW, AdamWConfig, CosineSchedule};
+use super::optim::{AdamW, AdamWConfig, CosineSchedule};
+use super::step::update;
 use super::run::{read_spec, RunLogs, RunSummary};
 use crate::config::LlamaConfig;
 use crate::data::loader::{LoaderState, UpdateRule};
@@ -28,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate_corpus, evaluate_ids};
 use crate::model::{trainable, Kernels, Llama, MaskValues, TensorMap};
 use crate::prune::masks::{layouts, prunable_params, Deterministic, Family, MaskScores, MaskSet};
-use crate::prune::{Lagrangian, TargetShape};
+use crate::prune::{FamilyStat, Lagrangian, TargetShape};
 use crate::rng::Rng;
 
 /// Hyperparameters of a pruning run (defaults: the paper's recipe, scaled to the step count).
@@ -136,8 +137,8 @@ pub fn read_run_spec(run: &Path) -> Result<RunSpec> {
     Ok(spec)
 }
 
-/// Everything trained in a pruning run.
-struct State {
+/// Everything trained in a pruning run, and its optimizer step (shared by [`prune`] and `shear bench prune`).
+pub struct Pruner {
     weights: BTreeMap<String, candle_core::Var>,
     model: Llama,
     masks: MaskSet,
@@ -145,16 +146,30 @@ struct State {
     optimizers: [AdamW; 3],
     rng: Rng,
     step: usize,
+    /// Every var the gradient norm is clipped over: weights, log-α and λ.
+    all_vars: Vec<candle_core::Var>,
+    schedule: CosineSchedule,
+    max_grad_norm: f64,
+    device: Device,
 }
 
-impl State {
-    fn fresh(cfg: &LlamaConfig, weights: &TensorMap, spec: &RunSpec, device: &Device) -> Result<Self> {
+/// What one pruning step did.
+pub struct PruneStep {
+    pub lm_loss: f64,
+    pub stats: Vec<FamilyStat>,
+    pub grad_norm: f64,
+    pub lr_factor: f64,
+}
+
+impl Pruner {
+    /// The source model's weights as trainable vars, fresh masks (log-α drawn from `config.seed`), zero λs.
+    pub fn new(cfg: &LlamaConfig, weights: &TensorMap, target: &TargetShape, c: &PruneConfig) -> Result<Self> {
+        let device = weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
         let (vars, tensors) = trainable(weights)?;
         let model = Llama::new(cfg, &tensors)?;
-        let mut rng = Rng::new(spec.config.seed);
-        let masks = MaskSet::new(cfg, &spec.target, &mut rng, device)?;
-        let lagrangian = Lagrangian::new(&layouts(cfg, &spec.target), spec.config.lagrangian_warmup_steps, device)?;
-        let c = &spec.config;
+        let mut rng = Rng::new(c.seed);
+        let masks = MaskSet::new(cfg, target, &mut rng, &device)?;
+        let lagrangian = Lagrangian::new(&layouts(cfg, target), c.lagrangian_warmup_steps, &device)?;
         let weight_params: Vec<_> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mask_params: Vec<_> =
             masks.families.iter().map(|f| (f.layout.family.name().to_string(), f.log_alpha.clone())).collect();
@@ -174,7 +189,50 @@ impl State {
             // Gradient ascent: the multipliers maximize the Lagrangian.
             AdamW::new("lambda", AdamWConfig::sheared(-c.lambda_lr), lambda_params)?,
         ];
-        Ok(Self { weights: vars, model, masks, lagrangian, optimizers, rng, step: 0 })
+        let schedule = CosineSchedule { warmup: c.lr_warmup_steps, total: c.steps, alpha_f: c.alpha_f };
+        let all_vars = vars.values().cloned().chain(masks.vars()).chain(lagrangian.vars()).collect();
+        Ok(Self {
+            weights: vars,
+            model,
+            masks,
+            lagrangian,
+            optimizers,
+            rng,
+            step: 0,
+            all_vars,
+            schedule,
+            max_grad_norm: c.max_grad_norm,
+            device,
+        })
+    }
+
+    /// One optimizer step on `batch: [b, seq]`: clamp log-α → draw masks → masked LM loss + Lagrangian →
+    /// backward → clip the global norm over weights, log-α and λ → AdamW on the three groups.
+    pub fn step(&mut self, batch: &Tensor) -> Result<PruneStep> {
+        let step = self.step;
+        self.masks.clamp_in_place()?;
+        let z = self.masks.sample(&mut self.rng)?;
+        let lm = self.model.lm_loss(batch, Kernels::Differentiable, Some(&z))?;
+        let (lag, stats) = self.lagrangian.loss(&self.masks.expected_sparsity()?, step)?;
+        let loss = (&lm + lag.to_device(&self.device)?)?;
+        let lm_loss = lm.to_scalar::<f32>()? as f64;
+        if !lm_loss.is_finite() {
+            return Err(Error::Invalid(format!(
+                "non-finite LM loss ({lm_loss}) at step {step}; lower --lr or --mask-lr"
+            )));
+        }
+        let grads = loss.backward()?;
+        let lr_factor = self.schedule.factor(step);
+        let grad_norm = update(&mut self.optimizers, &grads, &self.all_vars, lr_factor, self.max_grad_norm)?;
+        self.step += 1;
+        Ok(PruneStep { lm_loss, stats, grad_norm, lr_factor })
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+    pub fn masks(&self) -> &MaskSet {
+        &self.masks
     }
 
     fn tensors(&self) -> BTreeMap<String, Tensor> {
@@ -251,7 +309,7 @@ pub fn prune(
 ) -> Result<RunSummary> {
     let c = &spec.config;
     let device = source_weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
-    let mut st = State::fresh(source_cfg, source_weights, spec, &device)?;
+    let mut st = Pruner::new(source_cfg, source_weights, &spec.target, c)?;
     if resume {
         st.restore(run, &device, data)?;
     } else {
@@ -260,37 +318,15 @@ pub fn prune(
         std::fs::write(run.join("target.toml"), toml).map_err(|e| Error::io(run, e))?;
     }
     let mut logs = RunLogs::open(run, spec, resume.then_some(st.step))?;
-    let schedule = CosineSchedule { warmup: c.lr_warmup_steps, total: c.steps, alpha_f: c.alpha_f };
-    let all_vars: Vec<candle_core::Var> =
-        st.weights.values().cloned().chain(st.masks.vars()).chain(st.lagrangian.vars()).collect();
     let source_prunable = prunable_params(source_cfg);
 
     while st.step < c.steps {
         let t0 = Instant::now();
-        let step = st.step;
-        st.masks.clamp_in_place()?;
         let batch = match data {
             PruneData::Text(t) => t.sample_batch(c.batch_size, c.seq_len, &mut st.rng, &device)?,
             PruneData::Corpus(feed) => feed.next_batch(c.batch_size, &device)?.0,
         };
-        let z = st.masks.sample(&mut st.rng)?;
-        let lm = st.model.lm_loss(&batch, Kernels::Differentiable, Some(&z))?;
-        let (lag, stats) = st.lagrangian.loss(&st.masks.expected_sparsity()?, step)?;
-        let loss = (&lm + lag.to_device(&device)?)?;
-        let lm_loss = lm.to_scalar::<f32>()? as f64;
-        if !lm_loss.is_finite() {
-            return Err(Error::Invalid(format!(
-                "non-finite LM loss ({lm_loss}) at step {step}; lower --lr or --mask-lr"
-            )));
-        }
-        let grads = loss.backward()?;
-        let norm = global_grad_norm(&grads, &all_vars)?;
-        let scale = clip_factor(norm, c.max_grad_norm);
-        let factor = schedule.factor(step);
-        for opt in st.optimizers.iter_mut() {
-            opt.step(&grads, factor, scale)?;
-        }
-        st.step += 1;
+        let PruneStep { lm_loss, stats, grad_norm: norm, lr_factor: factor } = st.step(&batch)?;
 
         let expected_params = st.masks.scores()?.expected_params(source_cfg);
         let mut m = Map::new();

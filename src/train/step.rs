@@ -1,0 +1,50 @@
+//! The pieces of one optimizer step of plain LM training, shared by continued pre-training and
+//! `shear bench train`: a micro-batch's loss and gradients, their accumulation, and the clipped update.
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+use super::optim::{clip_factor, global_grad_norm, AdamW};
+use crate::error::{Error, Result};
+use crate::model::{nll_from_logits, Kernels, Llama};
+
+/// Forward and backward of one micro-batch `ids: [b, seq]` (positions `0..seq-1` predict `1..seq`).
+/// The loss differentiated is `Σ per-sample mean NLL / n_samples`, so gradients summed over the
+/// micro-batches of a step are those of the step's mean loss. Returns the per-sample losses and gradients.
+pub fn micro_batch(model: &Llama, ids: &Tensor, n_samples: usize) -> Result<(Vec<f32>, GradStore)> {
+    let seq = ids.dim(1)?;
+    if seq < 2 {
+        return Err(Error::Invalid(format!("a training sequence needs at least 2 tokens, got {seq}")));
+    }
+    let logits = model.forward_masked(&ids.narrow(1, 0, seq - 1)?, Kernels::Differentiable, None)?;
+    let per_sample = nll_from_logits(&logits, &ids.narrow(1, 1, seq - 1)?)?.mean(1)?; // [b]
+    let values: Vec<f32> = per_sample.to_vec1()?;
+    let grads = (per_sample.sum_all()? / n_samples as f64)?.backward()?;
+    Ok((values, grads))
+}
+
+/// Add `grads` into `acc` for every var of `vars` (the first micro-batch's store is taken as is).
+pub fn accumulate(acc: Option<GradStore>, mut grads: GradStore, vars: &[Var]) -> Result<GradStore> {
+    let Some(mut acc) = acc else { return Ok(grads) };
+    for v in vars {
+        if let Some(g) = grads.remove(v.as_tensor()) {
+            let sum = match acc.get(v.as_tensor()) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            acc.insert(v.as_tensor(), sum);
+        }
+    }
+    Ok(acc)
+}
+
+/// Clip the global gradient norm over `vars` to `max_norm` and step every optimizer with the schedule's
+/// `lr_factor`. Returns the norm before clipping.
+pub fn update(optimizers: &mut [AdamW], grads: &GradStore, vars: &[Var], lr_factor: f64, max_norm: f64) -> Result<f64> {
+    let norm = global_grad_norm(grads, vars)?;
+    let scale = clip_factor(norm, max_norm);
+    for opt in optimizers.iter_mut() {
+        opt.step(grads, lr_factor, scale)?;
+    }
+    Ok(norm)
+}

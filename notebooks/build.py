@@ -470,7 +470,8 @@ let mut rows = vec![];
 for (name, model, dir) in [("source", &src.model, source.clone()), ("pruned", &materialized.model, work.join("pruned")), ("pruned + CPT", &finalm.model, final_dir.clone())] {
     let e = shear::eval::evaluate_ids(model, &ids[..n.min(ids.len())], 256, 4, None, |_, _| {})?;
     let bytes: u64 = std::fs::read_dir(&dir)?.filter_map(|f| f.ok()).filter(|f| f.file_name().to_string_lossy().ends_with(".safetensors")).map(|f| f.metadata().unwrap().len()).sum();
-    let fwd = shear::bench::bench_forward(model, 1, notebook::size(256, 32), notebook::size(3, 1))?;
+    let reps = shear::bench::Repeats { warmup: 1, runs: notebook::size(3, 1) };
+    let fwd = shear::bench::bench_forward(model, 1, notebook::size(256, 32), reps)?;
     rows.push((name, model.config().param_counts().total(), bytes, e.mean_nll, fwd.tokens_per_s));
 }
 println!("{:<14} {:>12} {:>10} {:>14} {:>14}", "model", "parameters", "MB", "sonnets NLL", "forward tok/s");

@@ -4,10 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
+use clap::Args;
 use tracing::info;
 
-use shear::bench;
 use shear::eval::{self, EvalResult};
 use shear::generate::{self, Sampling};
 use shear::io::{self, hf, SaveOptions};
@@ -88,29 +87,6 @@ pub struct GenerateArgs {
     pub temperature: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[command(flatten)]
-    pub device: DeviceArgs,
-}
-
-#[derive(Subcommand)]
-pub enum BenchCommand {
-    /// Inference throughput (full-sequence forward, logits for every position) and peak RSS.
-    Forward(BenchForwardArgs),
-}
-
-#[derive(Args)]
-pub struct BenchForwardArgs {
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Settings as BATCHxSEQ, comma-separated.
-    #[arg(long, default_value = "1x128,1x512,4x256,8x512")]
-    pub shapes: String,
-    /// Timed runs per setting (after one warm-up run); the median is reported.
-    #[arg(long, default_value_t = 5)]
-    pub runs: usize,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -246,43 +222,5 @@ pub fn generate_cmd(a: GenerateArgs) -> Result<()> {
     println!();
     let secs = t.elapsed().as_secs_f64();
     info!("{} new tokens in {:.2}s ({:.1} tokens/s)", new.len(), secs, new.len() as f64 / secs);
-    Ok(())
-}
-
-pub fn bench_forward(a: BenchForwardArgs) -> Result<()> {
-    let shapes: Vec<(usize, usize)> = a
-        .shapes
-        .split(',')
-        .map(|s| {
-            let (b, l) = s.trim().split_once('x').with_context(|| format!("shape `{s}` is not BATCHxSEQ"))?;
-            Ok((b.parse().context("batch")?, l.parse().context("seq len")?))
-        })
-        .collect::<Result<_>>()?;
-    let (loaded, _) = load(&a.model, &a.device)?;
-    let threads = candle_core::utils::get_num_threads();
-    let mut rows = vec![];
-    for (b, l) in shapes {
-        let row = bench::bench_forward(&loaded.model, b, l, a.runs)?;
-        if !a.json {
-            if rows.is_empty() {
-                println!("forward, {} ({}), {} threads", a.model.display(), a.device.dtype, threads);
-                println!(
-                    "{:>6} {:>8} {:>12} {:>12} {:>14}",
-                    "batch", "seq_len", "median ms", "tokens/s", "peak RSS MiB"
-                );
-            }
-            println!(
-                "{:>6} {:>8} {:>12.1} {:>12.0} {:>14.0}",
-                row.batch, row.seq_len, row.median_ms, row.tokens_per_s, row.peak_rss_mib
-            );
-        }
-        rows.push(row);
-    }
-    if a.json {
-        println!(
-            "{}",
-            serde_json::json!({"bench": "forward", "model": a.model, "dtype": a.device.dtype, "threads": threads, "rows": rows})
-        );
-    }
     Ok(())
 }

@@ -5,14 +5,14 @@
 //! backward) or differentiable ones. Weights are plain tensors keyed by their HF names; to train them,
 //! build the model from `Var`-backed tensors ([`crate::train`]) and gradients flow to those vars.
 
+pub mod fused;
 pub mod ops;
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Module, Result as CResult, Tensor, Var, D};
-use candle_nn::Linear;
+use candle_core::{DType, Device, Result as CResult, Tensor, Var, D};
 
-pub use ops::Kernels;
+pub use ops::{Kernels, Linear};
 
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
@@ -124,7 +124,7 @@ impl Llama {
     pub fn new(cfg: &LlamaConfig, weights: &TensorMap) -> Result<Self> {
         check_weights(cfg, weights)?;
         let get = |name: &str| weights[name].clone();
-        let linear = |name: &str| Linear::new(get(name), None);
+        let linear = |name: &str| Linear::new(get(name));
         let blocks = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
@@ -143,7 +143,7 @@ impl Llama {
             .collect();
         let embed_tokens = get("model.embed_tokens.weight");
         let lm_head =
-            if cfg.tie_word_embeddings { Linear::new(embed_tokens.clone(), None) } else { linear("lm_head.weight") };
+            if cfg.tie_word_embeddings { Linear::new(embed_tokens.clone()) } else { linear("lm_head.weight") };
         let (cos, sin) = rope_tables(cfg, embed_tokens.device())?;
         Ok(Self { cfg: cfg.clone(), embed_tokens, blocks, norm: get("model.norm.weight"), lm_head, cos, sin })
     }
@@ -211,8 +211,6 @@ impl Llama {
 
         let cos = self.cos.narrow(0, offset, seq)?.to_dtype(self.dtype())?;
         let sin = self.sin.narrow(0, offset, seq)?.to_dtype(self.dtype())?;
-        // A single query position attends to everything cached: no mask needed.
-        let mask = if seq > 1 { Some(ops::causal_mask(seq, offset, self.dtype(), self.device())?) } else { None };
         let mut x = self.embed_tokens.embedding(&ids.flatten_all()?)?.reshape((ids.dim(0)?, seq, ()))?;
         if let Some(h) = &hidden {
             x = x.broadcast_mul(&h.z)?;
@@ -229,7 +227,7 @@ impl Llama {
                 hidden: hidden.as_ref(),
             };
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = self.block_forward(block, &x, &cos, &sin, mask.as_ref(), kernels, layer_cache, &bm)?;
+            x = self.block_forward(block, &x, &cos, &sin, kernels, layer_cache, &bm)?;
         }
         Ok(self.norm(&x, &self.norm, kernels, hidden.as_ref())?)
     }
@@ -281,6 +279,9 @@ impl Llama {
         let Some(h) = hidden else {
             return ops::rms_norm(x, weight, self.cfg.rms_norm_eps, kernels);
         };
+        if kernels != Kernels::Composite && fused::applies(x) {
+            return fused::rms_norm(x, weight, Some(&h.z), self.cfg.rms_norm_eps);
+        }
         let dtype = x.dtype();
         let x32 = x.to_dtype(DType::F32)?;
         let var = x32.sqr()?.broadcast_mul(&h.kept)?.sum_keepdim(D::Minus1)?.broadcast_div(&h.kept_count)?;
@@ -295,7 +296,6 @@ impl Llama {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
         kernels: Kernels,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         m: &BlockMasks,
@@ -312,7 +312,7 @@ impl Llama {
             }
         };
         let a = self.norm(x, &b.input_norm, kernels, m.hidden)?;
-        let attn = scale_out(self.attention(b, &a, cos, sin, mask, kernels, cache, m.head_dims.as_ref())?)?;
+        let attn = scale_out(self.attention(b, &a, cos, sin, kernels, cache, m.head_dims.as_ref())?)?;
         let x = (x + attn)?;
         let h = self.norm(&x, &b.post_attention_norm, kernels, m.hidden)?;
         let up = b.up_proj.forward(&h)?;
@@ -320,7 +320,7 @@ impl Llama {
             Some(z) => up.broadcast_mul(z)?,
             None => up,
         };
-        let mlp = scale_out(b.down_proj.forward(&(candle_nn::ops::silu(&b.gate_proj.forward(&h)?)? * up)?)?)?;
+        let mlp = scale_out(b.down_proj.forward(&ops::swiglu(&b.gate_proj.forward(&h)?, &up, kernels)?)?)?;
         x + mlp
     }
 
@@ -334,7 +334,6 @@ impl Llama {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
         kernels: Kernels,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         head_dims: Option<&Tensor>,
@@ -342,6 +341,15 @@ impl Llama {
         let (bsz, seq, _) = x.dims3()?;
         let (h, kv, hd) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
         let g = h / kv;
+        if cache.is_none() && kernels != Kernels::Composite && fused::applies(x) {
+            let (q, k, v) = (b.q_proj.forward(x)?, b.k_proj.forward(x)?, b.v_proj.forward(x)?);
+            let ctx = fused::attention(&q, &k, &v, cos, sin, h, kv)?;
+            let ctx = match head_dims {
+                Some(z) => ctx.broadcast_mul(z)?,
+                None => ctx,
+            };
+            return b.o_proj.forward(&ctx);
+        }
         let q = b.q_proj.forward(x)?.reshape((bsz, seq, h, hd))?.transpose(1, 2)?;
         let k = b.k_proj.forward(x)?.reshape((bsz, seq, kv, hd))?.transpose(1, 2)?;
         let v = b.v_proj.forward(x)?.reshape((bsz, seq, kv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -359,14 +367,11 @@ impl Llama {
             None => (k, v),
         };
         let kv_len = k.dim(2)?;
-        // [b, kv, g*seq, hd] @ [b, kv, hd, kv_len] -> [b, kv, g, seq, kv_len]
-        let q = (q.reshape((bsz, kv, g * seq, hd))? * (1.0 / (hd as f64).sqrt()))?;
-        let scores = q.matmul(&k.t()?)?.reshape((bsz, kv, g, seq, kv_len))?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let probs = ops::softmax_last_dim(&scores, kernels)?.reshape((bsz, kv, g * seq, kv_len))?;
+        // [b, kv, g*seq, hd] @ [b, kv, hd, kv_len] -> [b, kv, g*seq, kv_len]: the g query heads of a group
+        // stacked over the rows, each row at position (kv_len - seq) + row % seq.
+        let scores = q.reshape((bsz, kv, g * seq, hd))?.matmul(&k.t()?)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let probs = ops::causal_softmax(&scores, scale, seq, kv_len - seq, kernels)?;
         let ctx = probs.matmul(&v)?; // [b, kv, g*seq, hd]
         let ctx = ctx.reshape((bsz, h, seq, hd))?.transpose(1, 2)?.reshape((bsz, seq, h * hd))?;
         let ctx = match head_dims {
@@ -396,6 +401,11 @@ impl Llama {
 
 /// `-log softmax(logits)[target]` per position, in f32: `[batch, seq, vocab]`, `[batch, seq]` -> `[batch, seq]`.
 pub fn nll_from_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if fused::applies(logits) {
+        let (b, s, v) = logits.dims3()?;
+        let nll = fused::cross_entropy(&logits.reshape((b * s, v))?, &targets.flatten_all()?)?;
+        return Ok(nll.reshape((b, s))?);
+    }
     let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
     Ok(logp.gather(&targets.contiguous()?.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?.neg()?)
 }

@@ -107,7 +107,13 @@ pub fn bench_forward(model: &Llama, batch: usize, seq_len: usize, reps: Repeats)
 /// The plain training step of continued pre-training: forward, cross-entropy, backward, global-norm
 /// clipping and AdamW over every weight (f32 master weights, compute in the weights' dtype).
 /// `seq_len` tokens per sequence, of which `seq_len - 1` are predicted; tokens/s counts `batch × seq_len`.
-pub fn bench_train(cfg: &LlamaConfig, weights: &TensorMap, batch: usize, seq_len: usize, reps: Repeats) -> Result<BenchRow> {
+pub fn bench_train(
+    cfg: &LlamaConfig,
+    weights: &TensorMap,
+    batch: usize,
+    seq_len: usize,
+    reps: Repeats,
+) -> Result<BenchRow> {
     let (vars, tensors) = trainable(weights)?;
     let model = Llama::new(cfg, &tensors)?;
     let all: Vec<_> = vars.values().cloned().collect();
@@ -145,7 +151,8 @@ pub fn bench_generate(model: &Llama, prompt_len: usize, reps: Repeats) -> Result
     if prompt_len == 0 {
         return Err(Error::Invalid("generate needs a prompt of at least one token".into()));
     }
-    let prompt: Vec<u32> = bench_ids(model.config().vocab_size, 1, prompt_len, &Device::Cpu)?.flatten_all()?.to_vec1()?;
+    let prompt: Vec<u32> =
+        bench_ids(model.config().vocab_size, 1, prompt_len, &Device::Cpu)?.flatten_all()?.to_vec1()?;
     let new_tokens = reps.runs.max(1);
     // No stop ids: always `new_tokens` tokens.
     for _ in 0..reps.warmup {

@@ -11,7 +11,7 @@ const RUN: &str = "data/runs/prune-smollm2-default";
 fn shipped_run_keeps_exactly_the_target_in_every_layer() {
     let (step, masks) = report::run_masks(Path::new(RUN), None).unwrap();
     assert_eq!(step, 400);
-    let t = masks.target().clone();
+    let t = *masks.target();
     let layers = report::layer_table(&masks).unwrap();
     let kept: Vec<bool> = runs::floats(&layers, "layer_value").unwrap().iter().map(|v| *v != 0.0).collect();
     assert_eq!(kept.iter().filter(|k| **k).count(), t.layers);

@@ -1,12 +1,13 @@
-//! Fused CPU kernels *with* a backward pass, for f32 training on the CPU.
+//! Fused CPU kernels *with* a backward pass, for f32 training (and inference) on the CPU.
 //!
-//! Composed from candle primitives, RMSNorm, the attention softmax, RoPE, SwiGLU and the cross-entropy
-//! are chains of 5–10 ops each; every op allocates its output, and its backward allocates a zero-filled
-//! gradient plus the products. On SmolLM2 that churn, not the matmuls, dominated the training step
-//! (`shear bench train`). Each kernel here is one pass forward and one pass backward over rows, in
-//! parallel, and computes the same function as the composite (`tests` below check values and gradients
-//! against it). They run on contiguous f32 CPU tensors; [`applies`] says when, and `ops` falls back to
-//! the composite otherwise (CUDA, bf16).
+//! Composed from candle primitives, RMSNorm, attention (layout copies, RoPE, mask, softmax), SwiGLU and
+//! the cross-entropy are chains of 5–10 ops each, and candle-nn's `Linear` adds transpose and reshape
+//! nodes; every node allocates its output, and in the backward a zero-filled gradient plus the products.
+//! On SmolLM2 that churn took over 40% of a training step (`shear bench train`, README "Performance").
+//! Here each piece is one kernel forward and one backward, parallel over rows (or over sequences × KV
+//! groups for attention), with matrix products done by `gemm` on strided views. Each computes the same
+//! function as the composed ops; the tests below check values and gradients against them. They run on
+//! f32 CPU tensors ([`applies`]); `ops` and the model use the composed ops elsewhere (CUDA, bf16).
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -59,8 +60,25 @@ fn matmul_par(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: View, rhs: Vie
     assert!(dst.len() >= m * n);
     unsafe {
         gemm::gemm(
-            m, n, k, dst.as_mut_ptr(), 1, n as isize, false, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs, rhs.rs,
-            0.0, 1.0, false, false, false, parallelism(),
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
         )
     }
 }
@@ -102,19 +120,13 @@ impl CustomOp2 for LinearBwd {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (dy, other) = (f32s(s1, l1, self.name())?, f32s(s2, l2, self.name())?);
-        let out = last_dim(l1);
+        let (out, inp) = (last_dim(l1), last_dim(l2));
         let n = dy.len() / out;
-        if self.wrt_input {
-            let inp = last_dim(l2);
-            let mut dx = vec![0f32; n * inp];
-            matmul_par(n, inp, out, &mut dx, View::rows(dy, 0, out), View::rows(other, 0, inp));
-            Ok((CpuStorage::F32(dx), Shape::from((n, inp))))
-        } else {
-            let inp = last_dim(l2);
-            let mut dw = vec![0f32; out * inp];
-            matmul_par(out, inp, n, &mut dw, View::rows(dy, 0, out).t(), View::rows(other, 0, inp));
-            Ok((CpuStorage::F32(dw), Shape::from((out, inp))))
-        }
+        let dy = View::rows(dy, 0, out);
+        let (rows, lhs) = if self.wrt_input { (n, dy) } else { (out, dy.t()) };
+        let mut grad = vec![0f32; rows * inp];
+        matmul_par(rows, inp, if self.wrt_input { out } else { n }, &mut grad, lhs, View::rows(other, 0, inp));
+        Ok((CpuStorage::F32(grad), Shape::from((rows, inp))))
     }
 }
 
@@ -158,9 +170,7 @@ impl RmsNorm {
             let r = inv_rms(x, z, n_kept, self.eps);
             match z {
                 None => y.iter_mut().zip(x).zip(w).for_each(|((y, x), w)| *y = x * r * w),
-                Some(z) => {
-                    y.iter_mut().zip(x).zip(w).zip(z).for_each(|(((y, x), w), z)| *y = x * r * w * z)
-                }
+                Some(z) => y.iter_mut().zip(x).zip(w).zip(z).for_each(|(((y, x), w), z)| *y = x * r * w * z),
             }
         });
         y
@@ -452,7 +462,8 @@ impl CustomOp3 for SwiGluBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let (g, u, dy) = (f32s(s1, l1, self.name())?, f32s(s2, l2, self.name())?, f32s(s3, l3, self.name())?);
         let mut out = vec![0f32; g.len()];
-        let chunks = out.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))));
+        let chunks =
+            out.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))));
         chunks.for_each(|(o, (g, (u, dy)))| {
             for i in 0..o.len() {
                 let s = sigmoid(g[i]);
@@ -552,12 +563,24 @@ impl CustomOp3 for CrossEntropyBwd {
 /// As candle ops this is 4 layout copies, 2 RoPEs, 2 batched matmuls, mask and softmax, each with its own
 /// temporaries and gradient buffers; here it is one pass per (sequence, KV group) with small `gemm`
 /// calls on strided views. The backward recomputes the probabilities instead of keeping them.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, cos: &Tensor, sin: &Tensor, heads: usize, kv_heads: usize) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+) -> Result<Tensor> {
     let (_, seq, qd) = q.dims3()?;
     let hd = qd / heads;
     let (cos, sin) = (cos.contiguous()?.flatten_all()?.to_vec1::<f32>()?, sin.contiguous()?.flatten_all()?.to_vec1()?);
-    if cos.len() != seq * hd / 2 || k.dims3()?.2 != kv_heads * hd || heads % kv_heads != 0 {
-        bail!("attention: inconsistent shapes (q {:?}, k {:?}, {heads} heads, {kv_heads} KV heads)", q.dims(), k.dims());
+    if cos.len() != seq * hd / 2 || k.dims3()?.2 != kv_heads * hd || !heads.is_multiple_of(kv_heads) {
+        bail!(
+            "attention: inconsistent shapes (q {:?}, k {:?}, {heads} heads, {kv_heads} KV heads)",
+            q.dims(),
+            k.dims()
+        );
     }
     let op = Attention { heads, kv_heads, hd, scale: 1.0 / (hd as f32).sqrt(), cos: cos.into(), sin: sin.into() };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
@@ -579,6 +602,13 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+impl Shared {
+    /// Safety: `i` must be in bounds of the buffer, and no other task may write element `i`.
+    unsafe fn at(&self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+}
+
 /// A row-major view: element `(i, j)` at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
 struct View {
@@ -598,10 +628,38 @@ impl View {
 
 /// `dst[m×n] (+)= beta · lhs[m×k] · rhs[k×n]`, single-threaded (callers parallelize over heads).
 /// Safety: the views must cover their shapes; `dst` must not alias `lhs`/`rhs`.
-unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, accumulate: bool, lhs: View, rhs: View, beta: f32) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    beta: f32,
+) {
     gemm::gemm(
-        m, n, k, dst, 1, dst_rs as isize, accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs, rhs.rs,
-        1.0, beta, false, false, false, gemm::Parallelism::None,
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
+        1.0,
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
     );
 }
 
@@ -629,7 +687,19 @@ impl Attention {
         let hd = self.hd;
         for (r0, r1) in row_blocks(seq) {
             let q = View::rows(qr, r0 * hd, hd);
-            unsafe { matmul(r1 - r0, r1, hd, p[r0 * seq..].as_mut_ptr(), seq, false, q, View::rows(kr, 0, hd).t(), self.scale) };
+            unsafe {
+                matmul(
+                    r1 - r0,
+                    r1,
+                    hd,
+                    p[r0 * seq..].as_mut_ptr(),
+                    seq,
+                    false,
+                    q,
+                    View::rows(kr, 0, hd).t(),
+                    self.scale,
+                )
+            };
         }
         for t in 0..seq {
             let row = &mut p[t * seq..(t + 1) * seq];
@@ -672,7 +742,6 @@ impl CustomOp3 for Attention {
         let mut out = vec![0f32; q.len()];
         let dst = Shared(out.as_mut_ptr());
         (0..b * kvh).into_par_iter().for_each(|task| {
-            let dst = dst;
             let (bi, kv) = (task / kvh, task % kvh);
             let (mut qr, mut kr, mut p) = (vec![0f32; seq * hd], vec![0f32; seq * hd], vec![0f32; seq * seq]);
             self.rope(k, bi * seq * ks + kv * hd, ks, seq, &mut kr, false);
@@ -683,7 +752,7 @@ impl CustomOp3 for Attention {
                 let v_view = View::rows(v, bi * seq * ks + kv * hd, ks);
                 for (r0, r1) in row_blocks(seq) {
                     unsafe {
-                        let o = dst.0.add(bi * seq * qs + r0 * qs + head * hd);
+                        let o = dst.at(bi * seq * qs + r0 * qs + head * hd);
                         matmul(r1 - r0, hd, r1, o, qs, false, View::rows(&p, r0 * seq, seq), v_view, 1.0);
                     }
                 }
@@ -750,7 +819,6 @@ impl CustomOp3 for AttentionBwd {
         let (dk_base, dv_base) = (q.len(), q.len() + k.len());
         let dst = Shared(out.as_mut_ptr());
         (0..b * kvh).into_par_iter().for_each(|task| {
-            let dst = dst;
             let (bi, kv) = (task / kvh, task % kvh);
             let n = seq * hd;
             let (mut qr, mut kr, mut dqr, mut dq) = (vec![0f32; n], vec![0f32; n], vec![0f32; n], vec![0f32; n]);
@@ -787,22 +855,42 @@ impl CustomOp3 for AttentionBwd {
                     let ds_blk = View::rows(&dp, r0 * seq, seq);
                     unsafe {
                         // dQr[r0..r1] = dS[r0..r1, 0..r1] Kr[0..r1]
-                        matmul(r1 - r0, hd, r1, dqr[r0 * hd..].as_mut_ptr(), hd, false, ds_blk, View::rows(&kr, 0, hd), 1.0);
+                        matmul(
+                            r1 - r0,
+                            hd,
+                            r1,
+                            dqr[r0 * hd..].as_mut_ptr(),
+                            hd,
+                            false,
+                            ds_blk,
+                            View::rows(&kr, 0, hd),
+                            1.0,
+                        );
                         // dKr[0..r1] += dS[r0..r1, 0..r1]ᵀ Qr[r0..r1]
-                        matmul(r1, hd, r1 - r0, dkr.as_mut_ptr(), hd, true, ds_blk.t(), View::rows(&qr, r0 * hd, hd), 1.0);
+                        matmul(
+                            r1,
+                            hd,
+                            r1 - r0,
+                            dkr.as_mut_ptr(),
+                            hd,
+                            true,
+                            ds_blk.t(),
+                            View::rows(&qr, r0 * hd, hd),
+                            1.0,
+                        );
                     }
                 }
                 a.rope(&dqr, 0, hd, seq, &mut dq, true);
                 for t in 0..seq {
-                    unsafe { std::ptr::copy_nonoverlapping(dq[t * hd..].as_ptr(), dst.0.add(q_off + t * qs), hd) };
+                    unsafe { std::ptr::copy_nonoverlapping(dq[t * hd..].as_ptr(), dst.at(q_off + t * qs), hd) };
                 }
             }
             let mut dk = vec![0f32; n];
             a.rope(&dkr, 0, hd, seq, &mut dk, true);
             for t in 0..seq {
                 unsafe {
-                    std::ptr::copy_nonoverlapping(dk[t * hd..].as_ptr(), dst.0.add(dk_base + kv_off + t * ks), hd);
-                    std::ptr::copy_nonoverlapping(dv[t * hd..].as_ptr(), dst.0.add(dv_base + kv_off + t * ks), hd);
+                    std::ptr::copy_nonoverlapping(dk[t * hd..].as_ptr(), dst.at(dk_base + kv_off + t * ks), hd);
+                    std::ptr::copy_nonoverlapping(dv[t * hd..].as_ptr(), dst.at(dv_base + kv_off + t * ks), hd);
                 }
             }
         });

@@ -95,7 +95,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, kernels: Kernels) -> Result<
 
 /// `silu(gate) ⊙ up`, the SwiGLU MLP's activation.
 pub fn swiglu(gate: &Tensor, up: &Tensor, kernels: Kernels) -> Result<Tensor> {
-    if kernels.fused_bwd(gate) || (kernels == Kernels::Fused && fused::applies(gate)) {
+    if kernels != Kernels::Composite && fused::applies(gate) {
         return fused::swiglu(gate, up);
     }
     candle_nn::ops::silu(gate)? * up

@@ -289,7 +289,7 @@ pub fn bar_chart(axes: &Axes, labels: &[String], values: &[f64], reference: Opti
             .x_labels(n.min(32))
             .x_label_formatter(&|x| {
                 let i = x.round();
-                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n && (i as usize) % label_every == 0 {
+                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n && (i as usize).is_multiple_of(label_every) {
                     labels_owned[i as usize].clone()
                 } else {
                     String::new()

@@ -19,8 +19,8 @@ use serde_json::{json, Map, Value};
 
 use super::checkpoint;
 use super::optim::{AdamW, AdamWConfig, CosineSchedule};
-use super::step::{accumulate, micro_batch, update};
 use super::run::{read_spec, RunLogs, RunSummary};
+use super::step::{accumulate, micro_batch, update};
 use crate::config::LlamaConfig;
 use crate::data::corpus::Corpus;
 use crate::data::loader::{LoaderState, UpdateRule};

@@ -20,8 +20,8 @@ use serde_json::{json, Map, Value};
 
 use super::checkpoint;
 use super::optim::{AdamW, AdamWConfig, CosineSchedule};
-use super::step::update;
 use super::run::{read_spec, RunLogs, RunSummary};
+use super::step::update;
 use crate::config::LlamaConfig;
 use crate::data::loader::{LoaderState, UpdateRule};
 use crate::data::{CorpusFeed, TextData};

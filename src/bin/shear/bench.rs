@@ -89,7 +89,8 @@ pub fn bench_cmd(cmd: BenchCommand) -> Result<()> {
     let device = shear::device(a.cpu)?;
     let (cfg, weights, source) = match (&a.model, &a.config) {
         (Some(dir), _) => {
-            let w = hf::load_weights(dir, Some(dtype), &device).with_context(|| format!("loading {}", dir.display()))?;
+            let w =
+                hf::load_weights(dir, Some(dtype), &device).with_context(|| format!("loading {}", dir.display()))?;
             (hf::load_config(dir)?, w, dir.display().to_string())
         }
         (None, Some(path)) => {
@@ -129,7 +130,10 @@ pub fn bench_cmd(cmd: BenchCommand) -> Result<()> {
                     device.location()
                 );
                 let unit = if name == "generate" { "ms/token" } else { "median ms" };
-                println!("{:>6} {:>8} {:>6} {:>12} {:>12} {:>14}", "batch", "seq_len", "runs", unit, "tokens/s", "peak RSS MiB");
+                println!(
+                    "{:>6} {:>8} {:>6} {:>12} {:>12} {:>14}",
+                    "batch", "seq_len", "runs", unit, "tokens/s", "peak RSS MiB"
+                );
             }
             println!(
                 "{:>6} {:>8} {:>6} {:>12.1} {:>12.1} {:>14.0}",

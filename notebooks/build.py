@@ -182,7 +182,7 @@ let weights = io::hf::load_weights(&source, Some(DType::F32), &Device::Cpu)?;
 let tok: io::Tokenizer = io::load_tokenizer(&source)?;
 let mut data = PruneData::Text(shear::data::TextData::from_file(&text, &tok, 0.05, config.seq_len)?);
 let spec = RunSpec { source_model: source.clone(), data: std::fs::canonicalize(&text)?, target: target.clone(), config: config.clone() };
-let summary = pruning::prune(&run, &spec, &cfg, &weights, &mut data, false, |r| {
+let summary = pruning::prune(&run, &spec, &cfg, weights, &mut data, false, |r| {
     if let Some(nll) = r.eval_nll {
         println!("step {:3}: lm loss {:.3}, held-out NLL {:.3}, E[params] {:.1}M", r.step, r.lm_loss, nll, r.expected_params / 1e6);
     }
@@ -356,7 +356,7 @@ for (name, model, rule) in [("cpt-doremi", &pruned, UpdateRule::Doremi), ("cpt-c
     if run.exists() { std::fs::remove_dir_all(&run)?; }
     let spec = TrainSpec { model: model.clone(), data: corpus_dir.clone(), domains: domains.clone(), config: mk(rule) };
     let weights = io::hf::load_weights(model, Some(DType::F32), &Device::Cpu)?;
-    let s = continued::train(&run, &spec, &pcfg, &weights, Corpus::open(&corpus_dir)?, false, |_| std::ops::ControlFlow::Continue(()))?;
+    let s = continued::train(&run, &spec, &pcfg, weights, Corpus::open(&corpus_dir)?, false, |_| std::ops::ControlFlow::Continue(()))?;
     println!("{name}: {} steps, {:.2} s/step", s.steps_run, s.mean_step_seconds);
 }
 };

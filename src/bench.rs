@@ -109,7 +109,7 @@ pub fn bench_forward(model: &Llama, batch: usize, seq_len: usize, reps: Repeats)
 /// `seq_len` tokens per sequence, of which `seq_len - 1` are predicted; tokens/s counts `batch × seq_len`.
 pub fn bench_train(
     cfg: &LlamaConfig,
-    weights: &TensorMap,
+    weights: TensorMap,
     batch: usize,
     seq_len: usize,
     reps: Repeats,
@@ -132,7 +132,7 @@ pub fn bench_train(
 /// AdamW over weights, log-α and λ, pruning towards `target`.
 pub fn bench_prune(
     cfg: &LlamaConfig,
-    weights: &TensorMap,
+    weights: TensorMap,
     target: &TargetShape,
     batch: usize,
     seq_len: usize,

@@ -143,13 +143,14 @@ mod run {
         let (spec, cfg, weights, mut data) = setup(tmp.path());
         let straight = tmp.path().join("straight");
         std::fs::create_dir(&straight).unwrap();
-        let s = prune(&straight, &spec, &cfg, &weights, &mut data, false, |_| ControlFlow::Continue(())).unwrap();
+        let s =
+            prune(&straight, &spec, &cfg, weights.clone(), &mut data, false, |_| ControlFlow::Continue(())).unwrap();
         assert_eq!(s.final_step, 12);
 
         // Stopping on request checkpoints the current step, and resuming continues from there.
         let stopped = tmp.path().join("stopped");
         std::fs::create_dir(&stopped).unwrap();
-        prune(&stopped, &spec, &cfg, &weights, &mut data, false, |r| {
+        prune(&stopped, &spec, &cfg, weights.clone(), &mut data, false, |r| {
             if r.step == 3 {
                 ControlFlow::Break(())
             } else {
@@ -157,7 +158,7 @@ mod run {
             }
         })
         .unwrap();
-        let r = prune(&stopped, &spec, &cfg, &weights, &mut data, true, |_| ControlFlow::Continue(())).unwrap();
+        let r = prune(&stopped, &spec, &cfg, weights.clone(), &mut data, true, |_| ControlFlow::Continue(())).unwrap();
         assert_eq!(r.steps_run, 9);
         assert_eq!(final_state(&stopped).0, final_state(&straight).0);
 
@@ -165,14 +166,14 @@ mod run {
         let resumed = tmp.path().join("resumed");
         std::fs::create_dir(&resumed).unwrap();
         let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            prune(&resumed, &spec, &cfg, &weights, &mut data, false, |r| {
+            prune(&resumed, &spec, &cfg, weights.clone(), &mut data, false, |r| {
                 assert!(r.step < 7, "simulated crash at step 7");
                 ControlFlow::Continue(())
             })
         }));
         assert!(crashed.is_err());
         assert_eq!(std::fs::read_to_string(resumed.join("metrics.jsonl")).unwrap().lines().count(), 7);
-        let r = prune(&resumed, &spec, &cfg, &weights, &mut data, true, |_| ControlFlow::Continue(())).unwrap();
+        let r = prune(&resumed, &spec, &cfg, weights.clone(), &mut data, true, |_| ControlFlow::Continue(())).unwrap();
         assert_eq!(r.steps_run, 7, "resumes from the step-5 checkpoint");
         let (a, b) = (final_state(&straight), final_state(&resumed));
         assert_eq!(a.0.len(), b.0.len());
@@ -255,9 +256,9 @@ fn pruning_on_a_corpus_with_dynamic_loading_resumes_exactly() {
         PruneData::Corpus(Box::new(feed.unwrap()))
     };
     let a = tmp.path().join("a");
-    prune(&a, &spec, &cfg, &weights, &mut feed(), false, |_| ControlFlow::Continue(())).unwrap();
+    prune(&a, &spec, &cfg, weights.clone(), &mut feed(), false, |_| ControlFlow::Continue(())).unwrap();
     let b = tmp.path().join("b");
-    prune(&b, &spec, &cfg, &weights, &mut feed(), false, |r| {
+    prune(&b, &spec, &cfg, weights.clone(), &mut feed(), false, |r| {
         if r.step == 3 {
             ControlFlow::Break(())
         } else {
@@ -265,7 +266,7 @@ fn pruning_on_a_corpus_with_dynamic_loading_resumes_exactly() {
         }
     })
     .unwrap();
-    prune(&b, &spec, &cfg, &weights, &mut feed(), true, |_| ControlFlow::Continue(())).unwrap();
+    prune(&b, &spec, &cfg, weights.clone(), &mut feed(), true, |_| ControlFlow::Continue(())).unwrap();
     let read = |run: &std::path::Path| shear::train::metrics::read_jsonl(&run.join("evals.jsonl")).unwrap();
     assert_eq!(read(&a), read(&b));
     let (ta, _) = shear::train::checkpoint::load(&a, &candle_core::Device::Cpu).unwrap();

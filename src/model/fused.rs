@@ -102,11 +102,17 @@ impl CustomOp2 for Linear {
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(w, &LinearBwd { wrt_input: true })?.reshape(x.shape())?;
-        let dw = dy.apply_op2_no_bwd(x, &LinearBwd { wrt_input: false })?;
+        let (dx, dw) = linear_grads(x, w, dy)?;
         Ok((Some(dx), Some(dw)))
     }
+}
+
+/// `(dx, dW)` of [`linear`] given the output gradient `dy`.
+pub(crate) fn linear_grads(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dy = dy.contiguous()?;
+    let dx = dy.apply_op2_no_bwd(w, &LinearBwd { wrt_input: true })?.reshape(x.shape())?;
+    let dw = dy.apply_op2_no_bwd(&x.contiguous()?, &LinearBwd { wrt_input: false })?;
+    Ok((dx, dw))
 }
 
 /// `dx = dy · W` (`wrt_input`, the second operand is `W`) or `dW = dyᵀ · x` (the second operand is `x`).
@@ -221,6 +227,12 @@ impl CustomOp3 for RmsNorm {
         let (dx, dw, dz) = rms_norm_bwd(self.eps, x, w, Some(z), dy)?;
         Ok((Some(dx), Some(dw), dz))
     }
+}
+
+/// `(dx, dw)` of the unmasked [`rms_norm`].
+pub(crate) fn rms_norm_grads(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let (dx, dw, _) = rms_norm_bwd(eps as f32, x, w, None, dy)?;
+    Ok((dx, dw))
 }
 
 /// Gradients of [`rms_norm`]. With `a = dy ⊙ w ⊙ z` and `r` the row's inverse RMS:
@@ -435,11 +447,17 @@ impl CustomOp2 for SwiGlu {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
     fn bwd(&self, g: &Tensor, u: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dg = g.apply_op3_no_bwd(u, &dy, &SwiGluBwd { wrt_gate: true })?;
-        let du = g.apply_op3_no_bwd(u, &dy, &SwiGluBwd { wrt_gate: false })?;
+        let (dg, du) = swiglu_grads(g, u, dy)?;
         Ok((Some(dg), Some(du)))
     }
+}
+
+/// `(d gate, d up)` of [`swiglu`].
+pub(crate) fn swiglu_grads(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dy = dy.contiguous()?;
+    let dg = g.apply_op3_no_bwd(u, &dy, &SwiGluBwd { wrt_gate: true })?;
+    let du = g.apply_op3_no_bwd(u, &dy, &SwiGluBwd { wrt_gate: false })?;
+    Ok((dg, du))
 }
 
 /// `d gate = dy ⊙ up ⊙ σ(g)(1 + g(1 − σ(g)))`, `d up = dy ⊙ silu(g)`.
@@ -515,8 +533,13 @@ impl CustomOp2 for CrossEntropy {
         Ok((CpuStorage::F32(nll), l2.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, t: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(x.apply_op3_no_bwd(t, &dy.contiguous()?, &CrossEntropyBwd)?), None))
+        Ok((Some(cross_entropy_grad(x, t, dy)?), None))
     }
+}
+
+/// `dlogits` of [`cross_entropy`] given the per-row gradient `dy: [n]`.
+pub(crate) fn cross_entropy_grad(logits: &Tensor, targets: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    logits.contiguous()?.apply_op3_no_bwd(&targets.contiguous()?, &dy.contiguous()?, &CrossEntropyBwd)
 }
 
 /// `dlogits[n, j] = dy[n] · (softmax(x_n)_j − [j = t_n])`.
@@ -572,18 +595,23 @@ pub fn attention(
     heads: usize,
     kv_heads: usize,
 ) -> Result<Tensor> {
-    let (_, seq, qd) = q.dims3()?;
-    let hd = qd / heads;
-    let (cos, sin) = (cos.contiguous()?.flatten_all()?.to_vec1::<f32>()?, sin.contiguous()?.flatten_all()?.to_vec1()?);
-    if cos.len() != seq * hd / 2 || k.dims3()?.2 != kv_heads * hd || !heads.is_multiple_of(kv_heads) {
-        bail!(
-            "attention: inconsistent shapes (q {:?}, k {:?}, {heads} heads, {kv_heads} KV heads)",
-            q.dims(),
-            k.dims()
-        );
-    }
-    let op = Attention { heads, kv_heads, hd, scale: 1.0 / (hd as f32).sqrt(), cos: cos.into(), sin: sin.into() };
+    let op = Attention::new(q, k, cos, sin, heads, kv_heads)?;
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+/// `(dq, dk, dv)` of [`attention`] given the context gradient `dy`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_grads(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    dy: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    Attention::new(q, k, cos, sin, heads, kv_heads)?.grads(q, k, v, dy)
 }
 
 #[derive(Clone)]
@@ -664,6 +692,31 @@ unsafe fn matmul(
 }
 
 impl Attention {
+    fn new(q: &Tensor, k: &Tensor, cos: &Tensor, sin: &Tensor, heads: usize, kv_heads: usize) -> Result<Self> {
+        let (_, seq, qd) = q.dims3()?;
+        let hd = qd / heads;
+        let (cos, sin) =
+            (cos.contiguous()?.flatten_all()?.to_vec1::<f32>()?, sin.contiguous()?.flatten_all()?.to_vec1()?);
+        if cos.len() != seq * hd / 2 || k.dims3()?.2 != kv_heads * hd || !heads.is_multiple_of(kv_heads) {
+            bail!(
+                "attention: inconsistent shapes (q {:?}, k {:?}, {heads} heads, {kv_heads} KV heads)",
+                q.dims(),
+                k.dims()
+            );
+        }
+        Ok(Attention { heads, kv_heads, hd, scale: 1.0 / (hd as f32).sqrt(), cos: cos.into(), sin: sin.into() })
+    }
+
+    fn grads(&self, q: &Tensor, k: &Tensor, v: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let packed = q.apply_op3_no_bwd(&k, &v, &AttentionBwd { op: self.clone(), dy: dy.contiguous()? })?;
+        let (nq, nk) = (q.elem_count(), k.elem_count());
+        let dq = packed.narrow(0, 0, nq)?.reshape(q.shape())?;
+        let dk = packed.narrow(0, nq, nk)?.reshape(k.shape())?;
+        let dv = packed.narrow(0, nq + nk, nk)?.reshape(v.shape())?;
+        Ok((dq, dk, dv))
+    }
+
     /// RoPE of `seq` rows of `hd` values read with row stride `rs` from `src[offset..]`, into `out`
     /// (`[seq, hd]`); `inverse` rotates back (the backward of a rotation).
     fn rope(&self, src: &[f32], offset: usize, rs: usize, seq: usize, out: &mut [f32], inverse: bool) {
@@ -768,11 +821,7 @@ impl CustomOp3 for Attention {
         _: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let packed = q.apply_op3_no_bwd(k, v, &AttentionBwd { op: self.clone(), dy: dy.contiguous()? })?;
-        let (nq, nk) = (q.elem_count(), k.elem_count());
-        let dq = packed.narrow(0, 0, nq)?.reshape(q.shape())?;
-        let dk = packed.narrow(0, nq, nk)?.reshape(k.shape())?;
-        let dv = packed.narrow(0, nq + nk, nk)?.reshape(v.shape())?;
+        let (dq, dk, dv) = self.grads(q, k, v, dy)?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }

@@ -5,6 +5,7 @@
 //! backward) or differentiable ones. Weights are plain tensors keyed by their HF names; to train them,
 //! build the model from `Var`-backed tensors ([`crate::train`]) and gradients flow to those vars.
 
+mod backward;
 pub mod fused;
 pub mod ops;
 
@@ -411,14 +412,17 @@ pub fn nll_from_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 }
 
 /// Wrap every weight in a `Var` so a model built from the returned map is trainable: gradients of a loss
-/// computed with [`Kernels::Differentiable`] reach these vars.
-pub fn trainable(weights: &TensorMap) -> Result<(BTreeMap<String, Var>, TensorMap)> {
+/// computed with [`Kernels::Differentiable`] reach these vars. A var is a copy; each source tensor is
+/// dropped as soon as it is copied, so a caller that hands over the only reference does not keep a second
+/// copy of the model for the whole run (538 MB for SmolLM2).
+pub fn trainable(weights: TensorMap) -> Result<(BTreeMap<String, Var>, TensorMap)> {
     let mut vars = BTreeMap::new();
     let mut tensors = TensorMap::new();
     for (name, t) in weights {
-        let v = Var::from_tensor(t)?;
+        let v = Var::from_tensor(&t)?;
+        drop(t);
         tensors.insert(name.clone(), v.as_tensor().clone());
-        vars.insert(name.clone(), v);
+        vars.insert(name, v);
     }
     Ok((vars, tensors))
 }

@@ -138,7 +138,7 @@ pub fn train(
     run: &Path,
     spec: &TrainSpec,
     cfg: &LlamaConfig,
-    weights: &TensorMap,
+    weights: TensorMap,
     corpus: Corpus,
     resume: bool,
     mut on_step: impl FnMut(&StepReport) -> ControlFlow<()>,

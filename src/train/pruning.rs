@@ -163,7 +163,7 @@ pub struct PruneStep {
 
 impl Pruner {
     /// The source model's weights as trainable vars, fresh masks (log-α drawn from `config.seed`), zero λs.
-    pub fn new(cfg: &LlamaConfig, weights: &TensorMap, target: &TargetShape, c: &PruneConfig) -> Result<Self> {
+    pub fn new(cfg: &LlamaConfig, weights: TensorMap, target: &TargetShape, c: &PruneConfig) -> Result<Self> {
         let device = weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
         let (vars, tensors) = trainable(weights)?;
         let model = Llama::new(cfg, &tensors)?;
@@ -302,7 +302,7 @@ pub fn prune(
     run: &Path,
     spec: &RunSpec,
     source_cfg: &LlamaConfig,
-    source_weights: &TensorMap,
+    source_weights: TensorMap,
     data: &mut PruneData,
     resume: bool,
     mut on_step: impl FnMut(&StepRecord) -> ControlFlow<()>,

@@ -11,7 +11,12 @@ use crate::model::{nll_from_logits, Kernels, Llama};
 /// Forward and backward of one micro-batch `ids: [b, seq]` (positions `0..seq-1` predict `1..seq`).
 /// The loss differentiated is `Σ per-sample mean NLL / n_samples`, so gradients summed over the
 /// micro-batches of a step are those of the step's mean loss. Returns the per-sample losses and gradients.
+/// On the CPU in f32 the backward is the model's hand-written one ([`Llama::lm_loss_grads`]); elsewhere
+/// candle's autograd.
 pub fn micro_batch(model: &Llama, ids: &Tensor, n_samples: usize) -> Result<(Vec<f32>, GradStore)> {
+    if model.hand_backward_applies() {
+        return model.lm_loss_grads(ids, n_samples);
+    }
     let seq = ids.dim(1)?;
     if seq < 2 {
         return Err(Error::Invalid(format!("a training sequence needs at least 2 tokens, got {seq}")));

@@ -87,18 +87,20 @@ pub fn bench_cmd(cmd: BenchCommand) -> Result<()> {
         bail!("`bench generate` decodes one sequence: use shapes 1xPROMPT");
     }
     let device = shear::device(a.cpu)?;
-    let (cfg, weights, source) = match (&a.model, &a.config) {
-        (Some(dir), _) => {
-            let w =
-                hf::load_weights(dir, Some(dtype), &device).with_context(|| format!("loading {}", dir.display()))?;
-            (hf::load_config(dir)?, w, dir.display().to_string())
-        }
-        (None, Some(path)) => {
-            let cfg = LlamaConfig::load(path)?;
-            let w: TensorMap = shear::model::random_weights(&cfg, 0, dtype, &device)?;
-            (cfg, w, format!("{} (random weights)", path.display()))
-        }
+    let (cfg, source) = match (&a.model, &a.config) {
+        (Some(dir), _) => (hf::load_config(dir)?, dir.display().to_string()),
+        (None, Some(path)) => (LlamaConfig::load(path)?, format!("{} (random weights)", path.display())),
         (None, None) => unreachable!("clap requires --model or --config"),
+    };
+    // The training benchmarks take the weights over (their vars are copies, and the peak RSS should not
+    // count a second model), so each row loads them afresh.
+    let load = || -> Result<TensorMap> {
+        Ok(match &a.model {
+            Some(dir) => {
+                hf::load_weights(dir, Some(dtype), &device).with_context(|| format!("loading {}", dir.display()))?
+            }
+            None => shear::model::random_weights(&cfg, 0, dtype, &device)?,
+        })
     };
     let target = target.map(|t| -> Result<_> {
         let t = shear::prune::TargetShape::load(&t)?;
@@ -107,7 +109,7 @@ pub fn bench_cmd(cmd: BenchCommand) -> Result<()> {
     });
     let target = target.transpose()?;
     let model = match name {
-        "forward" | "generate" => Some(shear::model::Llama::new(&cfg, &weights)?),
+        "forward" | "generate" => Some(shear::model::Llama::new(&cfg, &load()?)?),
         _ => None,
     };
     let reps = Repeats { warmup: a.warmup, runs: a.runs };
@@ -116,8 +118,8 @@ pub fn bench_cmd(cmd: BenchCommand) -> Result<()> {
     let mut rows: Vec<BenchRow> = vec![];
     for (b, l) in shapes {
         let row = match name {
-            "train" => bench::bench_train(&cfg, &weights, b, l, reps)?,
-            "prune" => bench::bench_prune(&cfg, &weights, target.as_ref().expect("prune has a target"), b, l, reps)?,
+            "train" => bench::bench_train(&cfg, load()?, b, l, reps)?,
+            "prune" => bench::bench_prune(&cfg, load()?, target.as_ref().expect("prune has a target"), b, l, reps)?,
             "forward" => bench::bench_forward(model.as_ref().expect("model"), b, l, reps)?,
             _ => bench::bench_generate(model.as_ref().expect("model"), l, reps)?,
         };

@@ -206,7 +206,7 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
         spec.config.seq_len
     );
     let pb = progress_bar(spec.config.steps, "prune");
-    let summary = pruning::prune(&a.out, &spec, &cfg, &weights, &mut data, a.resume, |r| {
+    let summary = pruning::prune(&a.out, &spec, &cfg, weights, &mut data, a.resume, |r| {
         pb.set_position(r.step as u64);
         pb.set_message(format!("loss {:.3}", r.lm_loss));
         tracing::debug!(

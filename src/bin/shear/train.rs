@@ -145,7 +145,7 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
     let pb = progress_bar(spec.config.steps, "train");
     let delay = std::time::Duration::from_millis(a.step_delay_ms);
     let domains = corpus.domains.clone();
-    let summary = continued::train(&a.out, &spec, &cfg, &weights, corpus, a.resume, |r| {
+    let summary = continued::train(&a.out, &spec, &cfg, weights, corpus, a.resume, |r| {
         pb.set_position(r.step as u64);
         pb.set_message(format!("loss {:.3}", r.loss));
         if let Some((losses, props)) = r.eval {

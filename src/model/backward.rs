@@ -8,7 +8,7 @@
 //! parameter's gradient against autograd with the composed candle ops.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 use super::{fused, Llama};
 use crate::error::{Error, Result};
@@ -73,14 +73,12 @@ impl Llama {
         }
         let hf = fused::rms_norm(&x, &w(&self.norm), None, eps)?;
         let logits = fused::linear(&hf, &w(self.lm_head.weight()))?;
-        let logits = logits.reshape((b * t, ()))?;
-        let nll = fused::cross_entropy(&logits, &targets)?;
-        let per_sample: Vec<f32> = nll.reshape((b, t))?.mean(D::Minus1)?.to_vec1()?;
+        // The logits become their own gradient: d loss / d nll is 1 / (t · n_samples) at every position.
+        let dlogits = logits.reshape((b * t, ()))?;
+        let nll = fused::cross_entropy_with_grad_in_place(&dlogits, &targets, 1.0 / (t * n_samples) as f32)?;
+        let per_sample: Vec<f32> = nll.chunks(t).map(|row| row.iter().sum::<f32>() / t as f32).collect();
 
         let mut grads = GradStore::default();
-        let dnll = Tensor::full(1.0 / (t * n_samples) as f32, b * t, ids.device())?;
-        let dlogits = fused::cross_entropy_grad(&logits, &targets, &dnll)?;
-        drop(logits);
         let (dhf, d_lm_head) = fused::linear_grads(&hf, &w(self.lm_head.weight()), &dlogits.reshape((b, t, ()))?)?;
         drop(dlogits);
         let (mut dx, d_norm) = fused::rms_norm_grads(&x, &w(&self.norm), &dhf, eps)?;
@@ -117,11 +115,13 @@ impl Llama {
                 grads.insert(param, g);
             }
         }
-        // The embedding's gradient: each position's dx added to its token's row.
-        let d_embed = self.embed_tokens.zeros_like()?.index_add(&inputs, &dx.reshape((b * t, ()))?, 0)?;
+        // The embedding's gradient: each position's dx added to its token's row (of the LM head's gradient
+        // when the two share their weights).
+        let dx = dx.reshape((b * t, ()))?;
         if self.cfg.tie_word_embeddings {
-            grads.insert(&self.embed_tokens, (d_embed + d_lm_head)?);
+            grads.insert(&self.embed_tokens, d_lm_head.index_add(&inputs, &dx, 0)?);
         } else {
+            let d_embed = self.embed_tokens.zeros_like()?.index_add(&inputs, &dx, 0)?;
             grads.insert(&self.embed_tokens, d_embed);
             grads.insert(self.lm_head.weight(), d_lm_head);
         }

@@ -2,8 +2,10 @@
 //! attention with an explicit `head_dim`, a SwiGLU MLP, and a tied or untied LM head.
 //!
 //! One implementation serves inference and training: [`Kernels`] picks candle's fused kernels (fast, no
-//! backward) or differentiable ones. Weights are plain tensors keyed by their HF names; to train them,
-//! build the model from `Var`-backed tensors ([`crate::train`]) and gradients flow to those vars.
+//! backward) or differentiable ones (`fused.rs` on the CPU, composed candle ops elsewhere). Weights are
+//! plain tensors keyed by their HF names; to train them, build the model from `Var`-backed tensors
+//! ([`crate::train`]) and gradients flow to those vars. The plain training step on the CPU skips autograd
+//! altogether: `backward.rs` writes its backward pass out by hand.
 
 mod backward;
 pub mod fused;

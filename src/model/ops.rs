@@ -31,8 +31,9 @@ impl Kernels {
 /// A bias-free linear layer, `x @ Wᵀ` over the last dim of `x`.
 ///
 /// The input is flattened to one `[tokens, in]` matrix, so the forward and both backward products are
-/// single large matmuls. (candle-nn's `Linear` broadcasts `W` over the batch instead: its weight gradient
-/// is then a batch of small `k = seq` products, materialized per sequence and summed.)
+/// single large matmuls: on f32 CPU tensors one `gemm` call each way ([`fused::linear`]), elsewhere a
+/// candle matmul. (candle-nn's `Linear` broadcasts `W` over the batch instead: its weight gradient is then
+/// a batch of small `k = seq` products, materialized per sequence and summed.)
 #[derive(Clone, Debug)]
 pub struct Linear {
     weight: Tensor,

@@ -17,11 +17,20 @@ pub fn applies(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+/// The contiguous f32 data of a CPU tensor (`op` names the kernel in the error).
+pub(crate) fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         (CpuStorage::F32(_), None) => bail!("{op}: expected a contiguous tensor"),
         _ => bail!("{op}: expected an f32 tensor"),
+    }
+}
+
+/// [`f32s`], writable (in-place kernels).
+pub(crate) fn f32s_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+        _ => bail!("{op}: expected a contiguous f32 tensor"),
     }
 }
 
@@ -971,10 +980,7 @@ impl candle_core::InplaceOp2 for CrossEntropyInPlace {
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
         let t = u32s(s2, l2, self.name())?;
         let v = last_dim(l1);
-        let x = match (s1, l1.contiguous_offsets()) {
-            (CpuStorage::F32(x), Some((a, b))) => &mut x[a..b],
-            _ => bail!("{}: expected contiguous f32 logits", self.name()),
-        };
+        let x = f32s_mut(s1, l1, self.name())?;
         if x.len() != t.len() * v {
             bail!("{}: {} rows of logits, {} targets", self.name(), x.len() / v.max(1), t.len());
         }

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::model::fused::{f32s, f32s_mut};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct AdamWConfig {
@@ -139,21 +140,6 @@ fn fused_update_applies(p: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor) -> bool 
         && [p, m, v].iter().all(|t| t.is_contiguous())
 }
 
-/// Contiguous f32 data of a CPU tensor.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("fused AdamW: expected a contiguous f32 tensor"),
-    }
-}
-
-fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
-        _ => candle_core::bail!("fused AdamW: expected a contiguous f32 tensor"),
-    }
-}
-
 /// Elements per parallel chunk: big enough that threads do not share cache lines or pay for scheduling.
 const CHUNK: usize = 1 << 16;
 
@@ -169,7 +155,7 @@ impl candle_core::InplaceOp2 for Moment {
         "adamw-moment"
     }
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
-        let (m, g) = (f32_slice_mut(s1, l1)?, f32_slice(s2, l2)?);
+        let (m, g) = (f32s_mut(s1, l1, "adamw-moment")?, f32s(s2, l2, "adamw-moment")?);
         let (beta, rest, scale, square) = (self.beta, 1.0 - self.beta, self.scale, self.square);
         m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
             for (m, &g) in m.iter_mut().zip(g) {
@@ -204,7 +190,8 @@ impl candle_core::InplaceOp3 for Update {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        let (p, m, v) = (f32_slice_mut(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let name = "adamw-update";
+        let (p, m, v) = (f32s_mut(s1, l1, name)?, f32s(s2, l2, name)?, f32s(s3, l3, name)?);
         let Update { lr, decay, bc1, bc2, eps } = *self;
         p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK)).zip(v.par_chunks(CHUNK)).for_each(|((p, m), v)| {
             for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {

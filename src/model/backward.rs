@@ -1,17 +1,42 @@
-//! The plain training step's backward pass written out by hand (f32 on the CPU, no pruning masks).
+//! The training step's backward pass written out by hand (f32 on the CPU), with or without pruning masks.
 //!
 //! candle's autograd gives every node of the graph its own zero-filled gradient buffer and then adds
-//! the node's contribution into it; for SmolLM2 that is ~30 nodes per layer, each a few MB, every step.
+//! the node's contribution into it; for SmolLM2 that is ~30 nodes per layer, each a few MB, every step,
+//! and with masks each broadcast multiply adds a full-size product and a reduction to its backward.
 //! Here the forward keeps each block's activations, and the backward calls the fused kernels' gradient
-//! functions in reverse order, writing each weight's gradient once. It computes exactly what
-//! `loss.backward()` computes through [`super::fused`]'s kernels; `tests/model.rs` checks every
-//! parameter's gradient against autograd with the composed candle ops.
+//! functions in reverse order, writing each weight's gradient once and each mask's as one row-sum.
+//! It computes exactly what `loss.backward()` computes through [`super::fused`]'s kernels; `tests/model.rs`
+//! checks every parameter's and every mask's gradient against autograd with the composed candle ops.
+//!
+//! The masks themselves come out of a small graph (hard-concrete samples of log-α); the gradients here
+//! stop at the mask values, and [`Llama::mask_surrogate`] carries them the rest of the way through
+//! autograd: `Σ z · dz` with `dz` held constant has the gradient `dz` at `z`.
 
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
-use super::{fused, Llama};
+use super::{fused, Llama, MaskValues};
 use crate::error::{Error, Result};
+
+/// What [`Llama::lm_loss_grads`] returns.
+pub struct LossGrads {
+    /// Mean next-token NLL of each sample.
+    pub per_sample: Vec<f32>,
+    /// Gradient of every weight, keyed by the weight tensors as `backward()` keys them.
+    pub weights: GradStore,
+    /// Gradient of every mask given (absent families stay `None`).
+    pub masks: MaskGrads,
+}
+
+/// Gradients with respect to the mask values of a [`MaskValues`]. The head and KV-group masks enter the
+/// model through their per-dim product (`head_scales`), so their gradient is taken there, `[L, H * head_dim]`.
+#[derive(Default)]
+pub struct MaskGrads {
+    pub layer: Option<Tensor>,
+    pub head_dims: Option<Tensor>,
+    pub intermediate: Option<Tensor>,
+    pub hidden: Option<Tensor>,
+}
 
 /// What the backward needs of one block's forward.
 struct Saved {
@@ -20,12 +45,24 @@ struct Saved {
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    /// The attention output before the head mask.
     ctx: Tensor,
     x1: Tensor,
     h: Tensor,
     gate: Tensor,
+    /// `up_proj`'s output before the intermediate mask.
     up: Tensor,
     act: Tensor,
+    /// `o_proj`'s and `down_proj`'s outputs before the layer and hidden masks (kept only with either).
+    o: Option<Tensor>,
+    down: Option<Tensor>,
+}
+
+/// One block's mask values, detached: what multiplies where (see [`MaskValues`]).
+struct BlockZ {
+    layer: Option<f32>,
+    head_dims: Option<Tensor>,
+    intermediate: Option<Tensor>,
 }
 
 impl Llama {
@@ -34,10 +71,10 @@ impl Llama {
         fused::applies(&self.embed_tokens)
     }
 
-    /// The per-sample mean next-token NLL of `ids: [b, seq]` (positions `0..seq-1` predict `1..seq`) and
-    /// the gradients of `Σ per-sample NLL / n_samples` for every weight, keyed by the weight tensors as
-    /// `backward()` keys them.
-    pub fn lm_loss_grads(&self, ids: &Tensor, n_samples: usize) -> Result<(Vec<f32>, GradStore)> {
+    /// The per-sample mean next-token NLL of `ids: [b, seq]` (positions `0..seq-1` predict `1..seq`) under
+    /// `masks` (none: the plain model), and the gradients of `Σ per-sample NLL / n_samples` for every
+    /// weight and every mask value.
+    pub fn lm_loss_grads(&self, ids: &Tensor, n_samples: usize, masks: Option<&MaskValues>) -> Result<LossGrads> {
         if !self.hand_backward_applies() {
             return Err(Error::Invalid("the hand-written backward needs f32 weights on the CPU".into()));
         }
@@ -51,27 +88,63 @@ impl Llama {
         let inputs = ids.narrow(1, 0, t)?.flatten_all()?;
         let targets = ids.narrow(1, 1, t)?.flatten_all()?;
         let (cos, sin) = (self.cos.narrow(0, 0, t)?, self.sin.narrow(0, 0, t)?);
-        // Detached views of the weights: the fused ops then record no graph.
+        // Detached views of the weights and masks: the fused ops then record no graph.
         let w = |t: &Tensor| t.detach();
+        let masks = masks.map(detached).unwrap_or_default();
+        self.check_mask_shapes(&masks)?;
+        let zh = masks.hidden.as_ref().map(|z| z.to_dtype(candle_core::DType::F32)).transpose()?;
+        let zh = zh.as_ref();
+        let layer_z: Option<Vec<f32>> = masks.layer.as_ref().map(|z| z.to_vec1()).transpose()?;
+        let head_dims = self.head_scales(&masks)?;
+        let block_z = |i: usize| -> Result<BlockZ> {
+            Ok(BlockZ {
+                layer: layer_z.as_ref().map(|z| z[i]),
+                head_dims: head_dims.as_ref().map(|z| z.get(i)).transpose()?,
+                intermediate: masks.intermediate.as_ref().map(|z| z.get(i)).transpose()?,
+            })
+        };
+        // What a sub-layer's output is multiplied by before the residual add: layer ⊙ hidden.
+        let out_scale = |z: &BlockZ| -> Result<Option<Tensor>> {
+            Ok(match (z.layer, zh) {
+                (None, None) => None,
+                (Some(l), None) => Some(Tensor::new(&[l], &self.device().clone())?),
+                (None, Some(h)) => Some(h.clone()),
+                (Some(l), Some(h)) => Some((h * l as f64)?),
+            })
+        };
+        let scaled = |y: &Tensor, z: &Option<Tensor>| -> Result<Tensor> {
+            Ok(match z {
+                Some(z) => y.broadcast_mul(z)?,
+                None => y.clone(),
+            })
+        };
 
         let mut x = w(&self.embed_tokens).embedding(&inputs)?.reshape((b, t, ()))?;
+        if let Some(h) = zh {
+            x = x.broadcast_mul(h)?;
+        }
         let mut saved = Vec::with_capacity(self.blocks.len());
-        for blk in &self.blocks {
-            let a = fused::rms_norm(&x, &w(&blk.input_norm), None, eps)?;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let z = block_z(i)?;
+            let s = out_scale(&z)?;
+            let a = fused::rms_norm(&x, &w(&blk.input_norm), zh, eps)?;
             let q = fused::linear(&a, &w(blk.q_proj.weight()))?;
             let k = fused::linear(&a, &w(blk.k_proj.weight()))?;
             let v = fused::linear(&a, &w(blk.v_proj.weight()))?;
             let ctx = fused::attention(&q, &k, &v, &cos, &sin, heads, kv)?;
-            let x1 = (&x + fused::linear(&ctx, &w(blk.o_proj.weight()))?)?;
-            let h = fused::rms_norm(&x1, &w(&blk.post_attention_norm), None, eps)?;
+            let o = fused::linear(&scaled(&ctx, &z.head_dims)?, &w(blk.o_proj.weight()))?;
+            let x1 = (&x + scaled(&o, &s)?)?;
+            let h = fused::rms_norm(&x1, &w(&blk.post_attention_norm), zh, eps)?;
             let gate = fused::linear(&h, &w(blk.gate_proj.weight()))?;
             let up = fused::linear(&h, &w(blk.up_proj.weight()))?;
-            let act = fused::swiglu(&gate, &up)?;
-            let x2 = (&x1 + fused::linear(&act, &w(blk.down_proj.weight()))?)?;
-            saved.push(Saved { x, a, q, k, v, ctx, x1, h, gate, up, act });
+            let act = fused::swiglu(&gate, &scaled(&up, &z.intermediate)?)?;
+            let down = fused::linear(&act, &w(blk.down_proj.weight()))?;
+            let x2 = (&x1 + scaled(&down, &s)?)?;
+            let (o, down) = if s.is_some() { (Some(o), Some(down)) } else { (None, None) };
+            saved.push(Saved { x, a, q, k, v, ctx, x1, h, gate, up, act, o, down });
             x = x2;
         }
-        let hf = fused::rms_norm(&x, &w(&self.norm), None, eps)?;
+        let hf = fused::rms_norm(&x, &w(&self.norm), zh, eps)?;
         let logits = fused::linear(&hf, &w(self.lm_head.weight()))?;
         // The logits become their own gradient: d loss / d nll is 1 / (t · n_samples) at every position.
         let dlogits = logits.reshape((b * t, ()))?;
@@ -79,27 +152,52 @@ impl Llama {
         let per_sample: Vec<f32> = nll.chunks(t).map(|row| row.iter().sum::<f32>() / t as f32).collect();
 
         let mut grads = GradStore::default();
+        let n_layers = self.blocks.len();
+        let mut acc = MaskGradAcc {
+            layer: vec![0f32; n_layers],
+            head_dims: vec![None; n_layers],
+            intermediate: vec![None; n_layers],
+            hidden: None,
+        };
+
         let (dhf, d_lm_head) = fused::linear_grads(&hf, &w(self.lm_head.weight()), &dlogits.reshape((b, t, ()))?)?;
         drop(dlogits);
-        let (mut dx, d_norm) = fused::rms_norm_grads(&x, &w(&self.norm), &dhf, eps)?;
+        let (mut dx, d_norm, dz) = fused::masked_rms_norm_grads(&x, &w(&self.norm), zh, &dhf, eps)?;
+        acc.add_hidden(dz)?;
         grads.insert(&self.norm, d_norm);
-        for (blk, s) in self.blocks.iter().zip(saved).rev() {
-            // x2 = x1 + down(swiglu(gate(h), up(h))), h = norm(x1)
-            let (d_act, d_down) = fused::linear_grads(&s.act, &w(blk.down_proj.weight()), &dx)?;
-            let (d_gate, d_up) = fused::swiglu_grads(&s.gate, &s.up, &d_act)?;
+        for (i, (blk, s)) in self.blocks.iter().zip(saved).enumerate().rev() {
+            let z = block_z(i)?;
+            let scale = out_scale(&z)?;
+            // x2 = x1 + down(swiglu(gate(h), up(h) ⊙ z_int)) ⊙ scale, h = norm(x1)
+            let d_down_out = acc.through_scale(&dx, &s.down, &scale, z.layer, zh, i)?;
+            let (d_act, d_down) = fused::linear_grads(&s.act, &w(blk.down_proj.weight()), &d_down_out)?;
+            let up_m = scaled(&s.up, &z.intermediate)?;
+            let (d_gate, mut d_up) = fused::swiglu_grads(&s.gate, &up_m, &d_act)?;
+            if let Some(zi) = &z.intermediate {
+                acc.intermediate[i] = Some(fused::row_sums_of_product(&d_up, &s.up)?);
+                d_up = d_up.broadcast_mul(zi)?;
+            }
             let (dh_gate, d_gate_w) = fused::linear_grads(&s.h, &w(blk.gate_proj.weight()), &d_gate)?;
             let (dh_up, d_up_w) = fused::linear_grads(&s.h, &w(blk.up_proj.weight()), &d_up)?;
-            let (dx1_norm, d_post_norm) =
-                fused::rms_norm_grads(&s.x1, &w(&blk.post_attention_norm), &(dh_gate + dh_up)?, eps)?;
+            let (dx1_norm, d_post_norm, dz) =
+                fused::masked_rms_norm_grads(&s.x1, &w(&blk.post_attention_norm), zh, &(dh_gate + dh_up)?, eps)?;
+            acc.add_hidden(dz)?;
             let dx1 = (dx + dx1_norm)?;
-            // x1 = x + o(attention(q(a), k(a), v(a))), a = norm(x)
-            let (d_ctx, d_o) = fused::linear_grads(&s.ctx, &w(blk.o_proj.weight()), &dx1)?;
+            // x1 = x + o(attention(q(a), k(a), v(a)) ⊙ z_head) ⊙ scale, a = norm(x)
+            let d_o_out = acc.through_scale(&dx1, &s.o, &scale, z.layer, zh, i)?;
+            let ctx_m = scaled(&s.ctx, &z.head_dims)?;
+            let (mut d_ctx, d_o) = fused::linear_grads(&ctx_m, &w(blk.o_proj.weight()), &d_o_out)?;
+            if let Some(zd) = &z.head_dims {
+                acc.head_dims[i] = Some(fused::row_sums_of_product(&d_ctx, &s.ctx)?);
+                d_ctx = d_ctx.broadcast_mul(zd)?;
+            }
             let (dq, dk, dv) = fused::attention_grads(&s.q, &s.k, &s.v, &cos, &sin, heads, kv, &d_ctx)?;
             let (da_q, d_q) = fused::linear_grads(&s.a, &w(blk.q_proj.weight()), &dq)?;
             let (da_k, d_k) = fused::linear_grads(&s.a, &w(blk.k_proj.weight()), &dk)?;
             let (da_v, d_v) = fused::linear_grads(&s.a, &w(blk.v_proj.weight()), &dv)?;
-            let (dx_norm, d_in_norm) =
-                fused::rms_norm_grads(&s.x, &w(&blk.input_norm), &((da_q + da_k)? + da_v)?, eps)?;
+            let (dx_norm, d_in_norm, dz) =
+                fused::masked_rms_norm_grads(&s.x, &w(&blk.input_norm), zh, &((da_q + da_k)? + da_v)?, eps)?;
+            acc.add_hidden(dz)?;
             dx = (dx1 + dx_norm)?;
             for (param, g) in [
                 (blk.down_proj.weight(), d_down),
@@ -115,9 +213,14 @@ impl Llama {
                 grads.insert(param, g);
             }
         }
+        // x0 = embedding(inputs) ⊙ z_hidden: the hidden mask's last term, then the rows' gradient.
+        let mut dx = dx.reshape((b * t, ()))?;
+        if let Some(h) = zh {
+            acc.add_hidden(Some(fused::row_sums_of_product(&dx, &w(&self.embed_tokens).embedding(&inputs)?)?))?;
+            dx = dx.broadcast_mul(h)?;
+        }
         // The embedding's gradient: each position's dx added to its token's row (of the LM head's gradient
         // when the two share their weights).
-        let dx = dx.reshape((b * t, ()))?;
         if self.cfg.tie_word_embeddings {
             grads.insert(&self.embed_tokens, d_lm_head.index_add(&inputs, &dx, 0)?);
         } else {
@@ -125,6 +228,99 @@ impl Llama {
             grads.insert(&self.embed_tokens, d_embed);
             grads.insert(self.lm_head.weight(), d_lm_head);
         }
-        Ok((per_sample, grads))
+        let dev = self.device().clone();
+        let stack = |rows: Vec<Option<Tensor>>| -> Result<Option<Tensor>> {
+            if rows.iter().all(|r| r.is_none()) {
+                return Ok(None);
+            }
+            let rows: Vec<Tensor> = rows.into_iter().map(|r| r.expect("every layer has the mask")).collect();
+            Ok(Some(Tensor::stack(&rows, 0)?))
+        };
+        let mask_grads = MaskGrads {
+            layer: masks.layer.as_ref().map(|_| Tensor::from_vec(acc.layer, n_layers, &dev)).transpose()?,
+            head_dims: stack(acc.head_dims)?,
+            intermediate: stack(acc.intermediate)?,
+            hidden: acc.hidden,
+        };
+        Ok(LossGrads { per_sample, weights: grads, masks: mask_grads })
+    }
+
+    /// `Σ z · dz` over the masks of `masks` (still attached to whatever graph produced them) with `dz` held
+    /// constant: its `backward()` carries the mask gradients of [`Llama::lm_loss_grads`] on to that graph
+    /// (log-α, through the hard-concrete sample). A scalar tensor.
+    pub fn mask_surrogate(&self, masks: &MaskValues, grads: &MaskGrads) -> Result<Tensor> {
+        let head_dims = self.head_scales(masks)?;
+        let pairs = [
+            (masks.layer.as_ref(), grads.layer.as_ref()),
+            (head_dims.as_ref(), grads.head_dims.as_ref()),
+            (masks.intermediate.as_ref(), grads.intermediate.as_ref()),
+            (masks.hidden.as_ref(), grads.hidden.as_ref()),
+        ];
+        let mut total = Tensor::zeros((), candle_core::DType::F32, self.device())?;
+        for (z, dz) in pairs {
+            if let (Some(z), Some(dz)) = (z, dz) {
+                let term = (z.to_dtype(candle_core::DType::F32)? * dz.detach())?.sum_all()?;
+                total = (total + term)?;
+            }
+        }
+        Ok(total)
+    }
+}
+
+fn detached(m: &MaskValues) -> MaskValues {
+    let d = |t: &Option<Tensor>| t.as_ref().map(|t| t.detach());
+    MaskValues {
+        layer: d(&m.layer),
+        kv_group: d(&m.kv_group),
+        head: d(&m.head),
+        intermediate: d(&m.intermediate),
+        hidden: d(&m.hidden),
+    }
+}
+
+/// Mask gradients as the backward collects them, layer by layer.
+struct MaskGradAcc {
+    layer: Vec<f32>,
+    head_dims: Vec<Option<Tensor>>,
+    intermediate: Vec<Option<Tensor>>,
+    hidden: Option<Tensor>,
+}
+
+impl MaskGradAcc {
+    fn add_hidden(&mut self, g: Option<Tensor>) -> Result<()> {
+        if let Some(g) = g {
+            self.hidden = Some(match self.hidden.take() {
+                Some(acc) => (acc + g)?,
+                None => g,
+            });
+        }
+        Ok(())
+    }
+
+    /// The gradient through a sub-layer output `y` of layer `i` multiplied by `scale = layer ⊙ hidden`
+    /// before the residual add: `dy = dres ⊙ scale`; the per-dim row sums `Σ dres ⊙ y` split into the
+    /// layer mask's gradient (weighted by the hidden mask) and the hidden mask's (by the layer mask).
+    fn through_scale(
+        &mut self,
+        dres: &Tensor,
+        y: &Option<Tensor>,
+        scale: &Option<Tensor>,
+        layer: Option<f32>,
+        hidden: Option<&Tensor>,
+        i: usize,
+    ) -> Result<Tensor> {
+        let (Some(y), Some(scale)) = (y, scale) else { return Ok(dres.clone()) };
+        let dims = fused::row_sums_of_product(dres, y)?; // [d]
+        if layer.is_some() {
+            let weighted = match hidden {
+                Some(h) => (&dims * h)?,
+                None => dims.clone(),
+            };
+            self.layer[i] += weighted.sum_all()?.to_scalar::<f32>()?;
+        }
+        if hidden.is_some() {
+            self.add_hidden(Some((&dims * layer.unwrap_or(1.0) as f64)?))?;
+        }
+        Ok(dres.broadcast_mul(scale)?)
     }
 }

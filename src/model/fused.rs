@@ -238,10 +238,15 @@ impl CustomOp3 for RmsNorm {
     }
 }
 
-/// `(dx, dw)` of the unmasked [`rms_norm`].
-pub(crate) fn rms_norm_grads(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
-    let (dx, dw, _) = rms_norm_bwd(eps as f32, x, w, None, dy)?;
-    Ok((dx, dw))
+/// `(dx, dw, dz)` of [`rms_norm`], `dz` only with a mask.
+pub(crate) fn masked_rms_norm_grads(
+    x: &Tensor,
+    w: &Tensor,
+    z: Option<&Tensor>,
+    dy: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    rms_norm_bwd(eps as f32, x, w, z, dy)
 }
 
 /// Gradients of [`rms_norm`]. With `a = dy ⊙ w ⊙ z` and `r` the row's inverse RMS:
@@ -499,6 +504,40 @@ impl CustomOp3 for SwiGluBwd {
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+}
+
+/// `Σ_rows a ⊙ b` over the last dim of two same-shaped tensors: the gradient of a mask `z` that scales
+/// `b` along its last dim, given the gradient `a` of the product. Fixed blocks of rows summed in order, so
+/// the result does not depend on how threads split the work.
+pub(crate) fn row_sums_of_product(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dims() != b.dims() {
+        bail!("row-sums: shapes {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    let (a, b) = (a.contiguous()?, b.contiguous()?);
+    let d = a.dim(D::Minus1)?;
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let (candle_core::Storage::Cpu(av), candle_core::Storage::Cpu(bv)) = (&*sa, &*sb) else {
+        bail!("row-sums: expected CPU tensors")
+    };
+    let (av, bv) = (f32s(av, la, "row-sums")?, f32s(bv, lb, "row-sums")?);
+    const ROWS: usize = 32;
+    let partials: Vec<Vec<f32>> = av
+        .par_chunks(d * ROWS)
+        .zip(bv.par_chunks(d * ROWS))
+        .map(|(a, b)| {
+            let mut sum = vec![0f32; d];
+            for (a, b) in a.chunks(d).zip(b.chunks(d)) {
+                sum.iter_mut().zip(a.iter().zip(b)).for_each(|(s, (a, b))| *s += a * b);
+            }
+            sum
+        })
+        .collect();
+    let mut sum = vec![0f32; d];
+    for p in &partials {
+        sum.iter_mut().zip(p).for_each(|(s, p)| *s += p);
+    }
+    Tensor::from_vec(sum, d, a.device())
 }
 
 /// Elements per parallel chunk of the elementwise kernels.

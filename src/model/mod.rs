@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Result as CResult, Tensor, Var, D};
 
+pub use backward::{LossGrads, MaskGrads};
 pub use ops::{Kernels, Linear};
 
 use crate::config::LlamaConfig;

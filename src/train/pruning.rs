@@ -161,6 +161,13 @@ pub struct PruneStep {
     pub lr_factor: f64,
 }
 
+fn check_finite(lm_loss: f64, step: usize) -> Result<()> {
+    if lm_loss.is_finite() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!("non-finite LM loss ({lm_loss}) at step {step}; lower --lr or --mask-lr")))
+}
+
 impl Pruner {
     /// The source model's weights as trainable vars, fresh masks (log-α drawn from `config.seed`), zero λs.
     pub fn new(cfg: &LlamaConfig, weights: TensorMap, target: &TargetShape, c: &PruneConfig) -> Result<Self> {
@@ -212,16 +219,28 @@ impl Pruner {
         let step = self.step;
         self.masks.clamp_in_place()?;
         let z = self.masks.sample(&mut self.rng)?;
-        let lm = self.model.lm_loss(batch, Kernels::Differentiable, Some(&z))?;
         let (lag, stats) = self.lagrangian.loss(&self.masks.expected_sparsity()?, step)?;
-        let loss = (&lm + lag.to_device(&self.device)?)?;
-        let lm_loss = lm.to_scalar::<f32>()? as f64;
-        if !lm_loss.is_finite() {
-            return Err(Error::Invalid(format!(
-                "non-finite LM loss ({lm_loss}) at step {step}; lower --lr or --mask-lr"
-            )));
-        }
-        let grads = loss.backward()?;
+        let lag = lag.to_device(&self.device)?;
+        let (lm_loss, grads) = if self.model.hand_backward_applies() {
+            // The model's hand-written backward up to the mask values, then autograd over the small graph
+            // from log-α to the masks and the Lagrangian.
+            let out = self.model.lm_loss_grads(batch, batch.dim(0)?, Some(&z))?;
+            let lm_loss = out.per_sample.iter().map(|&l| l as f64).sum::<f64>() / out.per_sample.len() as f64;
+            check_finite(lm_loss, step)?;
+            let small = (self.model.mask_surrogate(&z, &out.masks)? + lag)?.backward()?;
+            let mut grads = out.weights;
+            for v in self.masks.vars().iter().chain(&self.lagrangian.vars()) {
+                if let Some(g) = small.get(v.as_tensor()) {
+                    grads.insert(v.as_tensor(), g.clone());
+                }
+            }
+            (lm_loss, grads)
+        } else {
+            let lm = self.model.lm_loss(batch, Kernels::Differentiable, Some(&z))?;
+            let lm_loss = lm.to_scalar::<f32>()? as f64;
+            check_finite(lm_loss, step)?;
+            (lm_loss, (&lm + lag)?.backward()?)
+        };
         let lr_factor = self.schedule.factor(step);
         let grad_norm = update(&mut self.optimizers, &grads, &self.all_vars, lr_factor, self.max_grad_norm)?;
         self.step += 1;

@@ -15,7 +15,8 @@ use crate::model::{nll_from_logits, Kernels, Llama};
 /// candle's autograd.
 pub fn micro_batch(model: &Llama, ids: &Tensor, n_samples: usize) -> Result<(Vec<f32>, GradStore)> {
     if model.hand_backward_applies() {
-        return model.lm_loss_grads(ids, n_samples);
+        let out = model.lm_loss_grads(ids, n_samples, None)?;
+        return Ok((out.per_sample, out.weights));
     }
     let seq = ids.dim(1)?;
     if seq < 2 {

@@ -238,7 +238,7 @@ fn hand_written_masked_backward_matches_autograd() {
         {
             let out = model.lm_loss_grads(&ids, 4, Some(masks)).unwrap();
             let mut hand = model.mask_surrogate(masks, &out.masks).unwrap().backward().unwrap();
-            for (_, var) in &vars {
+            for var in vars.values() {
                 hand.insert(var.as_tensor(), out.weights.get(var.as_tensor()).unwrap().clone());
             }
             let logits = model.forward_masked(&ids.narrow(1, 0, 9).unwrap(), Kernels::Composite, Some(masks)).unwrap();

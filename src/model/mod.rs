@@ -4,8 +4,9 @@
 //! One implementation serves inference and training: [`Kernels`] picks candle's fused kernels (fast, no
 //! backward) or differentiable ones (`fused.rs` on the CPU, composed candle ops elsewhere). Weights are
 //! plain tensors keyed by their HF names; to train them, build the model from `Var`-backed tensors
-//! ([`crate::train`]) and gradients flow to those vars. The plain training step on the CPU skips autograd
-//! altogether: `backward.rs` writes its backward pass out by hand.
+//! ([`crate::train`]) and gradients flow to those vars. On the CPU in f32 the training and pruning steps
+//! skip autograd for the model: `backward.rs` writes the backward pass out by hand, masks included
+//! ([`Llama::lm_loss_grads`], [`Llama::mask_surrogate`]).
 
 mod backward;
 pub mod fused;

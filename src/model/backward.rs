@@ -107,7 +107,7 @@ impl Llama {
         let out_scale = |z: &BlockZ| -> Result<Option<Tensor>> {
             Ok(match (z.layer, zh) {
                 (None, None) => None,
-                (Some(l), None) => Some(Tensor::new(&[l], &self.device().clone())?),
+                (Some(l), None) => Some(Tensor::new(&[l], self.device())?),
                 (None, Some(h)) => Some(h.clone()),
                 (Some(l), Some(h)) => Some((h * l as f64)?),
             })

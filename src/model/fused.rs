@@ -73,7 +73,7 @@ fn u32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [u32]> {
 /// value), and `2^n` written into the exponent bits. Below −87.3 it returns 0 (the true value is at most
 /// a denormal), above 88.7 it saturates at `e^88.7`, as no finite logit or score gets there.
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;

@@ -123,29 +123,11 @@ fn fused_kernels_lose_gradients() {
 /// place: soft values, exact zeros (removed heads, dims, a removed hidden dim) and a layer mask.
 #[test]
 fn fused_training_kernels_match_composite_ops() {
-    use candle_core::Var;
-    use shear::model::MaskValues;
     for (name, cfg) in tiny_configs() {
         let (vars, tensors) = trainable(random_model(&cfg, 11)).unwrap();
         let model = Llama::new(&cfg, &tensors).unwrap();
         let ids = random_ids(2, 12, cfg.vocab_size, 3);
-        let (l, h, kv) = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_kv_heads());
-        // Deterministic mask values in [0, 1.2) with every 4th entry exactly 0.
-        let mask = |n: usize, seed: usize| -> Var {
-            let v: Vec<f32> = (0..n)
-                .map(|i| if (i + seed).is_multiple_of(4) { 0.0 } else { ((i * 7 + seed) % 12) as f32 / 10.0 })
-                .collect();
-            Var::from_vec(v, n, &Device::Cpu).unwrap()
-        };
-        let z =
-            [mask(l, 1), mask(l * kv, 2), mask(l * h, 3), mask(l * cfg.intermediate_size, 4), mask(cfg.hidden_size, 5)];
-        let masks = MaskValues {
-            layer: Some(z[0].as_tensor().clone()),
-            kv_group: Some(z[1].as_tensor().reshape((l, kv)).unwrap()),
-            head: Some(z[2].as_tensor().reshape((l, h)).unwrap()),
-            intermediate: Some(z[3].as_tensor().reshape((l, cfg.intermediate_size)).unwrap()),
-            hidden: Some(z[4].as_tensor().clone()),
-        };
+        let (z, masks) = mask_vars(&cfg);
         let run = |kernels| {
             let loss = model.lm_loss(&ids, kernels, Some(&masks)).unwrap();
             (loss.to_scalar::<f32>().unwrap(), loss.backward().unwrap())
@@ -203,33 +185,12 @@ fn hand_written_backward_matches_autograd() {
 /// layer-only and hidden-only output scales are both exercised). Masks carry exact zeros.
 #[test]
 fn hand_written_masked_backward_matches_autograd() {
-    use candle_core::Var;
     use shear::model::MaskValues;
     for (name, cfg) in tiny_configs() {
         let (vars, tensors) = trainable(random_model(&cfg, 13)).unwrap();
         let model = Llama::new(&cfg, &tensors).unwrap();
         let ids = random_ids(3, 10, cfg.vocab_size, 5);
-        let (l, h, kv, m, d) = (
-            cfg.num_hidden_layers,
-            cfg.num_attention_heads,
-            cfg.num_kv_heads(),
-            cfg.intermediate_size,
-            cfg.hidden_size,
-        );
-        let mask = |n: usize, seed: usize| -> Var {
-            let v: Vec<f32> = (0..n)
-                .map(|i| if (i + seed).is_multiple_of(5) { 0.0 } else { 0.2 + ((i * 7 + seed) % 11) as f32 / 10.0 })
-                .collect();
-            Var::from_vec(v, n, &Device::Cpu).unwrap()
-        };
-        let z = [mask(l, 1), mask(l * kv, 2), mask(l * h, 3), mask(l * m, 4), mask(d, 5)];
-        let all = MaskValues {
-            layer: Some(z[0].as_tensor().clone()),
-            kv_group: Some(z[1].as_tensor().reshape((l, kv)).unwrap()),
-            head: Some(z[2].as_tensor().reshape((l, h)).unwrap()),
-            intermediate: Some(z[3].as_tensor().reshape((l, m)).unwrap()),
-            hidden: Some(z[4].as_tensor().clone()),
-        };
+        let (z, all) = mask_vars(&cfg);
         let layer_and_intermediate =
             MaskValues { layer: all.layer.clone(), intermediate: all.intermediate.clone(), ..Default::default() };
         let hidden_and_head = MaskValues { hidden: all.hidden.clone(), head: all.head.clone(), ..Default::default() };
@@ -274,4 +235,27 @@ fn hand_written_masked_backward_matches_autograd() {
             }
         }
     }
+}
+
+/// Every mask family of `cfg` as a var (layer, kv_group, head, intermediate, hidden, flattened) and the
+/// `MaskValues` built from them: deterministic values in [0, 1.3) with every 5th entry exactly 0 (a removed
+/// head, dim or layer), the rest not 1, so that a mask dropped or misplaced changes the numbers.
+fn mask_vars(cfg: &shear::LlamaConfig) -> ([candle_core::Var; 5], shear::model::MaskValues) {
+    let (l, h, kv, m, d) =
+        (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_kv_heads(), cfg.intermediate_size, cfg.hidden_size);
+    let mask = |n: usize, seed: usize| {
+        let v: Vec<f32> = (0..n)
+            .map(|i| if (i + seed).is_multiple_of(5) { 0.0 } else { 0.2 + ((i * 7 + seed) % 11) as f32 / 10.0 })
+            .collect();
+        candle_core::Var::from_vec(v, n, &Device::Cpu).unwrap()
+    };
+    let z = [mask(l, 1), mask(l * kv, 2), mask(l * h, 3), mask(l * m, 4), mask(d, 5)];
+    let masks = shear::model::MaskValues {
+        layer: Some(z[0].as_tensor().clone()),
+        kv_group: Some(z[1].as_tensor().reshape((l, kv)).unwrap()),
+        head: Some(z[2].as_tensor().reshape((l, h)).unwrap()),
+        intermediate: Some(z[3].as_tensor().reshape((l, m)).unwrap()),
+        hidden: Some(z[4].as_tensor().clone()),
+    };
+    (z, masks)
 }

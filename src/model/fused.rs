@@ -164,36 +164,10 @@ fn matmul_new(m: usize, n: usize, k: usize, lhs: View, rhs: View) -> Vec<f32> {
     // entries of `dst` through the raw pointer (`read_dst = false`: nothing is read) before the length
     // makes them readable.
     unsafe {
-        gemm_into(m, n, k, dst.as_mut_ptr(), n, lhs, rhs);
+        gemm_call(m, n, k, dst.as_mut_ptr(), n, false, lhs, rhs, 1.0, parallelism());
         dst.set_len(m * n);
     }
     dst
-}
-
-/// `dst[m×n] = lhs · rhs` (row stride `dst_rs`), multi-threaded, without reading `dst`.
-/// Safety: the views must cover their shapes and `dst` its rows.
-unsafe fn gemm_into(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, lhs: View, rhs: View) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        false,
-        lhs.ptr,
-        lhs.cs,
-        lhs.rs,
-        rhs.ptr,
-        rhs.cs,
-        rhs.rs,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        parallelism(),
-    )
 }
 
 impl CustomOp2 for Linear {
@@ -819,6 +793,24 @@ unsafe fn matmul(
     rhs: View,
     beta: f32,
 ) {
+    gemm_call(m, n, k, dst, dst_rs, accumulate, lhs, rhs, beta, gemm::Parallelism::None)
+}
+
+/// The one `gemm` call: `dst = beta · lhs · rhs`, or `dst += …` with `accumulate` (otherwise `dst` is
+/// never read), rows of `dst` `dst_rs` apart. Safety: as [`matmul`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_call(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    beta: f32,
+    threads: gemm::Parallelism,
+) {
     gemm::gemm(
         m,
         n,
@@ -838,7 +830,7 @@ unsafe fn matmul(
         false,
         false,
         false,
-        gemm::Parallelism::None,
+        threads,
     );
 }
 

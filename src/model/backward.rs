@@ -90,7 +90,7 @@ impl Llama {
         let (cos, sin) = (self.cos.narrow(0, 0, t)?, self.sin.narrow(0, 0, t)?);
         // Detached views of the weights and masks: the fused ops then record no graph.
         let w = |t: &Tensor| t.detach();
-        let masks = masks.map(detached).unwrap_or_default();
+        let masks = masks.map(MaskValues::detach).unwrap_or_default();
         self.check_mask_shapes(&masks)?;
         let zh = masks.hidden.as_ref().map(|z| z.to_dtype(candle_core::DType::F32)).transpose()?;
         let zh = zh.as_ref();
@@ -162,7 +162,7 @@ impl Llama {
 
         let (dhf, d_lm_head) = fused::linear_grads(&hf, &w(self.lm_head.weight()), &dlogits.reshape((b, t, ()))?)?;
         drop(dlogits);
-        let (mut dx, d_norm, dz) = fused::masked_rms_norm_grads(&x, &w(&self.norm), zh, &dhf, eps)?;
+        let (mut dx, d_norm, dz) = fused::rms_norm_grads(&x, &w(&self.norm), zh, &dhf, eps)?;
         acc.add_hidden(dz)?;
         grads.insert(&self.norm, d_norm);
         for (i, (blk, s)) in self.blocks.iter().zip(saved).enumerate().rev() {
@@ -180,7 +180,7 @@ impl Llama {
             let (dh_gate, d_gate_w) = fused::linear_grads(&s.h, &w(blk.gate_proj.weight()), &d_gate)?;
             let (dh_up, d_up_w) = fused::linear_grads(&s.h, &w(blk.up_proj.weight()), &d_up)?;
             let (dx1_norm, d_post_norm, dz) =
-                fused::masked_rms_norm_grads(&s.x1, &w(&blk.post_attention_norm), zh, &(dh_gate + dh_up)?, eps)?;
+                fused::rms_norm_grads(&s.x1, &w(&blk.post_attention_norm), zh, &(dh_gate + dh_up)?, eps)?;
             acc.add_hidden(dz)?;
             let dx1 = (dx + dx1_norm)?;
             // x1 = x + o(attention(q(a), k(a), v(a)) ⊙ z_head) ⊙ scale, a = norm(x)
@@ -196,7 +196,7 @@ impl Llama {
             let (da_k, d_k) = fused::linear_grads(&s.a, &w(blk.k_proj.weight()), &dk)?;
             let (da_v, d_v) = fused::linear_grads(&s.a, &w(blk.v_proj.weight()), &dv)?;
             let (dx_norm, d_in_norm, dz) =
-                fused::masked_rms_norm_grads(&s.x, &w(&blk.input_norm), zh, &((da_q + da_k)? + da_v)?, eps)?;
+                fused::rms_norm_grads(&s.x, &w(&blk.input_norm), zh, &((da_q + da_k)? + da_v)?, eps)?;
             acc.add_hidden(dz)?;
             dx = (dx1 + dx_norm)?;
             for (param, g) in [
@@ -264,17 +264,6 @@ impl Llama {
             }
         }
         Ok(total)
-    }
-}
-
-fn detached(m: &MaskValues) -> MaskValues {
-    let d = |t: &Option<Tensor>| t.as_ref().map(|t| t.detach());
-    MaskValues {
-        layer: d(&m.layer),
-        kv_group: d(&m.kv_group),
-        head: d(&m.head),
-        intermediate: d(&m.intermediate),
-        hidden: d(&m.hidden),
     }
 }
 

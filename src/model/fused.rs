@@ -283,7 +283,7 @@ impl CustomOp2 for RmsNorm {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = rms_norm_bwd(self.eps, x, w, None, dy)?;
+        let (dx, dw, _) = rms_norm_grads(x, w, None, dy, self.eps as f64)?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -314,31 +314,21 @@ impl CustomOp3 for RmsNorm {
         _: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, dz) = rms_norm_bwd(self.eps, x, w, Some(z), dy)?;
+        let (dx, dw, dz) = rms_norm_grads(x, w, Some(z), dy, self.eps as f64)?;
         Ok((Some(dx), Some(dw), dz))
     }
 }
 
-/// `(dx, dw, dz)` of [`rms_norm`], `dz` only with a mask.
-pub(crate) fn masked_rms_norm_grads(
+/// `(dx, dw, dz)` of [`rms_norm`] (`dz` only with a mask). With `a = dy ⊙ w ⊙ z` and `r` the row's
+/// inverse RMS: `dx = r·a − r³·x·kept·(a·x)/n_kept`, `dw = Σ_rows dy ⊙ x·r ⊙ z`, `dz = Σ_rows dy ⊙ x·r ⊙ w`.
+pub(crate) fn rms_norm_grads(
     x: &Tensor,
     w: &Tensor,
     z: Option<&Tensor>,
     dy: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-    rms_norm_bwd(eps as f32, x, w, z, dy)
-}
-
-/// Gradients of [`rms_norm`]. With `a = dy ⊙ w ⊙ z` and `r` the row's inverse RMS:
-/// `dx = r·a − r³·x·kept·(a·x)/n_kept`, `dw = Σ_rows dy ⊙ x·r ⊙ z`, `dz = Σ_rows dy ⊙ x·r ⊙ w`.
-fn rms_norm_bwd(
-    eps: f32,
-    x: &Tensor,
-    w: &Tensor,
-    z: Option<&Tensor>,
-    dy: &Tensor,
-) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let eps = eps as f32;
     let dy = dy.contiguous()?;
     let d = x.dim(D::Minus1)?;
     let x = x.contiguous()?;
@@ -667,6 +657,17 @@ pub(crate) fn cross_entropy_grad(logits: &Tensor, targets: &Tensor, dy: &Tensor)
     logits.contiguous()?.apply_op3_no_bwd(&targets.contiguous()?, &dy.contiguous()?, &CrossEntropyBwd)
 }
 
+/// One row of logits overwritten with `dy · (softmax(x) − onehot(target))`, with one exp per logit
+/// (`e^(x − max)` written in place, then scaled by `dy / Σ`); returns the row's NLL.
+fn cross_entropy_row_grad(x: &mut [f32], target: usize, dy: f32) -> f32 {
+    let logit = x[target];
+    let (max, sum) = exp_shifted_in_place(x);
+    let scale = dy / sum;
+    x.iter_mut().for_each(|x| *x *= scale);
+    x[target] -= dy;
+    max + sum.ln() - logit
+}
+
 /// `dlogits[n, j] = dy[n] · (softmax(x_n)_j − [j = t_n])`.
 struct CrossEntropyBwd;
 
@@ -685,17 +686,10 @@ impl CustomOp3 for CrossEntropyBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, t, dy) = (f32s(s1, l1, self.name())?, u32s(s2, l2, self.name())?, f32s(s3, l3, self.name())?);
         let v = last_dim(l1);
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(v).zip(x.par_chunks(v)).zip(t.par_iter().zip(dy.par_iter())).for_each(
-            |((dx, x), (&t, &dy))| {
-                let (max, lse) = log_sum_exp(x);
-                let shift = max + lse;
-                for (d, x) in dx.iter_mut().zip(x) {
-                    *d = dy * exp(x - shift);
-                }
-                dx[t as usize] -= dy;
-            },
-        );
+        let mut dx = x.to_vec();
+        dx.par_chunks_mut(v).zip(t.par_iter().zip(dy.par_iter())).for_each(|(dx, (&t, &dy))| {
+            cross_entropy_row_grad(dx, t as usize, dy);
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -1118,13 +1112,7 @@ impl candle_core::InplaceOp2 for CrossEntropyInPlace {
         }
         let mut nll = vec![0f32; t.len()];
         nll.par_iter_mut().zip(x.par_chunks_mut(v)).zip(t.par_iter()).for_each(|((nll, x), &t)| {
-            // One exp per logit: e^(x − max) is written in place, then scaled by dy / Σ.
-            let target = x[t as usize];
-            let (max, sum) = exp_shifted_in_place(x);
-            *nll = max + sum.ln() - target;
-            let scale = self.dy / sum;
-            x.iter_mut().for_each(|x| *x *= scale);
-            x[t as usize] -= self.dy;
+            *nll = cross_entropy_row_grad(x, t as usize, self.dy);
         });
         *self.nll.lock().map_err(|_| candle_core::Error::Msg("cross-entropy: poisoned lock".into()))? = nll;
         Ok(())

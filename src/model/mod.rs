@@ -96,6 +96,20 @@ pub struct MaskValues {
     pub hidden: Option<Tensor>,
 }
 
+impl MaskValues {
+    /// The same values cut from the graph that produced them.
+    pub fn detach(&self) -> MaskValues {
+        let d = |t: &Option<Tensor>| t.as_ref().map(|t| t.detach());
+        MaskValues {
+            layer: d(&self.layer),
+            kv_group: d(&self.kv_group),
+            head: d(&self.head),
+            intermediate: d(&self.intermediate),
+            hidden: d(&self.hidden),
+        }
+    }
+}
+
 /// The per-block slices of [`MaskValues`].
 struct BlockMasks<'a> {
     layer: Option<Tensor>,

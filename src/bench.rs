@@ -141,7 +141,7 @@ pub fn bench_prune(
     let config = PruneConfig { batch_size: batch, seq_len, ..PruneConfig::for_steps(1000) };
     let mut pruner = Pruner::new(cfg, weights, target, &config)?;
     let ids = bench_ids(cfg.vocab_size, batch, seq_len, pruner.model().device())?;
-    let (runs, secs) = time(reps, || pruner.step(&ids).map(|_| ()))?;
+    let (runs, secs) = time(reps, || pruner.step(std::slice::from_ref(&ids)).map(|_| ()))?;
     Ok(row("prune", batch, seq_len, runs, secs, batch * seq_len))
 }
 

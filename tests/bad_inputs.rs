@@ -211,4 +211,17 @@ fn bad_targets_fail_before_any_work() {
         );
         assert!(!out.exists(), "no run directory for a rejected target");
     }
+    // Sizes that leave nothing to train on.
+    let target = tmp.path().join("t0.toml");
+    std::fs::write(&target, "layers = 1\nhidden = 16\nheads = 2\nkv_heads = 1\nintermediate = 24").unwrap();
+    for (flag, value, needle) in [
+        ("--grad-accum", "0", "gradient accumulation must be positive"),
+        ("--batch-size", "0", "batch size and gradient accumulation must be positive"),
+        ("--seq-len", "1", "needs at least 2 tokens, got 1"),
+    ] {
+        let out = tmp.path().join("run-sizes");
+        let args = ["prune", "--model", s(&dir), "--target", s(&target), "--data", s(&text), "--steps", "2"];
+        assert_fails_with(&[&args[..], &["--out", s(&out), flag, value]].concat(), &[needle]);
+        assert!(!out.exists(), "no run directory for {flag} {value}");
+    }
 }

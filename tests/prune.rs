@@ -91,6 +91,46 @@ fn materialized_model_round_trips_through_hf_format() {
     assert_eq!(max_abs_diff(&a, &b), 0.0);
 }
 
+/// Gradient accumulation (spec §4.4): one step over the micro-batches [a, b] has the mean of the
+/// gradients of two one-micro-batch steps that draw the same masks in turn. So each micro-batch gets a
+/// fresh mask sample, the loss is normalized over all sequences, and the Lagrangian counts once.
+#[test]
+fn accumulated_pruning_gradients_average_the_micro_batches() {
+    use shear::train::pruning::{PruneConfig, Pruner};
+    let (_, cfg) = tiny_configs().into_iter().find(|(n, _)| *n == "gqa_tied").unwrap();
+    let target = targets()[2];
+    let weights = random_model(&cfg, 8);
+    // No warm-ups: the first step moves λ away from 0, so that the Lagrangian reaches log-α as well.
+    let config = PruneConfig { lr_warmup_steps: 0, lagrangian_warmup_steps: 0, ..PruneConfig::for_steps(10) };
+    let (mut accumulated, mut separate) = (
+        Pruner::new(&cfg, weights.clone(), &target, &config).unwrap(),
+        Pruner::new(&cfg, weights, &target, &config).unwrap(),
+    );
+    let first = random_ids(2, 9, cfg.vocab_size, 1);
+    for p in [&mut accumulated, &mut separate] {
+        p.step(std::slice::from_ref(&first)).unwrap();
+    }
+    let (a, b) = (random_ids(2, 9, cfg.vocab_size, 2), random_ids(2, 9, cfg.vocab_size, 3));
+    let (loss, _, g) = accumulated.gradients(&[a.clone(), b.clone()]).unwrap();
+    let (loss_a, _, ga) = separate.gradients(&[a]).unwrap();
+    let (loss_b, _, gb) = separate.gradients(&[b]).unwrap();
+    assert!((loss - (loss_a + loss_b) / 2.0).abs() < 1e-6, "{loss} vs {loss_a}, {loss_b}");
+    // Vars in order: weights, log-α (one per family), λ1 and λ2 per family.
+    let families = accumulated.masks().vars().len();
+    let n = accumulated.vars().len();
+    let mut checked = [0; 3];
+    for (i, (v, w)) in accumulated.vars().iter().zip(separate.vars()).enumerate() {
+        let got = g.get(v.as_tensor()).unwrap();
+        let want = ((ga.get(w.as_tensor()).unwrap() + gb.get(w.as_tensor()).unwrap()).unwrap() / 2.0).unwrap();
+        let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = max_abs_diff(got, &want);
+        assert!(d <= 1e-5 * scale + 1e-7, "var {i}: max |Δ| {d} at scale {scale}");
+        let group = [n - 3 * families, n - 2 * families].iter().filter(|&&start| i >= start).count();
+        checked[group] += (scale > 0.0) as usize;
+    }
+    assert!(checked.iter().all(|&n| n > 0), "non-zero gradients in every group: {checked:?}");
+}
+
 mod run {
     use super::*;
     use shear::data::TextData;

@@ -1,5 +1,6 @@
-//! Continued pre-training through the CLI on a tiny model and corpus: SIGKILL + resume ≡ uninterrupted,
-//! proportions that move under `doremi` and stay under `constant`, and the from-scratch baseline.
+//! Continued pre-training through the CLI on a tiny model and corpus: SIGKILL or Ctrl-C + resume ≡
+//! uninterrupted, proportions that move under `doremi` and stay under `constant`, and the from-scratch
+//! baseline.
 
 mod common;
 
@@ -93,7 +94,7 @@ fn checkpoint_tensors(run: &Path) -> Vec<(String, Vec<f32>)> {
 }
 
 #[test]
-fn sigkill_and_resume_equals_uninterrupted() {
+fn killed_or_interrupted_then_resumed_equals_uninterrupted() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, corpus, reference) = setup(tmp.path());
 
@@ -127,6 +128,35 @@ fn sigkill_and_resume_equals_uninterrupted() {
     assert_eq!(checkpoint_tensors(&straight), checkpoint_tensors(&killed), "weights or optimizer moments differ");
     assert_eq!(without_timing(&straight.join("metrics.jsonl")), without_timing(&killed.join("metrics.jsonl")));
     assert_eq!(read_jsonl(&straight.join("evals.jsonl")).unwrap(), read_jsonl(&killed.join("evals.jsonl")).unwrap());
+
+    // Ctrl-C after step 3 (between checkpoints): the run finishes its step, checkpoints it, exits with 130
+    // and says how to go on; resumed, it again ends where the uninterrupted run did.
+    let interrupted = tmp.path().join("interrupted");
+    let child = bin()
+        .args(train_args(&model, &corpus, &reference, &interrupted, "doremi"))
+        .args(["--step-delay-ms", "400"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while read_jsonl(&interrupted.join("metrics.jsonl")).map(|m| m.len()).unwrap_or(0) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the run did not reach step 3");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let logged = read_jsonl(&interrupted.join("metrics.jsonl")).unwrap().len();
+    let (_, state) = shear::train::checkpoint::load(&interrupted, &candle_core::Device::Cpu).unwrap();
+    assert!(logged < 8, "interrupted before the end");
+    assert_eq!(state["step"].as_u64(), Some(logged as u64), "the checkpoint holds every logged step");
+    assert!(stderr.contains("shear train --resume --out"), "{stderr}");
+    let out = bin().args(["train", "--resume", "--out", s(&interrupted)]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(checkpoint_tensors(&straight), checkpoint_tensors(&interrupted));
+    assert_eq!(without_timing(&straight.join("metrics.jsonl")), without_timing(&interrupted.join("metrics.jsonl")));
 
     // doremi moved the proportions; every logged loss is finite even for domains absent from a batch.
     let evals = read_jsonl(&straight.join("evals.jsonl")).unwrap();

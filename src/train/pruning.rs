@@ -1,9 +1,10 @@
 //! The pruning stage (spec §4.5): the source model trained together with its masks, the Lagrangian pulling
 //! each mask family to its target sparsity.
 //!
-//! One step: clamp log-α → draw masks → masked LM loss + Lagrangian → backward → clip the global gradient
-//! norm over weights, log-α and λ → AdamW on the three groups (weights, log-α, λ with a negative learning
-//! rate), all scaled by one cosine-with-warmup schedule. Every `eval_interval` steps the deterministic
+//! One step: clamp log-α → per micro-batch, draw masks → masked LM loss → backward, accumulated; plus the
+//! Lagrangian's gradient once → clip the global gradient norm over weights, log-α and λ → AdamW on the
+//! three groups (weights, log-α, λ with a negative learning rate), all scaled by one cosine-with-warmup
+//! schedule. Every `eval_interval` steps the deterministic
 //! masks (expected counts) are evaluated on held-out text and saved.
 //!
 //! A run directory holds `run.json` (what was asked), `target.toml`, `metrics.jsonl` (one line per step),
@@ -14,6 +15,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -21,7 +23,7 @@ use serde_json::{json, Map, Value};
 use super::checkpoint;
 use super::optim::{AdamW, AdamWConfig, CosineSchedule};
 use super::run::{read_spec, RunLogs, RunSummary};
-use super::step::update;
+use super::step::{accumulate, update};
 use crate::config::LlamaConfig;
 use crate::data::loader::{LoaderState, UpdateRule};
 use crate::data::{CorpusFeed, TextData};
@@ -36,7 +38,12 @@ use crate::rng::Rng;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PruneConfig {
     pub steps: usize,
+    /// Sequences per micro-batch (one forward, one mask sample).
     pub batch_size: usize,
+    /// Micro-batches per optimizer step, each with its own mask sample (spec §4.4: the paper's 32
+    /// sequences per step are 8 devices × 4, one draw per device).
+    #[serde(default = "one")]
+    pub grad_accum: usize,
     pub seq_len: usize,
     /// Learning rate of the model weights.
     pub lr: f64,
@@ -65,6 +72,10 @@ pub struct PruneConfig {
     pub reference_losses: Vec<f64>,
 }
 
+fn one() -> usize {
+    1
+}
+
 fn constant_rule() -> UpdateRule {
     UpdateRule::Constant
 }
@@ -78,6 +89,7 @@ impl PruneConfig {
         Self {
             steps,
             batch_size: 4,
+            grad_accum: 1,
             seq_len: 256,
             lr: 1e-4,
             mask_lr: 1.0,
@@ -94,6 +106,17 @@ impl PruneConfig {
             proportions: vec![],
             reference_losses: vec![],
         }
+    }
+
+    /// Sizes that leave nothing to train on are refused before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return Err(Error::Invalid("batch size and gradient accumulation must be positive".into()));
+        }
+        if self.seq_len < 2 {
+            return Err(Error::Invalid(format!("a training sequence needs at least 2 tokens, got {}", self.seq_len)));
+        }
+        Ok(())
     }
 }
 
@@ -213,42 +236,61 @@ impl Pruner {
         })
     }
 
-    /// One optimizer step on `batch: [b, seq]`: clamp log-α → draw masks → masked LM loss + Lagrangian →
-    /// backward → clip the global norm over weights, log-α and λ → AdamW on the three groups.
-    pub fn step(&mut self, batch: &Tensor) -> Result<PruneStep> {
-        let step = self.step;
-        self.masks.clamp_in_place()?;
-        let z = self.masks.sample(&mut self.rng)?;
-        let (lag, stats) = self.lagrangian.loss(&self.masks.expected_sparsity()?, step)?;
-        let lag = lag.to_device(&self.device)?;
-        let (lm_loss, grads) = if self.model.hand_backward_applies() {
-            // The model's hand-written backward up to the mask values, then autograd over the small graph
-            // from log-α to the masks and the Lagrangian.
-            let out = self.model.lm_loss_grads(batch, batch.dim(0)?, Some(&z))?;
-            let lm_loss = out.per_sample.iter().map(|&l| l as f64).sum::<f64>() / out.per_sample.len() as f64;
-            check_finite(lm_loss, step)?;
-            let small = (self.model.mask_surrogate(&z, &out.masks)? + lag)?.backward()?;
-            let mut grads = out.weights;
-            for v in self.masks.vars().iter().chain(&self.lagrangian.vars()) {
-                if let Some(g) = small.get(v.as_tensor()) {
-                    grads.insert(v.as_tensor(), g.clone());
-                }
-            }
-            (lm_loss, grads)
-        } else {
-            let lm = self.model.lm_loss(batch, Kernels::Differentiable, Some(&z))?;
-            let lm_loss = lm.to_scalar::<f32>()? as f64;
-            check_finite(lm_loss, step)?;
-            (lm_loss, (&lm + lag)?.backward()?)
-        };
-        let lr_factor = self.schedule.factor(step);
+    /// One optimizer step on the micro-batches `[b, seq]` of one batch: [`Pruner::gradients`], then clip
+    /// the global norm over weights, log-α and λ and step AdamW on the three groups.
+    pub fn step(&mut self, micro_batches: &[Tensor]) -> Result<PruneStep> {
+        let (lm_loss, stats, grads) = self.gradients(micro_batches)?;
+        let lr_factor = self.schedule.factor(self.step);
         let grad_norm = update(&mut self.optimizers, &grads, &self.all_vars, lr_factor, self.max_grad_norm)?;
         self.step += 1;
         Ok(PruneStep { lm_loss, stats, grad_norm, lr_factor })
     }
 
+    /// The current step's loss and gradients, without the update: clamp log-α; per micro-batch a fresh mask
+    /// sample, the masked LM loss and its backward, accumulated so that the sum is the gradient of the mean
+    /// loss over all sequences; the Lagrangian's gradient once (it depends on log-α and λ only). Returns the
+    /// mean LM loss, the per-family constraint statistics and the gradients of every trained var.
+    pub fn gradients(&mut self, micro_batches: &[Tensor]) -> Result<(f64, Vec<FamilyStat>, GradStore)> {
+        let step = self.step;
+        self.masks.clamp_in_place()?;
+        let (lag, stats) = self.lagrangian.loss(&self.masks.expected_sparsity()?, step)?;
+        let mut grads = Some(lag.to_device(&self.device)?.backward()?);
+        let n_samples = micro_batches.iter().map(|b| b.dim(0)).sum::<candle_core::Result<usize>>()?;
+        let mut loss_sum = 0.0;
+        for batch in micro_batches {
+            let z = self.masks.sample(&mut self.rng)?;
+            let micro = if self.model.hand_backward_applies() {
+                // The model's hand-written backward up to the mask values, then autograd over the small
+                // graph from log-α to the masks.
+                let out = self.model.lm_loss_grads(batch, n_samples, Some(&z))?;
+                loss_sum += out.per_sample.iter().map(|&l| l as f64).sum::<f64>();
+                let mut to_log_alpha = self.model.mask_surrogate(&z, &out.masks)?.backward()?;
+                let mut micro = out.weights;
+                for v in self.masks.vars() {
+                    if let Some(g) = to_log_alpha.remove(v.as_tensor()) {
+                        micro.insert(v.as_tensor(), g);
+                    }
+                }
+                micro
+            } else {
+                let lm = self.model.lm_loss(batch, Kernels::Differentiable, Some(&z))?;
+                let b = batch.dim(0)?;
+                loss_sum += lm.to_scalar::<f32>()? as f64 * b as f64;
+                (lm * (b as f64 / n_samples as f64))?.backward()?
+            };
+            grads = Some(accumulate(grads, micro, &self.all_vars)?);
+        }
+        let lm_loss = loss_sum / n_samples as f64;
+        check_finite(lm_loss, step)?;
+        Ok((lm_loss, stats, grads.expect("the Lagrangian's gradients")))
+    }
+
     pub fn model(&self) -> &Llama {
         &self.model
+    }
+    /// Every trained var: the weights, then log-α, then λ.
+    pub fn vars(&self) -> &[candle_core::Var] {
+        &self.all_vars
     }
     pub fn masks(&self) -> &MaskSet {
         &self.masks
@@ -327,6 +369,7 @@ pub fn prune(
     mut on_step: impl FnMut(&StepRecord) -> ControlFlow<()>,
 ) -> Result<RunSummary> {
     let c = &spec.config;
+    c.validate()?;
     let device = source_weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
     let mut st = Pruner::new(source_cfg, source_weights, &spec.target, c)?;
     if resume {
@@ -341,11 +384,13 @@ pub fn prune(
 
     while st.step < c.steps {
         let t0 = Instant::now();
-        let batch = match data {
-            PruneData::Text(t) => t.sample_batch(c.batch_size, c.seq_len, &mut st.rng, &device)?,
-            PruneData::Corpus(feed) => feed.next_batch(c.batch_size, &device)?.0,
-        };
-        let PruneStep { lm_loss, stats, grad_norm: norm, lr_factor: factor } = st.step(&batch)?;
+        let micro_batches = (0..c.grad_accum)
+            .map(|_| match data {
+                PruneData::Text(t) => t.sample_batch(c.batch_size, c.seq_len, &mut st.rng, &device),
+                PruneData::Corpus(feed) => Ok(feed.next_batch(c.batch_size, &device)?.0),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let PruneStep { lm_loss, stats, grad_norm: norm, lr_factor: factor } = st.step(&micro_batches)?;
 
         let expected_params = st.masks.scores()?.expected_params(source_cfg);
         let mut m = Map::new();
@@ -366,7 +411,7 @@ pub fn prune(
         }
         let seconds = t0.elapsed().as_secs_f64();
         m.insert("seconds".into(), seconds.into());
-        m.insert("tokens".into(), (st.step * c.batch_size * c.seq_len).into());
+        m.insert("tokens".into(), (st.step * c.grad_accum * c.batch_size * c.seq_len).into());
         logs.metrics.write(&Value::Object(m.clone()))?;
 
         let last = st.step == c.steps;

@@ -6,14 +6,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use tracing::info;
 
 use shear::io;
 
 mod bench;
 mod data;
+mod interrupt;
 mod model;
+mod progress;
 mod prune;
 mod train;
 
@@ -105,17 +106,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Init(a) => init_cmd(a),
         Command::Bench(c) => bench_cmd(c),
     }
-}
-
-fn progress_bar(len: usize, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    pb
 }
 
 fn load(dir: &Path, device: &DeviceArgs) -> Result<(shear::io::LoadedModel, tokenizers::Tokenizer)> {

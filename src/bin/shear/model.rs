@@ -11,7 +11,8 @@ use shear::eval::{self, EvalResult};
 use shear::generate::{self, Sampling};
 use shear::io::{self, hf, SaveOptions};
 
-use crate::{load, progress_bar};
+use crate::load;
+use crate::progress::Progress;
 
 #[derive(Args)]
 pub struct DeviceArgs {
@@ -99,12 +100,9 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
         ..Default::default()
     };
     let out = if let Some(gguf) = &a.gguf {
-        let pb = progress_bar(0, "dequantize");
-        let out = io::gguf::convert_gguf(gguf, &a.out, opts, |done, total| {
-            pb.set_length(total as u64);
-            pb.set_position(done as u64);
-        })?;
-        pb.finish_and_clear();
+        let pb = Progress::new(0, "dequantize");
+        let out = io::gguf::convert_gguf(gguf, &a.out, opts, |done, total| pb.update(done, total, None))?;
+        pb.finish();
         out
     } else {
         let src = a.hf.as_ref().expect("clap enforces --gguf or --hf");
@@ -139,13 +137,12 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     if let Some(n) = a.max_tokens {
         ids.truncate(n);
     }
-    let pb = progress_bar(0, "eval");
+    let pb = Progress::new(0, "eval");
     let t = Instant::now();
     let r: EvalResult = eval::evaluate_ids(&loaded.model, &ids, a.seq_len, a.batch_size, None, |done, total| {
-        pb.set_length(total as u64);
-        pb.set_position(done as u64);
+        pb.update(done, total, None)
     })?;
-    pb.finish_and_clear();
+    pb.finish();
     let secs = t.elapsed().as_secs_f64();
     if a.json {
         let mut v = serde_json::to_value(&r)?;
@@ -170,14 +167,12 @@ pub fn eval_corpus_cmd(a: &EvalArgs, dir: &Path) -> Result<()> {
         std::fs::read(a.model.join("tokenizer.json")).with_context(|| format!("{}", a.model.display()))?;
     corpus.check_tokenizer(&tokenizer_json, &a.model)?;
     let (loaded, _) = load(&a.model, &a.device)?;
-    let pb = progress_bar(0, "eval");
+    let pb = Progress::new(0, "eval");
     let t = Instant::now();
     let rows = eval::evaluate_corpus(&loaded.model, &corpus, a.max_sequences, a.batch_size, None, |d, done, total| {
-        pb.set_message(d.to_string());
-        pb.set_length(total as u64);
-        pb.set_position(done as u64);
+        pb.update(done, total, Some(&d))
     })?;
-    pb.finish_and_clear();
+    pb.finish();
     if a.json {
         let v = serde_json::json!({"model": a.model, "data": dir, "seq_len": corpus.seq_len(), "domains": rows,
             "seconds": t.elapsed().as_secs_f64()});

@@ -10,7 +10,8 @@ use shear::eval;
 use shear::io::{self, hf};
 
 use crate::data::{parse_domain_map, reference_losses, MixtureArgs};
-use crate::progress_bar;
+use crate::interrupt::StopRequest;
+use crate::progress::Progress;
 
 #[derive(Args)]
 pub struct PruneArgs {
@@ -36,8 +37,12 @@ pub struct PruneArgs {
     /// Optimizer steps.
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Sequences per micro-batch (one forward and one mask sample each).
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
+    /// Micro-batches per optimizer step (gradient accumulation; a fresh mask sample for each).
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
     #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
     /// Learning rate of the model weights.
@@ -125,6 +130,7 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
         let target = shear::prune::TargetShape::load(&target)?;
         let mut config = PruneConfig::for_steps(steps);
         config.batch_size = a.batch_size;
+        config.grad_accum = a.grad_accum;
         config.seq_len = a.seq_len;
         config.lr = a.lr;
         config.mask_lr = a.mask_lr;
@@ -142,6 +148,7 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
     };
     let mut spec = spec;
     // Check everything before any work starts.
+    spec.config.validate()?;
     let cfg = hf::load_config(&spec.source_model)?;
     spec.target.validate(&cfg)?;
     let tok = io::load_tokenizer(&spec.source_model)?;
@@ -195,20 +202,21 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
     }
     let target_cfg = spec.target.config(&cfg);
     info!(
-        "pruning {} ({:.1}M parameters) to {} ({:.1}M) on {}, {} steps of {}x{}",
+        "pruning {} ({:.1}M parameters) to {} ({:.1}M) on {}, {} steps of {}x{}x{}",
         spec.source_model.display(),
         cfg.param_counts().total() as f64 / 1e6,
         spec.target,
         target_cfg.param_counts().total() as f64 / 1e6,
         spec.data.display(),
         spec.config.steps,
+        spec.config.grad_accum,
         spec.config.batch_size,
         spec.config.seq_len
     );
-    let pb = progress_bar(spec.config.steps, "prune");
+    let pb = Progress::new(spec.config.steps, "prune");
+    let stop = StopRequest::install()?;
     let summary = pruning::prune(&a.out, &spec, &cfg, weights, &mut data, a.resume, |r| {
-        pb.set_position(r.step as u64);
-        pb.set_message(format!("loss {:.3}", r.lm_loss));
+        pb.update(r.step, spec.config.steps, Some(&format_args!("loss {:.3}", r.lm_loss)));
         tracing::debug!(
             "step {} lm {:.4} lag {:.4} E[params] {:.2}M",
             r.step,
@@ -223,9 +231,9 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
                 r.expected_params / 1e6
             ));
         }
-        std::ops::ControlFlow::Continue(())
+        stop.control(r.step, "prune", &a.out, |m| pb.warn(m))
     })?;
-    pb.finish_and_clear();
+    pb.finish();
     info!(
         "{} steps in {:.1}s/step; run in {} (materialize with `shear materialize --run {} --out DIR`)",
         summary.steps_run,
@@ -233,6 +241,7 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
         a.out.display(),
         a.out.display()
     );
+    stop.exit_if_stopped_early(summary.final_step, spec.config.steps);
     Ok(())
 }
 

@@ -9,7 +9,8 @@ use tracing::info;
 use shear::io::{self, hf, SaveOptions};
 
 use crate::data::{parse_domain_map, reference_losses, MixtureArgs};
-use crate::progress_bar;
+use crate::interrupt::StopRequest;
+use crate::progress::Progress;
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -142,12 +143,12 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
         corpus.seq_len(),
         spec.config.update_rule
     );
-    let pb = progress_bar(spec.config.steps, "train");
+    let pb = Progress::new(spec.config.steps, "train");
     let delay = std::time::Duration::from_millis(a.step_delay_ms);
     let domains = corpus.domains.clone();
+    let stop = StopRequest::install()?;
     let summary = continued::train(&a.out, &spec, &cfg, weights, corpus, a.resume, |r| {
-        pb.set_position(r.step as u64);
-        pb.set_message(format!("loss {:.3}", r.loss));
+        pb.update(r.step, spec.config.steps, Some(&format_args!("loss {:.3}", r.loss)));
         if let Some((losses, props)) = r.eval {
             let fmt = |v: &[f64], p: usize| {
                 domains.iter().zip(v).map(|(d, x)| format!("{d} {x:.p$}")).collect::<Vec<_>>().join(", ")
@@ -158,10 +159,11 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        std::ops::ControlFlow::Continue(())
+        stop.control(r.step, "train", &a.out, |m| pb.warn(m))
     })?;
-    pb.finish_and_clear();
+    pb.finish();
     info!("{} steps at {:.2}s/step; run in {}", summary.steps_run, summary.mean_step_seconds, a.out.display());
+    stop.exit_if_stopped_early(summary.final_step, spec.config.steps);
     Ok(())
 }
 

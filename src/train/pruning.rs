@@ -4,8 +4,8 @@
 //! One step: clamp log-α → per micro-batch, draw masks → masked LM loss → backward, accumulated; plus the
 //! Lagrangian's gradient once → clip the global gradient norm over weights, log-α and λ → AdamW on the
 //! three groups (weights, log-α, λ with a negative learning rate), all scaled by one cosine-with-warmup
-//! schedule. Every `eval_interval` steps the deterministic
-//! masks (expected counts) are evaluated on held-out text and saved.
+//! schedule. Every `eval_interval` steps the deterministic masks (expected counts) are evaluated on
+//! held-out text and saved.
 //!
 //! A run directory holds `run.json` (what was asked), `target.toml`, `metrics.jsonl` (one line per step),
 //! `evals.jsonl`, `masks/step_NNNNNN.safetensors` (log-α and deterministic masks) and `checkpoint/`.

@@ -15,8 +15,14 @@ const LOG_EVERY: Duration = Duration::from_secs(60);
 pub struct Progress {
     bar: ProgressBar,
     what: &'static str,
-    started: Instant,
-    last_logged: Mutex<Instant>,
+    log: Mutex<LogState>,
+}
+
+/// What a hidden bar needs for its log lines: when it last wrote one, and the first position it was given
+/// with its time (a resumed run starts past 0; the rate counts from there).
+struct LogState {
+    last: Instant,
+    first: Option<(Instant, usize)>,
 }
 
 impl Progress {
@@ -29,8 +35,7 @@ impl Progress {
                 .progress_chars("=> "),
         );
         bar.set_message(what);
-        let now = Instant::now();
-        Self { bar, what, started: now, last_logged: Mutex::new(now) }
+        Self { bar, what, log: Mutex::new(LogState { last: Instant::now(), first: None }) }
     }
 
     /// `done` of `total` units, with a short status shown after the name (e.g. the loss).
@@ -43,15 +48,19 @@ impl Progress {
         if !self.bar.is_hidden() {
             return;
         }
-        let mut last = self.last_logged.lock().expect("progress lock");
-        if last.elapsed() < LOG_EVERY || done == 0 || done >= total {
+        let mut log = self.log.lock().expect("progress lock");
+        let (t0, done0) = *log.first.get_or_insert((Instant::now(), done));
+        if log.last.elapsed() < LOG_EVERY || done <= done0 || done >= total {
             return;
         }
-        *last = Instant::now();
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let eta = elapsed / done as f64 * (total - done) as f64;
+        log.last = Instant::now();
+        let per_unit = t0.elapsed().as_secs_f64() / (done - done0) as f64;
         let status = status.map(|s| format!(", {s}")).unwrap_or_default();
-        info!("{} {done}/{total}{status} ({:.0} s, eta {:.0} s)", self.what, elapsed, eta);
+        info!(
+            "{} {done}/{total}{status} ({per_unit:.2} s each, eta {:.0} s)",
+            self.what,
+            per_unit * (total - done) as f64
+        );
     }
 
     /// A line that stays: above the bar on a terminal, in the log otherwise.

@@ -153,7 +153,8 @@ println!("source {:.1}M parameters -> target {} ({:.1}M)", cfg.param_counts().to
 
 The paper prunes for 3,200 steps with the target warmed up over the first 640. Here a few dozen steps of
 2 × 128 tokens keep the notebook within minutes on two CPU cores (quick mode: a handful). The full-length
-recipe is one line away: `PruneConfig::for_steps(3200)` with `batch_size = 4`, `seq_len = 256`.
+recipe is one line away: `PruneConfig::for_steps(3200)` with `batch_size = 4`, `grad_accum = 8` (the paper's
+32 sequences a step, one mask draw per micro-batch of 4), `seq_len = 256` (the paper: 4,096).
 """),
     code(r"""
 let mut config = PruneConfig::for_steps(notebook::size(40, 4));
@@ -201,9 +202,9 @@ report::charts::table(&metrics.select(["step", "lm_loss", "lagrangian", "expecte
     code("report::views::sparsity_chart(&report::runs::prune_metrics(&run)?)?", chart=True),
     code("report::views::params_chart(&report::runs::prune_metrics(&run)?, tcfg.param_counts().total() as f64)?", chart=True),
     md(r"""
-A short run cannot reach the target: the target only finishes warming up at the end. The 400-step run shipped
-in `data/runs/prune-smollm2-default` (made with the CLI, 10 s/step here) tracks every family within 0.0035
-of its target at the end; `03-inspect` looks at it.
+A short run cannot reach the target: the target only finishes warming up at the end. The 800-step run shipped
+in `data/runs/prune-smollm2-default` (made with the CLI, 3.1 s/step here) is within 0.0072 of every family's
+target when its 600-step warm-up ends and within 0.001 at its last step; `03-inspect` looks at it.
 """),
     code(r"""
 let shipped = root.join("data/runs/prune-smollm2-default");
@@ -221,8 +222,8 @@ is a valid uniform config. This notebook looks at those decisions: which layers 
 query heads survive in each KV group, how many intermediate and hidden dims, and how confident the masks are.
 
 It reads any pruning run directory. By default the one shipped with the repository,
-`data/runs/prune-smollm2-default` (400 steps of 2 × 256 tokens of Shakespeare, SmolLM2-135M → the default
-target); set `RUN` to `02-prune`'s run (`runs/notebooks/prune`) to inspect that one instead.
+`data/runs/prune-smollm2-default` (800 steps of 2 × 256 tokens of Shakespeare, SmolLM2-135M → the default
+target, the target warmed up over the first 600); set `RUN` to `02-prune`'s run (`runs/notebooks/prune`) to inspect that one instead.
 
 CLI equivalent: `shear inspect --run RUN --charts DIR`.
 """),

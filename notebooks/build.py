@@ -185,7 +185,7 @@ let mut data = PruneData::Text(shear::data::TextData::from_file(&text, &tok, 0.0
 let spec = RunSpec { source_model: source.clone(), data: std::fs::canonicalize(&text)?, target: target.clone(), config: config.clone() };
 let summary = pruning::prune(&run, &spec, &cfg, weights, &mut data, false, |r| {
     if let Some(nll) = r.eval_nll {
-        println!("step {:3}: lm loss {:.3}, held-out NLL {:.3}, E[params] {:.1}M", r.step, r.lm_loss, nll, r.expected_params / 1e6);
+        println!("step {:3}: lm loss {:.3}, held-out NLL {:.3}, E[attention+MLP params] {:.1}M", r.step, r.lm_loss, nll, r.expected_params / 1e6);
     }
     std::ops::ControlFlow::Continue(())
 })?;
@@ -200,7 +200,7 @@ report::charts::table(&metrics.select(["step", "lm_loss", "lagrangian", "expecte
     code("report::views::lagrangian_chart(&report::runs::prune_metrics(&run)?)?", chart=True),
     code("report::views::lambda_chart(&report::runs::prune_metrics(&run)?)?", chart=True),
     code("report::views::sparsity_chart(&report::runs::prune_metrics(&run)?)?", chart=True),
-    code("report::views::params_chart(&report::runs::prune_metrics(&run)?, tcfg.param_counts().total() as f64)?", chart=True),
+    code("report::views::params_chart(&report::runs::prune_metrics(&run)?, shear::prune::masks::prunable_params(&tcfg))?", chart=True),
     md(r"""
 A short run cannot reach the target: the target only finishes warming up at the end. The 800-step run shipped
 in `data/runs/prune-smollm2-default` (made with the CLI, 3.1 s/step here) is within 0.0072 of every family's

@@ -32,6 +32,12 @@ fn shipped_run_keeps_exactly_the_target_in_every_layer() {
     for (a, b) in e.iter().zip(&g) {
         assert!((a - b).abs() < 0.001, "expected {a} vs target {b}");
     }
+    // The logged expected size is the attention + MLP count, so it ends at the target's same count (the
+    // params chart's target line), not at the target's total.
+    let metrics = runs::prune_metrics(Path::new(RUN)).unwrap();
+    let last = *runs::floats(&metrics, "expected_params").unwrap().last().unwrap();
+    let target = shear::prune::masks::prunable_params(&t.config(masks.source()));
+    assert!((last / target - 1.0).abs() < 0.005, "expected_params {last} vs the target's {target}");
 }
 
 #[test]

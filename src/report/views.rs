@@ -10,7 +10,7 @@ use super::runs::{prune_evals, prune_metrics, train_evals, train_metrics, xy};
 use super::{kept_heads_by_group, polars_err, run_masks};
 use crate::error::{Error, Result};
 use crate::prune::hard_concrete as hc;
-use crate::prune::masks::{layouts, Deterministic, Family, MaskSet};
+use crate::prune::masks::{layouts, prunable_params, Deterministic, Family, MaskSet};
 use crate::prune::TargetShape;
 use crate::LlamaConfig;
 
@@ -87,12 +87,13 @@ pub fn lambda_chart(metrics: &DataFrame) -> Result<Svg> {
     line_chart(&Axes::new("Lagrange multipliers (gradient ascent)", "optimizer step", "multiplier value"), &lines)
 }
 
-/// Expected parameter count of the masked model, over steps, against the target's.
+/// Expected attention + MLP parameter count under the masks (`expected_params`, the part the masks prune),
+/// over steps, against the same count of the target shape ([`prunable_params`] of its config).
 pub fn params_chart(metrics: &DataFrame, target_params: f64) -> Result<Svg> {
     let pts: Vec<(f64, f64)> = xy(metrics, "step", "expected_params")?.into_iter().map(|(x, y)| (x, y / 1e6)).collect();
     let (x0, x1) = (pts.first().map(|p| p.0).unwrap_or(0.0), pts.last().map(|p| p.0).unwrap_or(1.0));
     line_chart(
-        &Axes::new("Expected model size under the masks", "optimizer step", "parameters (millions)"),
+        &Axes::new("Expected attention + MLP parameters under the masks", "optimizer step", "parameters (millions)"),
         &[
             Line::new("expected", pts),
             Line::dashed("target", vec![(x0, target_params / 1e6), (x1, target_params / 1e6)]).color(1),
@@ -272,7 +273,7 @@ pub fn run_charts(run: &Path, step: Option<usize>) -> Result<Vec<(String, Svg)>>
         out.push(("lagrangian".into(), lagrangian_chart(&metrics)?));
         out.push(("lambdas".into(), lambda_chart(&metrics)?));
         let (_, masks) = run_masks(run, step)?;
-        let target_params = masks.target().config(masks.source()).param_counts().total() as f64;
+        let target_params = prunable_params(&masks.target().config(masks.source()));
         out.push(("params".into(), params_chart(&metrics, target_params)?));
         out.push(("heads".into(), heads_heatmap(&masks)?));
         out.push(("intermediate".into(), intermediate_chart(&masks)?));

@@ -218,7 +218,7 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
     let summary = pruning::prune(&a.out, &spec, &cfg, weights, &mut data, a.resume, |r| {
         pb.update(r.step, spec.config.steps, Some(&format_args!("loss {:.3}", r.lm_loss)));
         tracing::debug!(
-            "step {} lm {:.4} lag {:.4} E[params] {:.2}M",
+            "step {} lm {:.4} lag {:.4} E[attention+MLP params] {:.2}M",
             r.step,
             r.lm_loss,
             r.lagrangian,
@@ -226,7 +226,7 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
         );
         if let Some(nll) = r.eval_nll {
             pb.println(format!(
-                "step {}: eval NLL {nll:.4} (deterministic masks, expected counts), E[params] {:.2}M",
+                "step {}: eval NLL {nll:.4} (deterministic masks, expected counts), E[attention+MLP params] {:.2}M",
                 r.step,
                 r.expected_params / 1e6
             ));

@@ -164,7 +164,7 @@ fn matmul_new(m: usize, n: usize, k: usize, lhs: View, rhs: View) -> Vec<f32> {
     // entries of `dst` through the raw pointer (`read_dst = false`: nothing is read) before the length
     // makes them readable.
     unsafe {
-        gemm_call(m, n, k, dst.as_mut_ptr(), n, false, lhs, rhs, 1.0, parallelism());
+        matmul(m, n, k, dst.as_mut_ptr(), n, false, lhs, rhs, 1.0, parallelism());
         dst.set_len(m * n);
     }
     dst
@@ -773,27 +773,15 @@ impl View {
     }
 }
 
-/// `dst[m×n] (+)= beta · lhs[m×k] · rhs[k×n]`, single-threaded (callers parallelize over heads).
-/// Safety: the views must cover their shapes; `dst` must not alias `lhs`/`rhs`.
+/// [`matmul`] on the calling thread only.
+const SERIAL: gemm::Parallelism = gemm::Parallelism::None;
+
+/// The one `gemm` call: `dst[m×n] = beta · lhs[m×k] · rhs[k×n]`, or `dst += …` with `accumulate`
+/// (otherwise `dst` is never read), rows of `dst` `dst_rs` apart. The attention kernel passes
+/// [`SERIAL`]: it parallelizes over heads itself.
+/// Safety: the views must cover their shapes and `dst` its rows; `dst` must not alias `lhs`/`rhs`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: View,
-    rhs: View,
-    beta: f32,
-) {
-    gemm_call(m, n, k, dst, dst_rs, accumulate, lhs, rhs, beta, gemm::Parallelism::None)
-}
-
-/// The one `gemm` call: `dst = beta · lhs · rhs`, or `dst += …` with `accumulate` (otherwise `dst` is
-/// never read), rows of `dst` `dst_rs` apart. Safety: as [`matmul`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_call(
     m: usize,
     n: usize,
     k: usize,
@@ -888,6 +876,7 @@ impl Attention {
                     q,
                     View::rows(kr, 0, hd).t(),
                     self.scale,
+                    SERIAL,
                 )
             };
         }
@@ -938,7 +927,7 @@ impl CustomOp3 for Attention {
                 for (r0, r1) in row_blocks(seq) {
                     unsafe {
                         let o = dst.at(bi * seq * qs + r0 * qs + head * hd);
-                        matmul(r1 - r0, hd, r1, o, qs, false, View::rows(&p, r0 * seq, seq), v_view, 1.0);
+                        matmul(r1 - r0, hd, r1, o, qs, false, View::rows(&p, r0 * seq, seq), v_view, 1.0, SERIAL);
                     }
                 }
             }
@@ -1018,9 +1007,9 @@ impl CustomOp3 for AttentionBwd {
                     let p_blk = View::rows(&p, r0 * seq, seq);
                     unsafe {
                         // dV[0..r1] += P[r0..r1, 0..r1]ᵀ dO[r0..r1]
-                        matmul(r1, hd, m, dv.as_mut_ptr(), hd, true, p_blk.t(), d_out, 1.0);
+                        matmul(r1, hd, m, dv.as_mut_ptr(), hd, true, p_blk.t(), d_out, 1.0, SERIAL);
                         // dP[r0..r1, 0..r1] = dO[r0..r1] V[0..r1]ᵀ
-                        matmul(m, r1, hd, dp[r0 * seq..].as_mut_ptr(), seq, false, d_out, v_view.t(), 1.0);
+                        matmul(m, r1, hd, dp[r0 * seq..].as_mut_ptr(), seq, false, d_out, v_view.t(), 1.0, SERIAL);
                     }
                 }
                 // dS = scale · P ⊙ (dP − rowsum(dP ⊙ P)), zero above the diagonal.
@@ -1046,6 +1035,7 @@ impl CustomOp3 for AttentionBwd {
                             ds_blk,
                             View::rows(&kr, 0, hd),
                             1.0,
+                            SERIAL,
                         );
                         // dKr[0..r1] += dS[r0..r1, 0..r1]ᵀ Qr[r0..r1]
                         matmul(
@@ -1058,6 +1048,7 @@ impl CustomOp3 for AttentionBwd {
                             ds_blk.t(),
                             View::rows(&qr, r0 * hd, hd),
                             1.0,
+                            SERIAL,
                         );
                     }
                 }

@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 use super::checkpoint;
 use super::optim::{AdamW, AdamWConfig, CosineSchedule};
 use super::run::{read_spec, RunLogs, RunSummary};
-use super::step::{accumulate, micro_batch, update};
+use super::step::{accumulate, check_batch, micro_batch, update};
 use crate::config::LlamaConfig;
 use crate::data::corpus::Corpus;
 use crate::data::loader::{LoaderState, UpdateRule};
@@ -154,9 +154,7 @@ pub fn train(
     if c.proportions.len() != k {
         return Err(Error::Invalid(format!("{} initial proportions for {k} domains", c.proportions.len())));
     }
-    if c.batch_size == 0 || c.grad_accum == 0 {
-        return Err(Error::Invalid("batch size and gradient accumulation must be positive".into()));
-    }
+    check_batch(c.batch_size, c.grad_accum)?;
     let device = weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
     let (vars, _) = trainable(weights)?;
     let params: Vec<(String, Var)> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();

@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 use super::checkpoint;
 use super::optim::{AdamW, AdamWConfig, CosineSchedule};
 use super::run::{read_spec, RunLogs, RunSummary};
-use super::step::{accumulate, update};
+use super::step::{accumulate, check_batch, check_seq_len, update};
 use crate::config::LlamaConfig;
 use crate::data::loader::{LoaderState, UpdateRule};
 use crate::data::{CorpusFeed, TextData};
@@ -110,13 +110,8 @@ impl PruneConfig {
 
     /// Sizes that leave nothing to train on are refused before any work starts.
     pub fn validate(&self) -> Result<()> {
-        if self.batch_size == 0 || self.grad_accum == 0 {
-            return Err(Error::Invalid("batch size and gradient accumulation must be positive".into()));
-        }
-        if self.seq_len < 2 {
-            return Err(Error::Invalid(format!("a training sequence needs at least 2 tokens, got {}", self.seq_len)));
-        }
-        Ok(())
+        check_batch(self.batch_size, self.grad_accum)?;
+        check_seq_len(self.seq_len)
     }
 }
 

@@ -8,6 +8,22 @@ use super::optim::{clip_factor, global_grad_norm, AdamW};
 use crate::error::{Error, Result};
 use crate::model::{nll_from_logits, Kernels, Llama};
 
+/// Batch sizes that leave nothing to train on, refused before any work starts.
+pub fn check_batch(batch_size: usize, grad_accum: usize) -> Result<()> {
+    if batch_size == 0 || grad_accum == 0 {
+        return Err(Error::Invalid("batch size and gradient accumulation must be positive".into()));
+    }
+    Ok(())
+}
+
+/// A sequence predicts its tokens from the ones before: it needs two at least.
+pub fn check_seq_len(seq: usize) -> Result<()> {
+    if seq < 2 {
+        return Err(Error::Invalid(format!("a training sequence needs at least 2 tokens, got {seq}")));
+    }
+    Ok(())
+}
+
 /// Forward and backward of one micro-batch `ids: [b, seq]` (positions `0..seq-1` predict `1..seq`).
 /// The loss differentiated is `Σ per-sample mean NLL / n_samples`, so gradients summed over the
 /// micro-batches of a step are those of the step's mean loss. Returns the per-sample losses and gradients.
@@ -19,9 +35,7 @@ pub fn micro_batch(model: &Llama, ids: &Tensor, n_samples: usize) -> Result<(Vec
         return Ok((out.per_sample, out.weights));
     }
     let seq = ids.dim(1)?;
-    if seq < 2 {
-        return Err(Error::Invalid(format!("a training sequence needs at least 2 tokens, got {seq}")));
-    }
+    check_seq_len(seq)?;
     let logits = model.forward_masked(&ids.narrow(1, 0, seq - 1)?, Kernels::Differentiable, None)?;
     let per_sample = nll_from_logits(&logits, &ids.narrow(1, 1, seq - 1)?)?.mean(1)?; // [b]
     let values: Vec<f32> = per_sample.to_vec1()?;

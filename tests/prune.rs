@@ -231,6 +231,40 @@ mod run {
         assert_eq!((small.num_kv_heads(), small.intermediate_size), (1, 24));
         assert!(out.join("tokenizer.json").exists());
     }
+
+    /// `save_only_model`: the same training, a checkpoint without the AdamW moments that materializes to
+    /// the same model, and a clear refusal to resume.
+    #[test]
+    fn model_only_checkpoint_materializes_but_does_not_resume() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut spec, cfg, weights, mut data) = setup(tmp.path());
+        let full = tmp.path().join("full");
+        std::fs::create_dir(&full).unwrap();
+        prune(&full, &spec, &cfg, weights.clone(), &mut data, false, |_| ControlFlow::Continue(())).unwrap();
+        spec.config.save_only_model = true;
+        let lean = tmp.path().join("lean");
+        std::fs::create_dir(&lean).unwrap();
+        prune(&lean, &spec, &cfg, weights.clone(), &mut data, false, |_| ControlFlow::Continue(())).unwrap();
+
+        let (full_t, lean_t) = (final_state(&full).0, final_state(&lean).0);
+        let model_part: Vec<_> = full_t.iter().filter(|(k, _)| !k.starts_with("adam_")).cloned().collect();
+        assert!(model_part.len() < full_t.len(), "the full checkpoint has moments");
+        assert_eq!(lean_t, model_part, "same weights, log-α and λ; nothing else");
+        let size = |run: &std::path::Path| std::fs::metadata(run.join("checkpoint/state.safetensors")).unwrap().len();
+        assert!(size(&lean) * 2 < size(&full), "{} vs {} bytes", size(&lean), size(&full));
+
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        shear::train::pruning::materialize_run(&full, &a).unwrap();
+        shear::train::pruning::materialize_run(&lean, &b).unwrap();
+        assert_eq!(
+            std::fs::read(a.join("model.safetensors")).unwrap(),
+            std::fs::read(b.join("model.safetensors")).unwrap()
+        );
+
+        spec.config.steps += 2;
+        let err = prune(&lean, &spec, &cfg, weights, &mut data, true, |_| ControlFlow::Continue(())).unwrap_err();
+        assert!(err.to_string().contains("save_only_model") && err.to_string().contains("cannot be resumed"), "{err}");
+    }
 }
 
 /// Pruning on a corpus: the loader's proportions move under `doremi` with the source's own losses as

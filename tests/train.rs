@@ -179,6 +179,37 @@ fn killed_or_interrupted_then_resumed_equals_uninterrupted() {
     shear::io::load_model(&exported, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
 }
 
+/// `--save-only-model`: the same training, a checkpoint without the AdamW moments that exports to the
+/// same model, and `--resume` refused with the reason.
+#[test]
+fn model_only_checkpoint_exports_but_does_not_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, corpus, reference) = setup(tmp.path());
+    let (full, lean) = (tmp.path().join("full"), tmp.path().join("lean"));
+    let out = bin().args(train_args(&model, &corpus, &reference, &full, "doremi")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut args = train_args(&model, &corpus, &reference, &lean, "doremi");
+    args.push("--save-only-model");
+    let out = bin().args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let weights: Vec<_> = checkpoint_tensors(&full).into_iter().filter(|(k, _)| k.starts_with("weights.")).collect();
+    assert_eq!(checkpoint_tensors(&lean), weights, "the weights and nothing else");
+    assert_eq!(without_timing(&full.join("metrics.jsonl")), without_timing(&lean.join("metrics.jsonl")));
+    let exported = |run: &Path, name: &str| {
+        let dir = tmp.path().join(name);
+        let out = bin().args(["export", "--run", s(run), "--out", s(&dir)]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read(dir.join("model.safetensors")).unwrap()
+    };
+    assert_eq!(exported(&full, "full-model"), exported(&lean, "lean-model"));
+
+    let out = bin().args(["train", "--resume", "--out", s(&lean), "--steps", "10"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--save-only-model") && stderr.contains("cannot be resumed"), "{stderr}");
+}
+
 #[test]
 fn constant_proportions_stay_and_scratch_baseline_has_the_same_shape() {
     let tmp = tempfile::tempdir().unwrap();

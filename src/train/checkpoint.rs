@@ -2,7 +2,11 @@
 //!
 //! Written atomically with rotation: the new checkpoint goes to `checkpoint.partial/`, the old one is renamed
 //! to `checkpoint.old/`, the new one renamed into place, and only then is the old one deleted. A crash at
-//! any point leaves a complete checkpoint under `checkpoint/` or `checkpoint.old/`.
+//! any point leaves a complete checkpoint under `checkpoint/` or `checkpoint.old/`; a failed write (a full
+//! disk) removes its `checkpoint.partial/`.
+//!
+//! A run made with `save_only_model` writes its weights (and masks) but not the AdamW moments, a third of
+//! the size; its state says so (`"model_only": true`) and [`load_resumable`] refuses it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,20 +22,22 @@ const OLD: &str = "checkpoint.old";
 const TENSORS: &str = "state.safetensors";
 const STATE: &str = "state.json";
 
+const MODEL_ONLY: &str = "model_only";
+
+/// Mark a checkpoint's state as holding the model only (no optimizer state): it cannot be resumed.
+pub fn mark_model_only(state: &mut Value) {
+    state[MODEL_ONLY] = true.into();
+}
+
 pub fn save(run: &Path, tensors: &BTreeMap<String, Tensor>, state: &Value) -> Result<()> {
     let partial = run.join(PARTIAL);
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     }
-    std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
-    let views: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tpath = partial.join(TENSORS);
-    safetensors::serialize_to_file(views, None, &tpath)
-        .map_err(|e| Error::Weights { path: tpath.clone(), msg: format!("cannot write checkpoint: {e}") })?;
-    let spath = partial.join(STATE);
-    std::fs::write(&spath, serde_json::to_string_pretty(state).expect("json")).map_err(|e| Error::io(&spath, e))?;
-    for f in [&tpath, &spath] {
-        std::fs::File::open(f).and_then(|f| f.sync_all()).map_err(|e| Error::io(f, e))?;
+    if let Err(e) = write_complete(&partial, tensors, state) {
+        // Best effort: the write's own error is the one to report.
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(e);
     }
     let (current, old) = (run.join(DIR), run.join(OLD));
     if old.exists() {
@@ -43,6 +49,21 @@ pub fn save(run: &Path, tensors: &BTreeMap<String, Tensor>, state: &Value) -> Re
     std::fs::rename(&partial, &current).map_err(|e| Error::io(&partial, e))?;
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// Write the tensors and the state into `dir` and sync both to disk.
+fn write_complete(dir: &Path, tensors: &BTreeMap<String, Tensor>, state: &Value) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let views: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tpath = dir.join(TENSORS);
+    safetensors::serialize_to_file(views, None, &tpath)
+        .map_err(|e| Error::Weights { path: tpath.clone(), msg: format!("cannot write checkpoint: {e}") })?;
+    let spath = dir.join(STATE);
+    std::fs::write(&spath, serde_json::to_string_pretty(state).expect("json")).map_err(|e| Error::io(&spath, e))?;
+    for f in [&tpath, &spath] {
+        std::fs::File::open(f).and_then(|f| f.sync_all()).map_err(|e| Error::io(f, e))?;
     }
     Ok(())
 }
@@ -63,6 +84,19 @@ pub fn load(run: &Path, device: &Device) -> Result<(BTreeMap<String, Tensor>, Va
     let state = serde_json::from_str(&text)
         .map_err(|e| Error::Invalid(format!("{}: corrupt checkpoint state: {e}", spath.display())))?;
     Ok((tensors.into_iter().collect(), state))
+}
+
+/// [`load`] for resuming: refuses a checkpoint that holds the model only.
+pub fn load_resumable(run: &Path, device: &Device) -> Result<(BTreeMap<String, Tensor>, Value)> {
+    let (tensors, state) = load(run, device)?;
+    if state[MODEL_ONLY].as_bool() == Some(true) {
+        return Err(Error::Invalid(format!(
+            "{}: the run was made with save_only_model (--save-only-model), so its checkpoint has no optimizer \
+             state and the run cannot be resumed; materialize or export it, or start a new run from that model",
+            run.display()
+        )));
+    }
+    Ok((tensors, state))
 }
 
 /// Tensors of `map` whose name starts with `prefix.`, with the prefix removed.

@@ -5,7 +5,8 @@
 //! step under a cosine-with-warmup schedule. Every `eval_interval` steps each domain's eval loss is
 //! measured and the proportions are updated from the gap to the reference losses. A run directory holds
 //! `run.json`, `metrics.jsonl` (per step), `evals.jsonl` (per eval) and `checkpoint/` (weights, AdamW
-//! moments, step, loader state with its RNG and cursors), so a killed run resumes bit-for-bit.
+//! moments, step, loader state with its RNG and cursors), so a killed run resumes bit-for-bit. With
+//! `save_only_model` the checkpoint leaves out the moments: it can be exported, not resumed.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -56,6 +57,10 @@ pub struct TrainConfig {
     /// Eval sequences per domain at each eval.
     pub eval_sequences: usize,
     pub checkpoint_interval: usize,
+    /// Checkpoints hold the weights but not the AdamW moments (a third of the size); such a run can be
+    /// exported but not resumed.
+    #[serde(default)]
+    pub save_only_model: bool,
     pub seed: u64,
     /// Compute forward and backward in bf16 (weights and optimizer state stay f32).
     pub bf16: bool,
@@ -85,6 +90,7 @@ impl TrainConfig {
             eval_interval: 50,
             eval_sequences: 16,
             checkpoint_interval: 50,
+            save_only_model: false,
             seed: 17,
             bf16: false,
             update_rule: UpdateRule::Doremi,
@@ -255,7 +261,7 @@ pub fn train(
         };
         let stop = on_step(&report).is_break();
         if last || stop || (c.checkpoint_interval > 0 && st.step.is_multiple_of(c.checkpoint_interval)) {
-            save(run, &st)?;
+            save(run, &st, c.save_only_model)?;
         }
         if stop {
             break;
@@ -264,18 +270,22 @@ pub fn train(
     Ok(logs.summary(st.step))
 }
 
-fn save(run: &Path, st: &State) -> Result<()> {
+fn save(run: &Path, st: &State, model_only: bool) -> Result<()> {
     let mut t = BTreeMap::new();
     for (k, v) in &st.vars {
         t.insert(format!("weights.{k}"), v.as_tensor().clone());
     }
-    st.optimizer.save_moments(&mut t, "");
-    let state = json!({"step": st.step, "optimizer_steps": st.optimizer.steps, "loader": st.feed.loader.state});
+    let mut state = json!({"step": st.step, "optimizer_steps": st.optimizer.steps, "loader": st.feed.loader.state});
+    if model_only {
+        checkpoint::mark_model_only(&mut state);
+    } else {
+        st.optimizer.save_moments(&mut t, "");
+    }
     checkpoint::save(run, &t, &state)
 }
 
 fn restore(run: &Path, st: &mut State, device: &Device) -> Result<()> {
-    let (t, state) = checkpoint::load(run, device)?;
+    let (t, state) = checkpoint::load_resumable(run, device)?;
     let missing = |k: &str| Error::Invalid(format!("{}: checkpoint lacks `{k}`", run.display()));
     for (k, v) in &st.vars {
         v.set(t.get(&format!("weights.{k}")).ok_or_else(|| missing(k))?)?;

@@ -61,6 +61,10 @@ pub struct PruneConfig {
     /// Held-out tokens evaluated at each eval interval.
     pub eval_tokens: usize,
     pub checkpoint_interval: usize,
+    /// Checkpoints hold the weights, log-α and λ but not the AdamW moments (a third of the size); such a
+    /// run can be materialized but not resumed.
+    #[serde(default)]
+    pub save_only_model: bool,
     pub seed: u64,
     /// With a corpus: how the domain proportions move at each eval (spec §6).
     #[serde(default = "constant_rule")]
@@ -101,6 +105,7 @@ impl PruneConfig {
             eval_interval: 50,
             eval_tokens: 8192,
             checkpoint_interval: 100,
+            save_only_model: false,
             seed: 17,
             update_rule: UpdateRule::Constant,
             proportions: vec![],
@@ -291,6 +296,7 @@ impl Pruner {
         &self.masks
     }
 
+    /// The model part of a checkpoint: weights, log-α and λ.
     fn tensors(&self) -> BTreeMap<String, Tensor> {
         let mut out = BTreeMap::new();
         for (k, v) in &self.weights {
@@ -303,23 +309,28 @@ impl Pruner {
             out.insert(format!("lambda1.{}", m.family.name()), m.lambda1.as_tensor().clone());
             out.insert(format!("lambda2.{}", m.family.name()), m.lambda2.as_tensor().clone());
         }
-        for opt in &self.optimizers {
-            opt.save_moments(&mut out, &format!("{}.", opt.name));
-        }
         out
     }
 
-    fn save(&self, run: &Path, data: &PruneData) -> Result<()> {
+    fn save(&self, run: &Path, data: &PruneData, model_only: bool) -> Result<()> {
+        let mut tensors = self.tensors();
         let steps: Vec<usize> = self.optimizers.iter().map(|o| o.steps).collect();
         let mut state = json!({"step": self.step, "rng": self.rng, "optimizer_steps": steps});
+        if model_only {
+            checkpoint::mark_model_only(&mut state);
+        } else {
+            for opt in &self.optimizers {
+                opt.save_moments(&mut tensors, &format!("{}.", opt.name));
+            }
+        }
         if let PruneData::Corpus(feed) = data {
             state["loader"] = serde_json::to_value(&feed.loader.state).expect("json");
         }
-        checkpoint::save(run, &self.tensors(), &state)
+        checkpoint::save(run, &tensors, &state)
     }
 
     fn restore(&mut self, run: &Path, device: &Device, data: &mut PruneData) -> Result<()> {
-        let (t, state) = checkpoint::load(run, device)?;
+        let (t, state) = checkpoint::load_resumable(run, device)?;
         let missing = |k: &str| Error::Invalid(format!("{}: checkpoint lacks `{k}`", run.display()));
         for (k, v) in &self.weights {
             v.set(t.get(&format!("weights.{k}")).ok_or_else(|| missing(k))?)?;
@@ -458,7 +469,7 @@ pub fn prune(
         };
         let stop = on_step(&record).is_break();
         if last || stop || (c.checkpoint_interval > 0 && st.step.is_multiple_of(c.checkpoint_interval)) {
-            st.save(run, data)?;
+            st.save(run, data, c.save_only_model)?;
         }
         if stop {
             break;

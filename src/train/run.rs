@@ -63,6 +63,7 @@ impl RunLogs {
     }
 }
 
+#[derive(Debug, Clone)]
 pub struct RunSummary {
     pub steps_run: usize,
     pub final_step: usize,

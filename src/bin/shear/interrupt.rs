@@ -1,7 +1,8 @@
 //! Ctrl-C (SIGINT) or SIGTERM during `shear prune` / `shear train`: the run finishes the step it is in,
-//! writes a checkpoint and exits with status 130, so that `--resume` continues without losing a step. A
-//! second signal ends the process at once; the checkpoint rotation (`shear::train::checkpoint`) keeps the
-//! previous checkpoint complete even then.
+//! writes a checkpoint and exits with status 130, so that `--resume` continues without losing a step (with
+//! `--save-only-model` the saved model is all there is: such a run cannot be resumed). A second signal ends
+//! the process at once; the checkpoint rotation (`shear::train::checkpoint`) keeps the previous checkpoint
+//! complete even then.
 
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -35,14 +36,25 @@ impl StopRequest {
     }
 
     /// For a run's `on_step`: `Break` (checkpoint and stop) once a signal arrived, saying how to go on.
-    pub fn control(&self, step: usize, verb: &str, run: &Path, say: impl Fn(String)) -> ControlFlow<()> {
+    pub fn control(
+        &self,
+        step: usize,
+        verb: &str,
+        run: &Path,
+        model_only: bool,
+        say: impl Fn(String),
+    ) -> ControlFlow<()> {
         if !self.requested() {
             return ControlFlow::Continue(());
         }
-        say(format!(
-            "interrupted: checkpoint at step {step}; continue with `shear {verb} --resume --out {}`",
-            run.display()
-        ));
+        say(if model_only {
+            format!("interrupted: model saved at step {step} (--save-only-model: the run cannot be resumed)")
+        } else {
+            format!(
+                "interrupted: checkpoint at step {step}; continue with `shear {verb} --resume --out {}`",
+                run.display()
+            )
+        });
         ControlFlow::Break(())
     }
 

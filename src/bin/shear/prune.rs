@@ -72,6 +72,10 @@ pub struct PruneArgs {
     pub eval_fraction: f64,
     #[arg(long, default_value_t = 100)]
     pub checkpoint_interval: usize,
+    /// Checkpoints without the AdamW moments: a third of the disk (pruning SmolLM2-135M: 0.54 GB instead of
+    /// 1.6 GB), but the run can then not be resumed (like transformers' `save_only_model`).
+    #[arg(long)]
+    pub save_only_model: bool,
     #[arg(long, default_value_t = 17)]
     pub seed: u64,
     #[arg(long, default_value_t = 1.0)]
@@ -140,6 +144,7 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
         config.eval_interval = a.eval_interval;
         config.eval_tokens = a.eval_tokens;
         config.checkpoint_interval = a.checkpoint_interval;
+        config.save_only_model = a.save_only_model;
         config.seed = a.seed;
         config.max_grad_norm = a.max_grad_norm;
         config.update_rule = a.mixture.update.parse()?;
@@ -231,7 +236,7 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
                 r.expected_params / 1e6
             ));
         }
-        stop.control(r.step, "prune", &a.out, |m| pb.warn(m))
+        stop.control(r.step, "prune", &a.out, spec.config.save_only_model, |m| pb.warn(m))
     })?;
     pb.finish();
     info!(

@@ -51,6 +51,10 @@ pub struct TrainArgs {
     pub eval_sequences: usize,
     #[arg(long, default_value_t = 50)]
     pub checkpoint_interval: usize,
+    /// Checkpoints without the AdamW moments: a third of the disk (the pruned 57.8M model: 0.23 GB instead
+    /// of 0.69 GB), but the run can then not be resumed (like transformers' `save_only_model`).
+    #[arg(long)]
+    pub save_only_model: bool,
     #[arg(long, default_value_t = 17)]
     pub seed: u64,
     /// Compute in bf16 (weights and AdamW state stay f32).
@@ -114,6 +118,7 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
         c.eval_interval = a.eval_interval;
         c.eval_sequences = a.eval_sequences;
         c.checkpoint_interval = a.checkpoint_interval;
+        c.save_only_model = a.save_only_model;
         c.seed = a.seed;
         c.bf16 = a.bf16;
         c.update_rule = a.mixture.update.parse()?;
@@ -159,7 +164,7 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        stop.control(r.step, "train", &a.out, |m| pb.warn(m))
+        stop.control(r.step, "train", &a.out, spec.config.save_only_model, |m| pb.warn(m))
     })?;
     pb.finish();
     info!("{} steps at {:.2}s/step; run in {}", summary.steps_run, summary.mean_step_seconds, a.out.display());

@@ -37,6 +37,13 @@ fi
 # for the kernels this script starts.
 export JUPYTER_PATH=$root/.venv-nb/share/jupyter
 export EVCXR_CONFIG_DIR=$root/notebooks/.evcxr EVCXR_TMPDIR=$root/target/evcxr
+if [ "$mode" = --check ]; then
+  # One check runs every notebook against the one build dir, so evcxr's `:cache` would only be a second
+  # copy of its artifacts (0.7 GB of disk, which a CI machine may not have): the same init without it.
+  EVCXR_CONFIG_DIR=$root/target/evcxr-config-check
+  mkdir -p "$EVCXR_CONFIG_DIR"
+  grep -v '^:cache' notebooks/.evcxr/init.evcxr >"$EVCXR_CONFIG_DIR/init.evcxr"
+fi
 # evcxr builds at opt-level 2 but with debug assertions and overflow checks on, which makes candle's CPU
 # kernels several times slower; cargo's environment overrides the profile evcxr writes.
 export CARGO_PROFILE_DEV_DEBUG_ASSERTIONS=false CARGO_PROFILE_DEV_OVERFLOW_CHECKS=false

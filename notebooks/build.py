@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the five notebooks (without outputs) from the cell sources below. Edit here, then run
-`python3 notebooks/build.py` and execute them (`scripts/notebooks.sh --execute`) to refresh the committed
-outputs. Standard library only."""
+`python3 notebooks/build.py [NAME ...]` and execute what it wrote (`scripts/notebooks.sh --execute [PATH ...]`)
+to refresh the committed outputs. Standard library only."""
 
 import json
 import pathlib
@@ -109,6 +109,21 @@ let t = std::time::Instant::now();
 let out = generate(&loaded.model, &ids, notebook::size(40, 8), &Sampling::Greedy, &cfg.eos_token_ids(), |_| {})?;
 println!("{}{}", prompt, tok.decode(&out, true).map_err(|e| e.to_string())?);
 println!("[{} tokens in {:.1} s]", out.len(), t.elapsed().as_secs_f64());
+"""),
+    md(r"""
+### The copy the next notebooks read
+
+`scripts/fetch-default-model.sh` made `models/smollm2-135m/` with the same conversion through the CLI
+(`shear convert`); the next notebooks read that one. The two conversions agree byte for byte, so this copy
+(515 MB) is removed.
+"""),
+    code(r"""
+for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+    let same = std::fs::read(converted.join(f))? == std::fs::read(root.join("models/smollm2-135m").join(f))?;
+    println!("{f}: byte-identical to models/smollm2-135m/{f}: {same}");
+    assert!(same);
+}
+std::fs::remove_dir_all(&converted)?;
 """),
 ]
 
@@ -518,7 +533,16 @@ def notebook(cells):
 
 
 if __name__ == "__main__":
+    import sys
+
+    # `build.py 01-convert ...` writes only those (the others keep their executed outputs).
+    only = sys.argv[1:]
+    unknown = [n for n in only if n not in NOTEBOOKS]
+    if unknown:
+        sys.exit(f"unknown notebook(s) {unknown}; these exist: {list(NOTEBOOKS)}")
     for name, cells in NOTEBOOKS.items():
+        if only and name not in only:
+            continue
         for i, c in enumerate(cells):
             c["id"] = f"{name[:2]}-{i:02d}"
         path = HERE / f"{name}.ipynb"

@@ -6,6 +6,7 @@
 #   scripts/notebooks.sh open ARGS  the same, passing ARGS to `jupyter notebook` (e.g. --no-browser --port 8899)
 #   scripts/notebooks.sh --check    set up and execute every notebook headlessly in quick mode (CI)
 #   scripts/notebooks.sh --execute  execute every notebook in default mode and keep the outputs (committed)
+#                                   (both take notebook paths to run only those, in the order given)
 #   scripts/notebooks.sh --setup    only install and fetch
 #
 # Installs: evcxr_jupyter 0.22.0 (`cargo install --locked`: ~10-12 min on 2 cores, once), Jupyter pieces
@@ -70,6 +71,9 @@ PY
 [ -f data/corpus/manifest.json ] || target/release/shear corpus build --out data/corpus --profile lite
 
 notebooks=(notebooks/0*.ipynb)
+if [ "$mode" = --check ] || [ "$mode" = --execute ]; then
+  [ $# -gt 0 ] && notebooks=("$@")
+fi
 case "$mode" in
   --check)
     SHEAR_QUICK=1 .venv-nb/bin/python notebooks/check.py --out target/notebooks-quick "${notebooks[@]}"

@@ -74,21 +74,39 @@ pub fn latest(run: &Path) -> Option<PathBuf> {
 }
 
 pub fn load(run: &Path, device: &Device) -> Result<(BTreeMap<String, Tensor>, Value)> {
-    let dir = latest(run).ok_or_else(|| Error::Invalid(format!("{}: no checkpoint found", run.display())))?;
+    let dir = latest_or_error(run)?;
     let tpath = dir.join(TENSORS);
     let bytes = std::fs::read(&tpath).map_err(|e| Error::io(&tpath, e))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| Error::Weights { path: tpath.clone(), msg: format!("corrupt checkpoint: {e}") })?;
-    let spath = dir.join(STATE);
-    let text = std::fs::read_to_string(&spath).map_err(|e| Error::io(&spath, e))?;
-    let state = serde_json::from_str(&text)
-        .map_err(|e| Error::Invalid(format!("{}: corrupt checkpoint state: {e}", spath.display())))?;
-    Ok((tensors.into_iter().collect(), state))
+    Ok((tensors.into_iter().collect(), read_state(&dir)?))
 }
 
 /// [`load`] for resuming: refuses a checkpoint that holds the model only.
 pub fn load_resumable(run: &Path, device: &Device) -> Result<(BTreeMap<String, Tensor>, Value)> {
     let (tensors, state) = load(run, device)?;
+    refuse_model_only(run, &state)?;
+    Ok((tensors, state))
+}
+
+/// Whether `run` can be resumed, from its checkpoint's `state.json` alone: callers check this before they
+/// load a model, so that a run without a checkpoint, or with a model-only one, is refused at once.
+pub fn ensure_resumable(run: &Path) -> Result<()> {
+    refuse_model_only(run, &read_state(&latest_or_error(run)?)?)
+}
+
+fn latest_or_error(run: &Path) -> Result<PathBuf> {
+    latest(run).ok_or_else(|| Error::Invalid(format!("{}: no checkpoint found", run.display())))
+}
+
+fn read_state(dir: &Path) -> Result<Value> {
+    let spath = dir.join(STATE);
+    let text = std::fs::read_to_string(&spath).map_err(|e| Error::io(&spath, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Invalid(format!("{}: corrupt checkpoint state: {e}", spath.display())))
+}
+
+fn refuse_model_only(run: &Path, state: &Value) -> Result<()> {
     if state[MODEL_ONLY].as_bool() == Some(true) {
         return Err(Error::Invalid(format!(
             "{}: the run was made with save_only_model (--save-only-model), so its checkpoint has no optimizer \
@@ -96,7 +114,7 @@ pub fn load_resumable(run: &Path, device: &Device) -> Result<(BTreeMap<String, T
             run.display()
         )));
     }
-    Ok((tensors, state))
+    Ok(())
 }
 
 /// Tensors of `map` whose name starts with `prefix.`, with the prefix removed.

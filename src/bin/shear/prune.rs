@@ -123,6 +123,7 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
     let device = shear::device(a.cpu)?;
     let spec = if a.resume {
         let mut spec = pruning::read_run_spec(&a.out).context("--resume needs an existing run in --out")?;
+        shear::train::checkpoint::ensure_resumable(&a.out)?;
         if let Some(s) = a.steps {
             spec.config.steps = s;
         }

@@ -98,6 +98,7 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
     let device = shear::device(a.cpu)?;
     let spec = if a.resume {
         let mut spec = continued::read_train_spec(&a.out).context("--resume needs an existing run in --out")?;
+        shear::train::checkpoint::ensure_resumable(&a.out)?;
         if let Some(s) = a.steps {
             spec.config.steps = s;
         }

@@ -6,7 +6,7 @@
 //! disk) removes its `checkpoint.partial/`.
 //!
 //! A run made with `save_only_model` writes its weights (and masks) but not the AdamW moments, a third of
-//! the size; its state says so (`"model_only": true`) and [`load_resumable`] refuses it.
+//! the size; its state says so (`"model_only": true`) and [`ensure_resumable`] refuses it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,9 +24,22 @@ const STATE: &str = "state.json";
 
 const MODEL_ONLY: &str = "model_only";
 
-/// Mark a checkpoint's state as holding the model only (no optimizer state): it cannot be resumed.
-pub fn mark_model_only(state: &mut Value) {
-    state[MODEL_ONLY] = true.into();
+/// A training or pruning run's checkpoint: `model` (what materialize and export read), the optimizer state
+/// that `add_optimizer_state` adds unless `model_only`, and `state`, which then records that the run
+/// cannot be resumed.
+pub fn save_run(
+    run: &Path,
+    mut model: BTreeMap<String, Tensor>,
+    mut state: Value,
+    model_only: bool,
+    add_optimizer_state: impl FnOnce(&mut BTreeMap<String, Tensor>),
+) -> Result<()> {
+    if model_only {
+        state[MODEL_ONLY] = true.into();
+    } else {
+        add_optimizer_state(&mut model);
+    }
+    save(run, &model, &state)
 }
 
 pub fn save(run: &Path, tensors: &BTreeMap<String, Tensor>, state: &Value) -> Result<()> {
@@ -82,15 +95,9 @@ pub fn load(run: &Path, device: &Device) -> Result<(BTreeMap<String, Tensor>, Va
     Ok((tensors.into_iter().collect(), read_state(&dir)?))
 }
 
-/// [`load`] for resuming: refuses a checkpoint that holds the model only.
-pub fn load_resumable(run: &Path, device: &Device) -> Result<(BTreeMap<String, Tensor>, Value)> {
-    let (tensors, state) = load(run, device)?;
-    refuse_model_only(run, &state)?;
-    Ok((tensors, state))
-}
-
-/// Whether `run` can be resumed, from its checkpoint's `state.json` alone: callers check this before they
-/// load a model, so that a run without a checkpoint, or with a model-only one, is refused at once.
+/// Whether `run` can be resumed, from its checkpoint's `state.json` alone, so that a run without a
+/// checkpoint, or with a model-only one, is refused before any work (`prune` and `train` check it first;
+/// the CLI even before it loads the model).
 pub fn ensure_resumable(run: &Path) -> Result<()> {
     refuse_model_only(run, &read_state(&latest_or_error(run)?)?)
 }

@@ -161,6 +161,9 @@ pub fn train(
         return Err(Error::Invalid(format!("{} initial proportions for {k} domains", c.proportions.len())));
     }
     check_batch(c.batch_size, c.grad_accum)?;
+    if resume {
+        checkpoint::ensure_resumable(run)?;
+    }
     let device = weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
     let (vars, _) = trainable(weights)?;
     let params: Vec<(String, Var)> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -271,21 +274,13 @@ pub fn train(
 }
 
 fn save(run: &Path, st: &State, model_only: bool) -> Result<()> {
-    let mut t = BTreeMap::new();
-    for (k, v) in &st.vars {
-        t.insert(format!("weights.{k}"), v.as_tensor().clone());
-    }
-    let mut state = json!({"step": st.step, "optimizer_steps": st.optimizer.steps, "loader": st.feed.loader.state});
-    if model_only {
-        checkpoint::mark_model_only(&mut state);
-    } else {
-        st.optimizer.save_moments(&mut t, "");
-    }
-    checkpoint::save(run, &t, &state)
+    let weights = st.vars.iter().map(|(k, v)| (format!("weights.{k}"), v.as_tensor().clone())).collect();
+    let state = json!({"step": st.step, "optimizer_steps": st.optimizer.steps, "loader": st.feed.loader.state});
+    checkpoint::save_run(run, weights, state, model_only, |t| st.optimizer.save_moments(t, ""))
 }
 
 fn restore(run: &Path, st: &mut State, device: &Device) -> Result<()> {
-    let (t, state) = checkpoint::load_resumable(run, device)?;
+    let (t, state) = checkpoint::load(run, device)?;
     let missing = |k: &str| Error::Invalid(format!("{}: checkpoint lacks `{k}`", run.display()));
     for (k, v) in &st.vars {
         v.set(t.get(&format!("weights.{k}")).ok_or_else(|| missing(k))?)?;

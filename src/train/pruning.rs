@@ -313,24 +313,20 @@ impl Pruner {
     }
 
     fn save(&self, run: &Path, data: &PruneData, model_only: bool) -> Result<()> {
-        let mut tensors = self.tensors();
         let steps: Vec<usize> = self.optimizers.iter().map(|o| o.steps).collect();
         let mut state = json!({"step": self.step, "rng": self.rng, "optimizer_steps": steps});
-        if model_only {
-            checkpoint::mark_model_only(&mut state);
-        } else {
-            for opt in &self.optimizers {
-                opt.save_moments(&mut tensors, &format!("{}.", opt.name));
-            }
-        }
         if let PruneData::Corpus(feed) = data {
             state["loader"] = serde_json::to_value(&feed.loader.state).expect("json");
         }
-        checkpoint::save(run, &tensors, &state)
+        checkpoint::save_run(run, self.tensors(), state, model_only, |t| {
+            for opt in &self.optimizers {
+                opt.save_moments(t, &format!("{}.", opt.name));
+            }
+        })
     }
 
     fn restore(&mut self, run: &Path, device: &Device, data: &mut PruneData) -> Result<()> {
-        let (t, state) = checkpoint::load_resumable(run, device)?;
+        let (t, state) = checkpoint::load(run, device)?;
         let missing = |k: &str| Error::Invalid(format!("{}: checkpoint lacks `{k}`", run.display()));
         for (k, v) in &self.weights {
             v.set(t.get(&format!("weights.{k}")).ok_or_else(|| missing(k))?)?;
@@ -376,6 +372,9 @@ pub fn prune(
 ) -> Result<RunSummary> {
     let c = &spec.config;
     c.validate()?;
+    if resume {
+        checkpoint::ensure_resumable(run)?;
+    }
     let device = source_weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
     let mut st = Pruner::new(source_cfg, source_weights, &spec.target, c)?;
     if resume {

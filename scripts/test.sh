@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # A cold run (empty caches: crates, build, evcxr and its kernel build, model, corpus, the notebooks' runs)
 # peaks at about 5.6 GB of disk here (README, Set-up); a full disk shows up late, in a notebook, so say early.
+need_gb=5.6
 free_gb=$(df -Pk . | awk 'NR == 2 {printf "%.1f", $4 / 1048576}')
-echo "test: ${free_gb} GB free here; a cold run needs about 5.6 GB"
-if awk -v f="$free_gb" 'BEGIN {exit !(f < 5.6)}'; then
+echo "test: ${free_gb} GB free here; a cold run needs about ${need_gb} GB"
+if awk -v f="$free_gb" -v n="$need_gb" 'BEGIN {exit !(f < n)}'; then
   echo "test: warning: less free disk than a cold run needs; it may fail with 'No space left on device'" >&2
 fi
 cargo build --release --locked

@@ -10,6 +10,9 @@ Findings (2026-11-28): the paper's 3,200 steps with W = 640 track within 0.01; a
 paper's 20% (W = 80) misses by 0.32 and oscillates for ~100 steps, while W = 200 tracks within 0.003.
 Hence shear's default W = max(20% of steps, min(50% of steps, 640)).
 
+This script writes the head constraint per layer, as the paper's code does; for GQA shear writes it per
+(layer, KV group): gqa_head_constraint.py shows why.
+
     .venv-ref/bin/python scripts/reference/lagrangian_dynamics.py
 """
 

@@ -2,13 +2,14 @@
 //! maximized by gradient ascent) and a target sparsity warmed up linearly from 0.
 //!
 //! `Lag_M = mean_elements[ λ1 (s − t) + λ2 (s − t)² ]`, `lag = Σ_M Lag_M`, where `s` is the expected
-//! sparsity per constraint element (per layer for kv_group / head / intermediate). Minimizing over log-α
-//! pulls `s` toward `t`; ascending over λ makes λ2 a growing quadratic penalty.
+//! sparsity per constraint element (per layer for kv_group / intermediate, per (layer, KV group) for head:
+//! see [`super::masks`]). Minimizing over log-α pulls `s` toward `t`; ascending over λ makes λ2 a growing
+//! quadratic penalty.
 
 use candle_core::{Device, Tensor, Var};
 use serde::Serialize;
 
-use super::masks::{ExpectedSparsity, Family, FamilyLayout};
+use super::masks::{weighted_mean, ExpectedSparsity, Family, FamilyLayout};
 use crate::error::Result;
 
 pub struct Multipliers {
@@ -72,15 +73,15 @@ impl Lagrangian {
         let mut total: Option<Tensor> = None;
         let mut stats = vec![];
         for m in &self.multipliers {
-            let s = &expected.iter().find(|e| e.family == m.family).expect("one expectation per family").sparsity;
+            let e = expected.iter().find(|e| e.family == m.family).expect("one expectation per family");
             let t = self.target_at(m.final_target, step);
-            let gap = (s - t)?;
-            let term = (gap.broadcast_mul(m.lambda1.as_tensor())?
-                + gap.sqr()?.broadcast_mul(m.lambda2.as_tensor())?)?
-            .mean_all()?;
+            let gap = (&e.sparsity - t)?;
+            let per_element =
+                (gap.broadcast_mul(m.lambda1.as_tensor())? + gap.sqr()?.broadcast_mul(m.lambda2.as_tensor())?)?;
+            let term = weighted_mean(&per_element, e.weights.as_ref())?;
             stats.push(FamilyStat {
                 family: m.family,
-                expected_sparsity: s.mean_all()?.to_scalar::<f32>()? as f64,
+                expected_sparsity: e.mean()?,
                 target_sparsity: t,
                 final_target: m.final_target,
                 lambda1: m.lambda1.as_tensor().to_scalar::<f32>()? as f64,
@@ -104,6 +105,7 @@ impl Lagrangian {
 mod tests {
     use super::*;
     use crate::config::LlamaConfig;
+    use crate::prune::hard_concrete as hc;
     use crate::prune::masks::{layouts, MaskSet};
     use crate::prune::target::TargetShape;
     use crate::rng::Rng;
@@ -146,4 +148,52 @@ mod tests {
             assert!(g.iter().all(|&x| x > 0.0), "{:?}", f.layout.family);
         }
     }
+
+    /// With GQA the materialized config keeps `heads / kv_heads` query heads in *every* kept group. A stand-in
+    /// LM loss that prefers both heads of group 0 (and one head of group 1, none of group 2) pulls a
+    /// per-layer constraint to 2 + 1 + 0 heads where materialization needs 1 + 1 + 1; the per-(layer, group)
+    /// constraint ends with exactly one likely head per group, and materialization keeps exactly those.
+    #[test]
+    fn head_constraint_balances_every_kv_group() {
+        use crate::prune::masks::Decision;
+        use crate::train::optim::{AdamW, AdamWConfig};
+        let dev = Device::Cpu;
+        // 2 layers, 6 query heads in 3 KV groups of 2; the target keeps 1 head per group.
+        let src = LlamaConfig::new(64, 48, 32, 2, 6, 3, 8, true);
+        let target = TargetShape { layers: 2, hidden: 48, heads: 3, kv_heads: 3, intermediate: 32 };
+        let masks = MaskSet::new(&src, &target, &mut Rng::new(0), &dev).unwrap();
+        let lag = Lagrangian::new(&layouts(&src, &target), 100, &dev).unwrap();
+        let head = masks.get(Family::Head).unwrap();
+        let preference = Tensor::new(&[[1.0f32, 0.9, 0.8, 0.1, 0.05, 0.0], [0.9, 1.0, 0.1, 0.8, 0.0, 0.05]], &dev).unwrap();
+        let named = |v: &Var| vec![("x".to_string(), v.clone())];
+        let mut opt_masks = AdamW::new("log_alpha", AdamWConfig::sheared(1.0), named(&head.log_alpha)).unwrap();
+        let lambdas = lag.vars();
+        let mut opt_lambda = AdamW::new(
+            "lambda",
+            AdamWConfig::sheared(-1.0),
+            lambdas.iter().enumerate().map(|(i, v)| (i.to_string(), v.clone())).collect(),
+        )
+        .unwrap();
+        for step in 0..300 {
+            masks.clamp_in_place().unwrap();
+            let (constraint, _) = lag.loss(&masks.expected_sparsity().unwrap(), step).unwrap();
+            let lm = (hc::score_tensor(head.log_alpha.as_tensor()).unwrap() * &preference)
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .affine(-1.0, 0.0)
+                .unwrap();
+            let grads = (constraint + lm).unwrap().backward().unwrap();
+            opt_masks.step(&grads, 1.0, 1.0).unwrap();
+            opt_lambda.step(&grads, 1.0, 1.0).unwrap();
+        }
+        masks.clamp_in_place().unwrap();
+        let d: Decision = masks.decisions().unwrap().into_iter().find(|d| d.family == Family::Head).unwrap();
+        let scores: Vec<f64> =
+            head.log_alpha.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|&x| hc::score(x as f64)).collect();
+        assert_eq!((d.rows, d.kept), (6, 6));
+        assert_eq!(d.unbalanced_rows, 0, "every group holds exactly one likely head: scores {scores:.3?}");
+        assert_eq!((d.kept_below_half, d.dropped_above_half), (0, 0), "scores {scores:.3?}");
+    }
+
 }

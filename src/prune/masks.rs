@@ -12,6 +12,23 @@
 //! number of query heads and the result is a valid uniform `LlamaConfig`. For an MHA source (one query
 //! head per group) head pruning *is* group pruning. A family exists only if the target is smaller than the
 //! source along it.
+//!
+//! ## Where the constraint acts
+//!
+//! The paper's Lagrangian has one term per layer for heads and MLP dims (§3 of the paper,
+//! `L̃_head,j = λ·(Σ_h z_j,h − H_T) + φ·(Σ_h z_j,h − H_T)²`), with λ, φ shared by the layers. With GQA the
+//! materialized config also fixes the count *per KV group*, so shear writes the head term once per
+//! (layer, KV group) instead: the same equation one level finer, the same shared multipliers. A per-layer
+//! term only constrains the sum over a layer's groups; its quadratic part has no gradient towards moving a
+//! head from a crowded group to a sparse one, and the masks then settle with, say, 3 + 2 + 1 heads where
+//! materialization needs 2 + 2 + 2 (it then keeps a head the masks scored ≈ 0 and drops one scored ≈ 1).
+//! Per group, `φ·(s_g − t)²` pulls each group to its own count. Per-group multipliers would add state and
+//! checkpoint shape for no gain we could measure (`scripts/reference/gqa_head_constraint.py`), and a
+//! parametrization shared across groups would force head `i` of every group to live or die together.
+//!
+//! When the `kv_group` family prunes whole groups, a group's head term is weighted by that group's keep
+//! probability (detached): the heads of a group on its way out stop counting, and the head constraint
+//! cannot push a group out to escape its own term.
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -70,7 +87,8 @@ pub struct FamilyLayout {
     pub row_len: usize,
     /// Entries kept per row in the target.
     pub target_kept: usize,
-    /// Rows per constraint element: the Lagrangian is per layer for kv_group / head / intermediate.
+    /// Rows per constraint element: the Lagrangian is per layer for kv_group / intermediate, per
+    /// (layer, KV group) for head (one row each), over the whole family for layer / hidden.
     pub rows_per_element: usize,
 }
 
@@ -94,7 +112,7 @@ pub fn layouts(source: &LlamaConfig, target: &TargetShape) -> Vec<FamilyLayout> 
     };
     add(Family::Layer, vec![l], 1, l, target.layers, 1, target.layers < l);
     add(Family::KvGroup, vec![l, kv], l, kv, target.kv_heads, 1, target.kv_heads < kv);
-    add(Family::Head, vec![l, h], l * kv, g, t_group, kv, t_group < g);
+    add(Family::Head, vec![l, h], l * kv, g, t_group, 1, t_group < g);
     add(Family::Intermediate, vec![l, m], l, m, target.intermediate, 1, target.intermediate < m);
     add(Family::Hidden, vec![d], 1, d, target.hidden, 1, target.hidden < d);
     out
@@ -106,6 +124,38 @@ pub struct MaskFamily {
     pub log_alpha: Var,
 }
 
+impl MaskFamily {
+    /// Deterministic mask values, flattened: per row, the `k` entries with the smallest soft values are 0.
+    fn deterministic(&self, mode: Deterministic) -> Result<Vec<f32>> {
+        let la: Vec<f32> = self.log_alpha.as_tensor().flatten_all()?.to_vec1()?;
+        let mut values = Vec::with_capacity(la.len());
+        for row in la.chunks(self.layout.row_len) {
+            let zeros = match mode {
+                Deterministic::Target => self.layout.row_len - self.layout.target_kept,
+                Deterministic::Expected => hc::expected_zeros(row),
+            };
+            values.extend(hc::deterministic_row(row, zeros));
+        }
+        Ok(values)
+    }
+}
+
+/// Whether a family's scores agree with what materialization keeps ([`MaskSet::decisions`]). A decisive,
+/// balanced run has `kept_below_half = dropped_above_half = unbalanced_rows = 0`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub family: Family,
+    /// Rows counted (those inside kept structures), and the entries kept in them.
+    pub rows: usize,
+    pub kept: usize,
+    /// Kept entries the masks give a keep probability P(z > 0) below 0.5.
+    pub kept_below_half: usize,
+    /// Dropped entries with P(z > 0) above 0.5.
+    pub dropped_above_half: usize,
+    /// Rows whose number of entries with P(z > 0) > 0.5 is not the target count.
+    pub unbalanced_rows: usize,
+}
+
 /// The learnable masks of a pruning run.
 pub struct MaskSet {
     pub families: Vec<MaskFamily>,
@@ -113,11 +163,30 @@ pub struct MaskSet {
     target: TargetShape,
 }
 
-/// Per-family expected sparsity, one entry per constraint element (per layer, or a single one).
+/// Per-family expected sparsity, one entry per constraint element (per layer, per (layer, KV group) for
+/// heads, or a single one).
 pub struct ExpectedSparsity {
     pub family: Family,
     /// `[elements]`, differentiable in log-α.
     pub sparsity: Tensor,
+    /// `[elements]` weights of the elements in the constraint's mean (no gradient): for heads when KV groups
+    /// are pruned too, each group's keep probability; `None` is equal weights.
+    pub weights: Option<Tensor>,
+}
+
+impl ExpectedSparsity {
+    /// The (weighted) mean over elements: what the metrics report as the family's expected sparsity.
+    pub fn mean(&self) -> Result<f64> {
+        Ok(weighted_mean(&self.sparsity, self.weights.as_ref())?.to_scalar::<f32>()? as f64)
+    }
+}
+
+/// `Σ w·x / Σ w` over all elements, or the plain mean without weights.
+pub fn weighted_mean(x: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
+    Ok(match weights {
+        None => x.mean_all()?,
+        Some(w) => ((x * w)?.sum_all()? / w.sum_all()?.to_scalar::<f32>()?.max(f32::MIN_POSITIVE) as f64)?,
+    })
 }
 
 impl MaskSet {
@@ -204,25 +273,76 @@ impl MaskSet {
     pub fn deterministic(&self, mode: Deterministic) -> Result<MaskValues> {
         let mut out = MaskValues::default();
         for f in &self.families {
-            let la: Vec<f32> = f.log_alpha.as_tensor().flatten_all()?.to_vec1()?;
-            let mut values = Vec::with_capacity(la.len());
-            for row in la.chunks(f.layout.row_len) {
-                let zeros = match mode {
-                    Deterministic::Target => f.layout.row_len - f.layout.target_kept,
-                    Deterministic::Expected => hc::expected_zeros(row),
-                };
-                values.extend(hc::deterministic_row(row, zeros));
-            }
+            let values = f.deterministic(mode)?;
             let device = f.log_alpha.device();
             set(&mut out, f.layout.family, Tensor::from_vec(values, f.layout.shape.clone(), device)?);
         }
         Ok(out)
     }
 
+    /// How well each family's scores agree with what materialization keeps (target-count masks), counted
+    /// inside the structures the materialized model has: heads of kept layers and kept KV groups, MLP dims
+    /// and KV groups of kept layers.
+    pub fn decisions(&self) -> Result<Vec<Decision>> {
+        let kept_of = |family: Family| -> Result<Option<Vec<bool>>> {
+            match self.get(family) {
+                Some(f) => Ok(Some(f.deterministic(Deterministic::Target)?.iter().map(|&v| v != 0.0).collect())),
+                None => Ok(None),
+            }
+        };
+        let (layer_kept, group_kept) = (kept_of(Family::Layer)?, kept_of(Family::KvGroup)?);
+        let on = |kept: &Option<Vec<bool>>, i: usize| kept.as_ref().is_none_or(|k| k[i]);
+        let groups_per_layer = self.source.num_kv_heads();
+        self.families
+            .iter()
+            .map(|f| {
+                let layout = &f.layout;
+                let la: Vec<f32> = f.log_alpha.as_tensor().flatten_all()?.to_vec1()?;
+                let z = f.deterministic(Deterministic::Target)?;
+                let mut d = Decision {
+                    family: layout.family,
+                    rows: 0,
+                    kept: 0,
+                    kept_below_half: 0,
+                    dropped_above_half: 0,
+                    unbalanced_rows: 0,
+                };
+                for (row, (la, z)) in la.chunks(layout.row_len).zip(z.chunks(layout.row_len)).enumerate() {
+                    let parent_kept = match layout.family {
+                        Family::Layer | Family::Hidden => true,
+                        Family::KvGroup | Family::Intermediate => on(&layer_kept, row),
+                        Family::Head => on(&layer_kept, row / groups_per_layer) && on(&group_kept, row),
+                    };
+                    if !parent_kept {
+                        continue;
+                    }
+                    d.rows += 1;
+                    let mut above_half = 0;
+                    for (&la, &z) in la.iter().zip(z) {
+                        let likely = hc::score(la as f64) > 0.5;
+                        above_half += likely as usize;
+                        if z != 0.0 {
+                            d.kept += 1;
+                            d.kept_below_half += !likely as usize;
+                        } else {
+                            d.dropped_above_half += likely as usize;
+                        }
+                    }
+                    d.unbalanced_rows += (above_half != layout.target_kept) as usize;
+                }
+                Ok(d)
+            })
+            .collect()
+    }
+
     /// Expected sparsity of every family, per constraint element: `1 − mean(score)` over each layer
-    /// (kv_group, head, intermediate) or over the whole family (layer, hidden). Differentiable; call
-    /// [`MaskSet::clamp_in_place`] first.
+    /// (kv_group, intermediate), each KV group of each layer (head), or the whole family (layer, hidden).
+    /// Differentiable; call [`MaskSet::clamp_in_place`] first.
     pub fn expected_sparsity(&self) -> Result<Vec<ExpectedSparsity>> {
+        let group_scores = match self.get(Family::KvGroup) {
+            Some(g) => Some(hc::score_tensor(g.log_alpha.as_tensor())?.flatten_all()?.detach()),
+            None => None,
+        };
         self.families
             .iter()
             .map(|f| {
@@ -230,7 +350,9 @@ impl MaskSet {
                 let per_element = f.layout.row_len * f.layout.rows_per_element;
                 let elements = f.layout.rows / f.layout.rows_per_element;
                 let kept = scores.reshape((elements, per_element))?.mean(1)?;
-                Ok(ExpectedSparsity { family: f.layout.family, sparsity: kept.affine(-1.0, 1.0)? })
+                // Head elements are (layer, group) in the same order as the kv_group log-α.
+                let weights = if f.layout.family == Family::Head { group_scores.clone() } else { None };
+                Ok(ExpectedSparsity { family: f.layout.family, sparsity: kept.affine(-1.0, 1.0)?, weights })
             })
             .collect()
     }
@@ -259,7 +381,7 @@ fn set(m: &mut MaskValues, family: Family, t: Tensor) {
 
 /// Per-entry keep probabilities (or 0/1 indicators) of every family, flattened row-major; absent
 /// families are all ones. Feeds the GQA-aware parameter accounting.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MaskScores {
     pub layer: Vec<f64>,
     pub kv_group: Vec<f64>,
@@ -371,7 +493,7 @@ mod tests {
         // All 3 KV groups stay: no kv_group family.
         assert_eq!(fams, vec![Family::Layer, Family::Head, Family::Intermediate, Family::Hidden]);
         let head = &l[1];
-        assert_eq!((head.rows, head.row_len, head.target_kept, head.rows_per_element), (90, 3, 2, 3));
+        assert_eq!((head.rows, head.row_len, head.target_kept, head.rows_per_element), (90, 3, 2, 1));
         assert!((head.target_sparsity() - 1.0 / 3.0).abs() < 1e-12);
         let small = TargetShape { layers: 16, hidden: 256, heads: 4, kv_heads: 2, intermediate: 640 };
         assert!(layouts(&smollm2(), &small).iter().any(|f| f.family == Family::KvGroup));
@@ -414,10 +536,42 @@ mod tests {
         masks.clamp_in_place().unwrap();
         for e in masks.expected_sparsity().unwrap() {
             let v: Vec<f32> = e.sparsity.to_vec1().unwrap();
-            let expected_len = if matches!(e.family, Family::Layer | Family::Hidden) { 1 } else { 30 };
+            let expected_len = match e.family {
+                Family::Layer | Family::Hidden => 1,
+                Family::Head => 90, // one element per (layer, KV group)
+                _ => 30,
+            };
             assert_eq!(v.len(), expected_len, "{:?}", e.family);
             // log-α clamps to 4.605: score 0.99798.
             assert!(v.iter().all(|s| (s - (1.0 - 0.99798)).abs() < 1e-4), "{:?} {v:?}", e.family);
         }
     }
+
+    /// With KV groups pruned too, a group's head term is weighted by the group's keep probability: the
+    /// heads of a group on its way out do not count, and the weights carry no gradient.
+    #[test]
+    fn heads_of_a_dropped_group_do_not_count() {
+        let src = LlamaConfig::new(64, 48, 32, 1, 6, 3, 8, true);
+        let target = TargetShape { layers: 1, hidden: 48, heads: 2, kv_heads: 2, intermediate: 32 };
+        let masks = MaskSet::new(&src, &target, &mut Rng::new(0), &Device::Cpu).unwrap();
+        let set = |f: Family, v: Vec<f32>| {
+            let fam = masks.get(f).unwrap();
+            fam.log_alpha.set(&Tensor::from_vec(v, fam.layout.shape.clone(), &Device::Cpu).unwrap()).unwrap();
+        };
+        // Groups 0 and 1 kept (log-α at the clamp), group 2 on its way out; group 2 keeps both its heads,
+        // groups 0 and 1 one each.
+        set(Family::KvGroup, vec![4.6, 4.6, -4.6]);
+        set(Family::Head, vec![4.6, -4.6, -4.6, 4.6, 4.6, 4.6]);
+        let e = masks.expected_sparsity().unwrap().into_iter().find(|e| e.family == Family::Head).unwrap();
+        let per_group: Vec<f32> = e.sparsity.to_vec1().unwrap();
+        assert_eq!(per_group.len(), 3, "one element per (layer, KV group)");
+        let w: Vec<f32> = e.weights.as_ref().unwrap().to_vec1().unwrap();
+        assert!(w[2] < 0.02 && w[0] > 0.99, "weights are the groups' keep probabilities: {w:?}");
+        // Unweighted, group 2's sparsity of ~0 would pull the mean to ~1/3; weighted it is ~1/2.
+        assert!((e.mean().unwrap() - 0.5).abs() < 0.01, "{}", e.mean().unwrap());
+        let grads = weighted_mean(&e.sparsity, e.weights.as_ref()).unwrap().backward().unwrap();
+        assert!(grads.get(masks.get(Family::Head).unwrap().log_alpha.as_tensor()).is_some());
+        assert!(grads.get(masks.get(Family::KvGroup).unwrap().log_alpha.as_tensor()).is_none(), "no way out");
+    }
+
 }

@@ -232,6 +232,32 @@ mod run {
         assert!(out.join("tokenizer.json").exists());
     }
 
+    /// The pruning-time eval reports the model `materialize` produces: its `eval_nll` (target-count masks)
+    /// is the NLL of the materialized directory on the same held-out tokens; `eval_nll_expected` (the
+    /// expected counts) is logged beside it.
+    #[test]
+    fn pruning_evals_are_the_materialized_model() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (spec, cfg, weights, mut data) = setup(tmp.path());
+        let run = tmp.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        prune(&run, &spec, &cfg, weights, &mut data, false, |_| ControlFlow::Continue(())).unwrap();
+        let evals = std::fs::read_to_string(run.join("evals.jsonl")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(evals.lines().last().unwrap()).unwrap();
+        assert_eq!(last["step"], 12);
+        assert!(last["eval_nll_expected"].as_f64().unwrap().is_finite());
+        let out = tmp.path().join("pruned");
+        shear::train::pruning::materialize_run(&run, &out).unwrap();
+        let small = shear::io::load_model(&out, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let PruneData::Text(text) = &data else { unreachable!() };
+        let c = &spec.config;
+        let ids = &text.eval[..c.eval_tokens.min(text.eval.len())];
+        let r = shear::eval::evaluate_ids(&small.model, ids, c.seq_len, c.batch_size, None, |_, _| {}).unwrap();
+        let logged = last["eval_nll"].as_f64().unwrap();
+        assert_eq!(r.tokens as u64, last["eval_tokens"].as_u64().unwrap());
+        assert!((r.mean_nll - logged).abs() <= 1e-5 * logged.abs(), "materialized {} vs logged {logged}", r.mean_nll);
+    }
+
     /// `save_only_model`: the same training, a checkpoint without the AdamW moments that materializes to
     /// the same model, and a clear refusal to resume.
     #[test]

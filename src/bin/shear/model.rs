@@ -60,9 +60,14 @@ pub struct EvalArgs {
     /// Window length in tokens.
     #[arg(long, default_value_t = 512)]
     pub seq_len: usize,
-    /// Keep only the first N token ids of the encoded text.
+    /// Keep only the first N token ids of the encoded text (of the held-out part with --held-out).
     #[arg(long)]
     pub max_tokens: Option<usize>,
+    /// With --text: evaluate only the last FRACTION of its tokens, the split `shear prune --data TEXT`
+    /// holds out (its --eval-fraction, default 0.05), so a materialized model can be compared with the
+    /// pruning run's evals on the same tokens.
+    #[arg(long, conflicts_with = "data")]
+    pub held_out: Option<f64>,
     /// Windows per forward pass.
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
@@ -131,9 +136,12 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
         return eval_corpus_cmd(&a, dir);
     }
     let text_path = a.text.clone().expect("clap enforces --text or --data");
-    let text = io::read_utf8(&text_path)?;
     let (loaded, tok) = load(&a.model, &a.device)?;
-    let mut ids = io::tokenizer::encode(&tok, &text)?;
+    let mut ids = match a.held_out {
+        Some(f) if !(f > 0.0 && f < 1.0) => bail!("--held-out must be a fraction in (0, 1), got {f}"),
+        Some(f) => shear::data::TextData::from_file(&text_path, &tok, f, a.seq_len)?.eval,
+        None => io::tokenizer::encode(&tok, &io::read_utf8(&text_path)?)?,
+    };
     if let Some(n) = a.max_tokens {
         ids.truncate(n);
     }
@@ -148,11 +156,15 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
         let mut v = serde_json::to_value(&r)?;
         v["model"] = a.model.display().to_string().into();
         v["text"] = text_path.display().to_string().into();
+        v["held_out"] = a.held_out.into();
         v["seconds"] = secs.into();
         println!("{}", serde_json::to_string(&v)?);
     } else {
         println!("model       {}", a.model.display());
-        println!("text        {}", text_path.display());
+        match a.held_out {
+            Some(f) => println!("text        {} (the last {f} of its tokens, as `shear prune` holds out)", text_path.display()),
+            None => println!("text        {}", text_path.display()),
+        }
         println!("tokens      {} predicted in {} windows of <= {}", r.tokens, r.windows, r.seq_len);
         println!("mean NLL    {:.6} nats", r.mean_nll);
         println!("perplexity  {:.4}", r.perplexity);

@@ -54,14 +54,17 @@ pub struct PruneArgs {
     /// Learning rate of the Lagrange multipliers (gradient ascent).
     #[arg(long, default_value_t = 1.0)]
     pub lambda_lr: f64,
-    /// LR warm-up steps (default: 10% of --steps).
+    /// LR warm-up steps (default: 10% of --steps, but at least min(50%, 80 steps): the min-max's start-up
+    /// transient at full learning rate wrecks the sampled masks of a short run).
     #[arg(long)]
     pub lr_warmup_steps: Option<usize>,
     /// Steps over which the target sparsity rises linearly from 0 (default: max(20%, min(50%, 640 steps)) of
-    /// --steps; shorter warm-ups let the sparsity oscillate around the target).
+    /// --steps, and at least 100 steps or the whole run; shorter warm-ups let the sparsity oscillate around
+    /// the target).
     #[arg(long)]
     pub lagrangian_warmup_steps: Option<usize>,
-    /// Evaluate the deterministic masks and save them every N steps.
+    /// Evaluate the deterministic masks (target counts, and expected counts beside) and save them every N
+    /// steps.
     #[arg(long, default_value_t = 50)]
     pub eval_interval: usize,
     /// Held-out tokens per evaluation.
@@ -230,11 +233,15 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
             r.lagrangian,
             r.expected_params / 1e6
         );
-        if let Some(nll) = r.eval_nll {
+        if let (Some(nll), Some(nll_expected)) = (r.eval_nll, r.eval_nll_expected) {
+            let count = |k: &str| r.metrics.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
             pb.println(format!(
-                "step {}: eval NLL {nll:.4} (deterministic masks, expected counts), E[attention+MLP params] {:.2}M",
+                "step {}: eval NLL {nll:.4} (target counts: what materialize keeps; expected counts {nll_expected:.4}), \
+                 E[attention+MLP params] {:.2}M, kept heads with P(z>0) < 0.5: {}, dropped heads with P > 0.5: {}",
                 r.step,
-                r.expected_params / 1e6
+                r.expected_params / 1e6,
+                count("head_kept_below_half"),
+                count("head_dropped_above_half"),
             ));
         }
         stop.control(r.step, "prune", &a.out, spec.config.save_only_model, |m| pb.warn(m))
@@ -289,6 +296,7 @@ pub fn inspect_cmd(a: InspectArgs) -> Result<()> {
         "intermediate_expected_sparsity",
     ];
     println!("{}", layers.select(cols).map_err(|e| anyhow::anyhow!("{e}"))?);
+    print_head_decision(&masks)?;
     if let Some(dir) = &a.charts {
         write_charts(&a.run, a.step, dir)?;
     }
@@ -296,7 +304,28 @@ pub fn inspect_cmd(a: InspectArgs) -> Result<()> {
 }
 
 pub fn report_cmd(a: ReportArgs) -> Result<()> {
+    if let Ok((step, masks)) = shear::report::run_masks(&a.run, None) {
+        println!("{} at step {step}:", a.run.display());
+        print_head_decision(&masks)?;
+    }
     write_charts(&a.run, None, &a.out)
+}
+
+/// Whether materialization keeps the heads the masks chose, in one line.
+fn print_head_decision(masks: &shear::prune::masks::MaskSet) -> Result<()> {
+    if let Some(d) = masks.decisions()?.into_iter().find(|d| d.family == shear::prune::masks::Family::Head) {
+        println!(
+            "query heads: {} kept in kept layers; kept with P(z>0) < 0.5: {} ({:.1}%); dropped with P(z>0) > 0.5: {}; \
+             KV groups whose likely heads are not the target count: {} of {}",
+            d.kept,
+            d.kept_below_half,
+            100.0 * d.kept_below_half as f64 / d.kept.max(1) as f64,
+            d.dropped_above_half,
+            d.unbalanced_rows,
+            d.rows
+        );
+    }
+    Ok(())
 }
 
 fn write_charts(run: &std::path::Path, step: Option<usize>, dir: &std::path::Path) -> Result<()> {

@@ -274,12 +274,16 @@ pub fn bar_chart(axes: &Axes, labels: &[String], values: &[f64], reference: Opti
     let top = if top > 0.0 { top } else { 1.0 };
     let n = values.len();
     let label_every = n.div_ceil(32).max(1);
+    // The reference line's legend goes beside the plot, never over the bars.
+    let legend = reference.map(|(name, _)| Line::dashed(name, vec![]).color(1));
+    let legend_w = legend.as_ref().map(|l| (l.name.chars().count() as u32 * 7 + 44).min(300)).unwrap_or(0);
     let mut out = String::new();
     {
-        let root = SVGBackend::with_string(&mut out, axes.size).into_drawing_area();
+        let root = SVGBackend::with_string(&mut out, (axes.size.0 + legend_w, axes.size.1)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
+        let (plot, legend_area) = root.split_horizontally(axes.size.0);
         let mut chart =
-            builder(&root, axes, 64).build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top).map_err(draw_err)?;
+            builder(&plot, axes, 64).build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top).map_err(draw_err)?;
         let labels_owned = labels.to_vec();
         chart
             .configure_mesh()
@@ -308,52 +312,60 @@ pub fn bar_chart(axes: &Axes, labels: &[String], values: &[f64], reference: Opti
                     .map(|(i, &v)| Rectangle::new([(i as f64 - 0.4, 0.0), (i as f64 + 0.4, v)], PALETTE[0].filled())),
             )
             .map_err(draw_err)?;
-        if let Some((name, r)) = reference {
-            let c = PALETTE[1];
-            chart
-                .draw_series(DashedLineSeries::new(vec![(-0.5, r), (n as f64 - 0.5, r)], 6, 4, c.stroke_width(2)))
-                .map_err(draw_err)?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(160, 160, 160))
-                .label_font(("sans-serif", 13).into_font().color(&BLACK))
-                .draw()
-                .map_err(draw_err)?;
+        if let (Some((_, r)), Some(legend)) = (reference, &legend) {
+            let style = PALETTE[1].stroke_width(2);
+            chart.draw_series(DashedLineSeries::new(vec![(-0.5, r), (n as f64 - 0.5, r)], 6, 4, style)).map_err(draw_err)?;
+            draw_legend(&legend_area, std::slice::from_ref(legend))?;
         }
         root.present().map_err(draw_err)?;
     }
     Ok(Svg(out))
 }
 
-/// A heat map of `values[row][col]` in `[0, max]`, each cell labelled with its value; row 0 at the top.
-pub fn heatmap(
-    axes: &Axes,
-    values: &[Vec<f64>],
-    max: f64,
-    row_labels: &[String],
-    col_labels: &[String],
-) -> Result<Svg> {
+/// A heat map: `values[row][col]` in `[0, max]`, each cell labelled with its value (`decimals` places);
+/// row 0 at the top.
+pub struct Grid {
+    pub values: Vec<Vec<f64>>,
+    pub max: f64,
+    pub decimals: usize,
+    pub row_labels: Vec<String>,
+    pub col_labels: Vec<String>,
+    /// Cells drawn with a heavy frame (e.g. what materialization keeps); empty: none.
+    pub marked: Vec<Vec<bool>>,
+    /// Rows drawn in grey (e.g. removed layers); empty: none.
+    pub greyed_rows: Vec<bool>,
+    /// A heavy vertical separator after every `col_group` columns (e.g. the query heads of a KV group);
+    /// 0: none.
+    pub col_group: usize,
+    /// A line under the plot explaining the marks.
+    pub note: Option<String>,
+}
+
+pub fn heatmap(axes: &Axes, grid: &Grid) -> Result<Svg> {
+    let values = &grid.values;
     let rows = values.len();
     let cols = values.first().map(|r| r.len()).unwrap_or(0);
     if rows == 0
         || cols == 0
         || values.iter().any(|r| r.len() != cols)
-        || col_labels.len() != cols
-        || row_labels.len() != rows
+        || grid.col_labels.len() != cols
+        || grid.row_labels.len() != rows
+        || !(grid.marked.is_empty() || grid.marked.len() == rows && grid.marked.iter().all(|r| r.len() == cols))
+        || !(grid.greyed_rows.is_empty() || grid.greyed_rows.len() == rows)
     {
         return Err(Error::Invalid(format!("chart `{}`: the heat map needs a non-empty rectangular grid", axes.title)));
     }
+    let marked = |r: usize, c: usize| grid.marked.get(r).is_some_and(|row| row[c]);
+    let greyed = |r: usize| grid.greyed_rows.get(r).copied().unwrap_or(false);
+    let note_h = if grid.note.is_some() { 24 } else { 0 };
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, axes.size).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
+        let (plot, note_area) = root.split_vertically(axes.size.1 - note_h);
         let mut chart =
-            builder(&root, axes, 104).build_cartesian_2d(0f64..cols as f64, rows as f64..0f64).map_err(draw_err)?;
-        let (col_labels, row_labels) = (col_labels.to_vec(), row_labels.to_vec());
+            builder(&plot, axes, 104).build_cartesian_2d(0f64..cols as f64, rows as f64..0f64).map_err(draw_err)?;
+        let (col_labels, row_labels) = (&grid.col_labels, &grid.row_labels);
         chart
             .configure_mesh()
             .disable_mesh()
@@ -368,7 +380,7 @@ pub fn heatmap(
                     String::new()
                 }
             })
-            .y_labels(rows.min(30) * 2 + 1)
+            .y_labels(rows.min(40) * 2 + 1)
             .y_label_formatter(&|y| {
                 let i = (y - 0.5).round();
                 if (y - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < rows {
@@ -377,38 +389,53 @@ pub fn heatmap(
                     String::new()
                 }
             })
-            .label_style(("sans-serif", 11).into_font().color(&BLACK))
+            .label_style(("sans-serif", 12).into_font().color(&BLACK))
             .axis_desc_style(("sans-serif", 14).into_font().color(&BLACK))
             .draw()
             .map_err(draw_err)?;
         let shade = |v: f64| {
             // White (0) to the palette's blue (max): readable text on both ends.
-            let t = if max > 0.0 { (v / max).clamp(0.0, 1.0) } else { 0.0 };
+            let t = if grid.max > 0.0 { (v / grid.max).clamp(0.0, 1.0) } else { 0.0 };
             let mix = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * t).round() as u8;
             RGBColor(mix(255, 0), mix(255, 90), mix(255, 160))
         };
+        let cell_px = (axes.size.1 as f64 - 110.0 - note_h as f64) / rows as f64;
         for (r, row) in values.iter().enumerate() {
             for (c, &v) in row.iter().enumerate() {
                 let (x, y) = (c as f64, r as f64);
-                chart
-                    .draw_series(std::iter::once(Rectangle::new([(x, y), (x + 1.0, y + 1.0)], shade(v).filled())))
-                    .map_err(draw_err)?;
-                chart
-                    .draw_series(std::iter::once(Rectangle::new(
-                        [(x, y), (x + 1.0, y + 1.0)],
-                        RGBColor(200, 200, 200).stroke_width(1),
-                    )))
-                    .map_err(draw_err)?;
-                let text_color = if max > 0.0 && v / max > 0.55 { WHITE } else { BLACK };
-                let cell_px = (axes.size.1 as f64 - 110.0) / rows as f64;
-                let font = ("sans-serif", (cell_px * 0.75).clamp(9.0, 16.0))
+                let fill = if greyed(r) { RGBColor(222, 222, 222) } else { shade(v) };
+                let cell = [(x, y), (x + 1.0, y + 1.0)];
+                chart.draw_series(std::iter::once(Rectangle::new(cell, fill.filled()))).map_err(draw_err)?;
+                let frame = RGBColor(200, 200, 200).stroke_width(1);
+                chart.draw_series(std::iter::once(Rectangle::new(cell, frame))).map_err(draw_err)?;
+                let dark = !greyed(r) && grid.max > 0.0 && v / grid.max > 0.55;
+                let text_color = if greyed(r) { RGBColor(120, 120, 120) } else if dark { WHITE } else { BLACK };
+                let font = ("sans-serif", (cell_px * 0.62).clamp(9.0, 15.0))
                     .into_font()
                     .color(&text_color)
                     .pos(Pos::new(HPos::Center, VPos::Center));
-                chart
-                    .draw_series(std::iter::once(Text::new(format!("{v}"), (x + 0.5, y + 0.5), font)))
-                    .map_err(draw_err)?;
+                let text = format!("{v:.*}", grid.decimals);
+                chart.draw_series(std::iter::once(Text::new(text, (x + 0.5, y + 0.5), font))).map_err(draw_err)?;
             }
+        }
+        // Marks over every cell, so that no neighbour's fill covers them.
+        for r in 0..rows {
+            for c in (0..cols).filter(|&c| marked(r, c)) {
+                let (x, y) = (c as f64, r as f64);
+                let inset = [(x + 0.06, y + 0.1), (x + 0.94, y + 0.9)];
+                let style = PALETTE[1].stroke_width(3);
+                chart.draw_series(std::iter::once(Rectangle::new(inset, style))).map_err(draw_err)?;
+            }
+        }
+        if grid.col_group > 0 {
+            for c in (grid.col_group..cols).step_by(grid.col_group) {
+                let line = PathElement::new(vec![(c as f64, 0.0), (c as f64, rows as f64)], BLACK.stroke_width(3));
+                chart.draw_series(std::iter::once(line)).map_err(draw_err)?;
+            }
+        }
+        if let Some(note) = &grid.note {
+            let font = ("sans-serif", 13).into_font().color(&BLACK);
+            note_area.draw(&Text::new(note.clone(), (16, 4), font)).map_err(draw_err)?;
         }
         root.present().map_err(draw_err)?;
     }
@@ -473,16 +500,23 @@ mod tests {
             bar_chart(&axes, &["a".into(), "b".into(), "c".into()], &[1.0, 2.0, 0.0], Some(("target", 1.5))).unwrap().0;
         // Three bars + the background: count filled rects of the palette's first colour.
         assert_eq!(bars.matches("fill=\"#0072B2\"").count(), 3, "{bars}");
-        let hm = heatmap(
-            &axes,
-            &[vec![3.0, 0.0], vec![2.0, 1.0]],
-            3.0,
-            &["0".into(), "1".into()],
-            &["g0".into(), "g1".into()],
-        )
-        .unwrap()
-        .0;
-        assert!(hm.contains("\ng1\n") && hm.contains("\n3\n"), "{hm}");
+        let grid = Grid {
+            values: vec![vec![0.97, 0.0], vec![0.25, 1.0]],
+            max: 1.0,
+            decimals: 2,
+            row_labels: vec!["0".into(), "1 (removed)".into()],
+            col_labels: vec!["g0".into(), "g1".into()],
+            marked: vec![vec![true, false], vec![false, true]],
+            greyed_rows: vec![false, true],
+            col_group: 1,
+            note: Some("framed: kept".into()),
+        };
+        let hm = heatmap(&axes, &grid).unwrap().0;
+        assert!(hm.contains("\ng1\n") && hm.contains("\n0.97\n") && hm.contains("framed: kept"), "{hm}");
+        // Two framed cells (the palette's second colour), one greyed row of two cells.
+        assert_eq!(hm.matches("stroke=\"#D55E00\"").count(), 2, "{hm}");
+        assert_eq!(hm.matches("fill=\"#DEDEDE\"").count(), 2, "{hm}");
+        assert!(heatmap(&axes, &Grid { marked: vec![vec![true]], ..grid }).is_err(), "marks must match the grid");
         let h = histogram(&axes, &[0.1, 0.2, 0.9, 5.0], 0.0, 1.0, 4).unwrap().0;
         assert_eq!(h.matches("fill=\"#0072B2\"").count(), 4);
         assert!(line_chart(&axes, &[Line::new("empty", vec![])]).is_err());

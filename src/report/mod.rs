@@ -51,28 +51,23 @@ fn per_layer_scores(masks: &MaskSet, family: Family, layers: usize) -> Result<Ve
     }
 }
 
-/// Query heads kept at materialization, per layer and KV group (`[layer][group]`; 0 for a removed group).
-/// Layers removed by the layer mask keep their head counts here; see `layer_kept`.
-pub fn kept_heads_by_group(masks: &MaskSet) -> Result<Vec<Vec<usize>>> {
+/// Which query heads materialization keeps, `[layer][head]` (a head of a removed KV group is not kept).
+/// Layers removed by the layer mask keep their heads here; see `layer_kept`.
+pub fn kept_heads(masks: &MaskSet) -> Result<Vec<Vec<bool>>> {
     let cfg = masks.source();
     let (l, h, kv) = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_kv_heads());
     let g = h / kv;
     let det = masks.deterministic(Deterministic::Target)?;
     let z_group = values(&det.kv_group, l * kv)?;
     let z_head = values(&det.head, l * h)?;
-    Ok((0..l)
-        .map(|layer| {
-            (0..kv)
-                .map(|gg| {
-                    if z_group[layer * kv + gg] == 0.0 {
-                        0
-                    } else {
-                        (0..g).filter(|i| z_head[layer * h + gg * g + i] != 0.0).count()
-                    }
-                })
-                .collect()
-        })
-        .collect())
+    Ok((0..l).map(|layer| (0..h).map(|i| z_group[layer * kv + i / g] != 0.0 && z_head[layer * h + i] != 0.0).collect()).collect())
+}
+
+/// Query heads kept at materialization, per layer and KV group (`[layer][group]`; 0 for a removed group).
+/// Layers removed by the layer mask keep their head counts here; see `layer_kept`.
+pub fn kept_heads_by_group(masks: &MaskSet) -> Result<Vec<Vec<usize>>> {
+    let g = masks.source().group_size();
+    Ok(kept_heads(masks)?.iter().map(|heads| heads.chunks(g).map(|c| c.iter().filter(|&&k| k).count()).collect()).collect())
 }
 
 /// One row per source layer. `*_kept` columns are what materialization keeps (exact target counts);
@@ -127,22 +122,40 @@ pub fn layer_table(masks: &MaskSet) -> Result<DataFrame> {
     Ok(df)
 }
 
-/// One row per mask family: expected vs target sparsity, and units kept at materialization.
+/// One row per mask family: expected vs target sparsity, units kept at materialization, and whether the
+/// kept units are the ones the masks chose ([`MaskSet::decisions`]: kept with P(z > 0) < 0.5, dropped with
+/// P > 0.5, rows whose likely count is not the target's; counted inside kept layers and groups).
 pub fn family_table(masks: &MaskSet) -> Result<DataFrame> {
     let expected = masks.expected_sparsity()?;
+    let decisions = masks.decisions()?;
     let mut names = vec![];
     let mut exp = vec![];
     let mut tgt = vec![];
     let mut kept = vec![];
     let mut total = vec![];
-    for f in &masks.families {
+    let (mut below, mut above, mut unbalanced, mut rows) = (vec![], vec![], vec![], vec![]);
+    for (f, d) in masks.families.iter().zip(&decisions) {
         let e = expected.iter().find(|e| e.family == f.layout.family).expect("one per family");
         names.push(f.layout.family.name().to_string());
-        exp.push(e.sparsity.mean_all()?.to_scalar::<f32>()? as f64);
+        exp.push(e.mean()?);
         tgt.push(f.layout.target_sparsity());
         kept.push((f.layout.target_kept * f.layout.rows) as u32);
         total.push((f.layout.row_len * f.layout.rows) as u32);
+        below.push(d.kept_below_half as u32);
+        above.push(d.dropped_above_half as u32);
+        unbalanced.push(d.unbalanced_rows as u32);
+        rows.push(d.rows as u32);
     }
-    df!("family" => names, "expected_sparsity" => exp, "target_sparsity" => tgt, "kept" => kept, "total" => total)
-        .map_err(polars_err)
+    df!(
+        "family" => names,
+        "expected_sparsity" => exp,
+        "target_sparsity" => tgt,
+        "kept" => kept,
+        "total" => total,
+        "kept_p_below_half" => below,
+        "dropped_p_above_half" => above,
+        "unbalanced_rows" => unbalanced,
+        "rows_counted" => rows,
+    )
+    .map_err(polars_err)
 }

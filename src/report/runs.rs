@@ -48,7 +48,8 @@ pub fn prune_metrics(run: &Path) -> Result<DataFrame> {
     numeric_frame(&log(run, "metrics.jsonl")?)
 }
 
-/// A pruning run's evaluations of the deterministic masks: `step`, `eval_nll`, `deterministic_params`.
+/// A pruning run's evaluations of the deterministic masks: `step`, `eval_nll` and `deterministic_params` (target
+/// counts), `eval_nll_expected` and `expected_count_params` (expected counts).
 pub fn prune_evals(run: &Path) -> Result<DataFrame> {
     numeric_frame(&log(run, "evals.jsonl")?)
 }

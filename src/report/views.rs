@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 
-use super::charts::{bar_chart, heatmap, histogram, line_chart, Axes, Line, Svg};
+use super::charts::{bar_chart, heatmap, histogram, line_chart, Axes, Grid, Line, Svg};
 use super::runs::{prune_evals, prune_metrics, train_evals, train_metrics, xy};
-use super::{kept_heads_by_group, polars_err, run_masks};
+use super::{polars_err, run_masks};
 use crate::error::{Error, Result};
 use crate::prune::hard_concrete as hc;
 use crate::prune::masks::{layouts, prunable_params, Deterministic, Family, MaskSet};
@@ -20,15 +20,32 @@ fn has(df: &DataFrame, col: &str) -> bool {
     df.column(col).is_ok()
 }
 
+/// Families that share a final target (head, intermediate and hidden usually do) share one line: their
+/// curves are the same, and one legend entry names them all.
+fn by_final_target(families: impl IntoIterator<Item = (Family, f64)>) -> Vec<(Vec<Family>, f64)> {
+    let mut groups: Vec<(Vec<Family>, f64)> = vec![];
+    for (f, t) in families {
+        match groups.iter_mut().find(|(_, g)| (*g - t).abs() < 1e-12) {
+            Some((members, _)) => members.push(f),
+            None => groups.push((vec![f], t)),
+        }
+    }
+    groups
+}
+
+fn names(families: &[Family]) -> String {
+    families.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+}
+
 /// The target sparsity of every pruned family over the steps of a run: the linear warm-up of spec §4.
 pub fn target_schedule(source: &LlamaConfig, target: &TargetShape, warmup: usize, steps: usize) -> Result<Svg> {
-    let lines: Vec<Line> = layouts(source, target)
+    let families = layouts(source, target).iter().map(|l| (l.family, l.target_sparsity())).collect::<Vec<_>>();
+    let lines: Vec<Line> = by_final_target(families)
         .iter()
         .enumerate()
-        .map(|(i, l)| {
-            let t = l.target_sparsity();
+        .map(|(i, (members, t))| {
             let pts = (0..=steps).map(|s| (s as f64, t * (s as f64 / warmup.max(1) as f64).min(1.0))).collect();
-            Line::new(format!("{} (final {:.3})", l.family.name(), t), pts).color(i)
+            Line::new(format!("{} (final {t:.3})", names(members)), pts).color(i)
         })
         .collect();
     line_chart(
@@ -41,27 +58,41 @@ pub fn target_schedule(source: &LlamaConfig, target: &TargetShape, warmup: usize
     )
 }
 
-/// Expected (solid) against warmed-up target (dashed) sparsity per family, over steps.
-pub fn sparsity_chart(metrics: &DataFrame) -> Result<Svg> {
+/// Expected sparsity per family (solid, one colour each) against the warmed-up targets (dashed; one line
+/// per distinct target, grey when families share it). `title` names the run.
+pub fn sparsity_chart(metrics: &DataFrame, title: &str) -> Result<Svg> {
+    let present: Vec<(usize, Family)> =
+        FAMILIES.iter().copied().enumerate().filter(|(_, f)| has(metrics, &format!("{}_expected_sparsity", f.name()))).collect();
     let mut lines = vec![];
-    for (i, f) in FAMILIES.iter().enumerate() {
-        let (e, t) = (format!("{}_expected_sparsity", f.name()), format!("{}_target_sparsity", f.name()));
-        if has(metrics, &e) {
-            lines.push(Line::new(format!("{} expected", f.name()), xy(metrics, "step", &e)?).color(i));
-            lines.push(Line::dashed(format!("{} target", f.name()), xy(metrics, "step", &t)?).color(i));
-        }
+    for &(i, f) in &present {
+        lines.push(Line::new(format!("{} expected", f.name()), xy(metrics, "step", &format!("{}_expected_sparsity", f.name()))?).color(i));
     }
-    line_chart(
-        &Axes::new("Expected vs target sparsity per mask family", "optimizer step", "sparsity (fraction removed)"),
-        &lines,
-    )
+    let finals = present
+        .iter()
+        .map(|&(_, f)| {
+            let t = xy(metrics, "step", &format!("{}_target_sparsity", f.name()))?;
+            Ok((f, t.last().map(|p| p.1).unwrap_or(0.0)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (members, _) in by_final_target(finals) {
+        let pts = xy(metrics, "step", &format!("{}_target_sparsity", members[0].name()))?;
+        let color = if members.len() == 1 { present.iter().find(|p| p.1 == members[0]).map(|p| p.0).unwrap_or(6) } else { 6 };
+        lines.push(Line::dashed(format!("target: {}", names(&members)), pts).color(color));
+    }
+    line_chart(&Axes::new(title, "optimizer step", "sparsity (fraction removed)"), &lines)
 }
 
-/// LM loss per step, with the held-out NLL of the deterministic masks at eval steps when given.
+/// LM loss per step, with the held-out NLL at eval steps when given: of the target-count masks (the model
+/// `materialize` gives) and, in runs that log it, of the expected-count masks.
 pub fn loss_chart(metrics: &DataFrame, evals: Option<&DataFrame>) -> Result<Svg> {
     let mut lines = vec![Line::new("LM loss (sampled masks, training batch)", xy(metrics, "step", "lm_loss")?)];
     if let Some(e) = evals.filter(|e| has(e, "eval_nll") && e.height() > 0) {
-        lines.push(Line::new("held-out NLL (deterministic masks)", xy(e, "step", "eval_nll")?).color(1));
+        // Runs from before target-count evals logged the expected counts as `eval_nll`.
+        let label = if has(e, "eval_nll_expected") { "held-out NLL, target counts (materialized)" } else { "held-out NLL (deterministic masks)" };
+        lines.push(Line::new(label, xy(e, "step", "eval_nll")?).color(1));
+        if has(e, "eval_nll_expected") {
+            lines.push(Line::dashed("held-out NLL, expected counts", xy(e, "step", "eval_nll_expected")?).color(2));
+        }
     }
     line_chart(&Axes::new("Language-modelling loss while pruning", "optimizer step", "loss (nats / token)"), &lines)
 }
@@ -101,32 +132,42 @@ pub fn params_chart(metrics: &DataFrame, target_params: f64) -> Result<Svg> {
     )
 }
 
-/// Kept query heads per layer (rows) and KV group (columns) at materialization; removed layers show 0.
+/// The decision behind the kept heads: every query head's keep probability P(z > 0), layer × head, heavy
+/// lines between KV groups, the heads materialization keeps framed, removed layers in grey. With a balanced
+/// constraint the framed cells are exactly the dark ones.
 pub fn heads_heatmap(masks: &MaskSet) -> Result<Svg> {
     let cfg = masks.source();
-    let layer_on = xy(&super::layer_table(masks)?, "layer", "layer_value")?;
-    let grid: Vec<Vec<f64>> = kept_heads_by_group(masks)?
-        .into_iter()
-        .zip(&layer_on)
-        .map(|(r, (_, on))| r.into_iter().map(|n| if *on != 0.0 { n as f64 } else { 0.0 }).collect())
-        .collect();
-    let labels: Vec<String> = (0..cfg.num_kv_heads()).map(|g| format!("KV group {g}")).collect();
-    let rows: Vec<String> = layer_on
-        .iter()
-        .map(|(l, on)| if *on != 0.0 { format!("{}", *l as usize) } else { format!("{} (removed)", *l as usize) })
-        .collect();
-    let h = (grid.len() as u32 * 18 + 110).clamp(300, 900);
+    let (l, h, g) = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.group_size());
+    let scores = masks.scores()?;
+    let layer_on: Vec<bool> = xy(&super::layer_table(masks)?, "layer", "layer_value")?.iter().map(|p| p.1 != 0.0).collect();
+    let kept = super::kept_heads(masks)?;
+    let values: Vec<Vec<f64>> = (0..l).map(|layer| scores.head[layer * h..(layer + 1) * h].to_vec()).collect();
+    let marked: Vec<Vec<bool>> =
+        kept.iter().zip(&layer_on).map(|(heads, &on)| heads.iter().map(|&k| on && k).collect()).collect();
+    let decision = masks.decisions()?.into_iter().find(|d| d.family == Family::Head);
+    let note = match &decision {
+        Some(d) => format!(
+            "framed: kept by materialize. Kept with P < 0.5: {} of {}; dropped with P > 0.5: {}; unbalanced groups: {} of {}",
+            d.kept_below_half, d.kept, d.dropped_above_half, d.unbalanced_rows, d.rows
+        ),
+        None => "framed: kept by materialize (this target prunes no query heads)".into(),
+    };
+    let grid = Grid {
+        values,
+        max: 1.0,
+        decimals: 2,
+        row_labels: (0..l).map(|i| if layer_on[i] { format!("{i}") } else { format!("{i} (removed)") }).collect(),
+        col_labels: (0..h).map(|i| format!("g{} h{}", i / g, i % g)).collect(),
+        marked,
+        greyed_rows: layer_on.iter().map(|on| !on).collect(),
+        col_group: g,
+        note: Some(note),
+    };
+    let height = (l as u32 * 22 + 140).clamp(320, 1000);
     heatmap(
-        &Axes::new(
-            format!("Kept query heads per layer and KV group (of {} per group)", cfg.group_size()),
-            "KV group",
-            "layer",
-        )
-        .size(600, h),
+        &Axes::new("Query heads: keep probability P(z > 0) per layer, KV groups apart", "KV group g, head h", "layer")
+            .size(760, height),
         &grid,
-        cfg.group_size() as f64,
-        &rows,
-        &labels,
     )
 }
 
@@ -268,7 +309,7 @@ pub fn run_charts(run: &Path, step: Option<usize>) -> Result<Vec<(String, Svg)>>
     if spec.get("target").is_some() {
         let metrics = prune_metrics(run)?;
         let evals = prune_evals(run).ok();
-        out.push(("sparsity".into(), sparsity_chart(&metrics)?));
+        out.push(("sparsity".into(), sparsity_chart(&metrics, "Expected vs target sparsity per mask family")?));
         out.push(("loss".into(), loss_chart(&metrics, evals.as_ref())?));
         out.push(("lagrangian".into(), lagrangian_chart(&metrics)?));
         out.push(("lambdas".into(), lambda_chart(&metrics)?));

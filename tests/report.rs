@@ -32,6 +32,14 @@ fn shipped_run_keeps_exactly_the_target_in_every_layer() {
     for (a, b) in e.iter().zip(&g) {
         assert!((a - b).abs() < 0.001, "expected {a} vs target {b}");
     }
+    // GQA: materialization keeps the heads the masks chose (the per-(layer, KV group) constraint), at most
+    // 2% of the kept heads below P(z>0) = 0.5 and every kept group with exactly its count of likely heads.
+    // The first 800-step run, with the per-layer head term, had 23 of 144 and 42 of 72 groups unbalanced.
+    let head = masks.decisions().unwrap().into_iter().find(|d| d.family == shear::prune::masks::Family::Head).unwrap();
+    assert_eq!((head.rows, head.kept), (t.layers * t.kv_heads, t.layers * t.heads));
+    assert!(head.kept_below_half * 50 <= head.kept, "{head:?}");
+    assert_eq!(head.unbalanced_rows, 0, "{head:?}");
+    assert_eq!(runs::floats(&families, "kept_p_below_half").unwrap()[1] as usize, head.kept_below_half);
     // The logged expected size is the attention + MLP count, so it ends at the target's same count (the
     // params chart's target line), not at the target's total.
     let metrics = runs::prune_metrics(Path::new(RUN)).unwrap();

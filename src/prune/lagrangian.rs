@@ -164,7 +164,8 @@ mod tests {
         let masks = MaskSet::new(&src, &target, &mut Rng::new(0), &dev).unwrap();
         let lag = Lagrangian::new(&layouts(&src, &target), 100, &dev).unwrap();
         let head = masks.get(Family::Head).unwrap();
-        let preference = Tensor::new(&[[1.0f32, 0.9, 0.8, 0.1, 0.05, 0.0], [0.9, 1.0, 0.1, 0.8, 0.0, 0.05]], &dev).unwrap();
+        let preference =
+            Tensor::new(&[[1.0f32, 0.9, 0.8, 0.1, 0.05, 0.0], [0.9, 1.0, 0.1, 0.8, 0.0, 0.05]], &dev).unwrap();
         let named = |v: &Var| vec![("x".to_string(), v.clone())];
         let mut opt_masks = AdamW::new("log_alpha", AdamWConfig::sheared(1.0), named(&head.log_alpha)).unwrap();
         let lambdas = lag.vars();
@@ -189,11 +190,18 @@ mod tests {
         }
         masks.clamp_in_place().unwrap();
         let d: Decision = masks.decisions().unwrap().into_iter().find(|d| d.family == Family::Head).unwrap();
-        let scores: Vec<f64> =
-            head.log_alpha.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|&x| hc::score(x as f64)).collect();
+        let scores: Vec<f64> = head
+            .log_alpha
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|&x| hc::score(x as f64))
+            .collect();
         assert_eq!((d.rows, d.kept), (6, 6));
         assert_eq!(d.unbalanced_rows, 0, "every group holds exactly one likely head: scores {scores:.3?}");
         assert_eq!((d.kept_below_half, d.dropped_above_half), (0, 0), "scores {scores:.3?}");
     }
-
 }

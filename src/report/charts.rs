@@ -314,7 +314,9 @@ pub fn bar_chart(axes: &Axes, labels: &[String], values: &[f64], reference: Opti
             .map_err(draw_err)?;
         if let (Some((_, r)), Some(legend)) = (reference, &legend) {
             let style = PALETTE[1].stroke_width(2);
-            chart.draw_series(DashedLineSeries::new(vec![(-0.5, r), (n as f64 - 0.5, r)], 6, 4, style)).map_err(draw_err)?;
+            chart
+                .draw_series(DashedLineSeries::new(vec![(-0.5, r), (n as f64 - 0.5, r)], 6, 4, style))
+                .map_err(draw_err)?;
             draw_legend(&legend_area, std::slice::from_ref(legend))?;
         }
         root.present().map_err(draw_err)?;
@@ -409,7 +411,13 @@ pub fn heatmap(axes: &Axes, grid: &Grid) -> Result<Svg> {
                 let frame = RGBColor(200, 200, 200).stroke_width(1);
                 chart.draw_series(std::iter::once(Rectangle::new(cell, frame))).map_err(draw_err)?;
                 let dark = !greyed(r) && grid.max > 0.0 && v / grid.max > 0.55;
-                let text_color = if greyed(r) { RGBColor(120, 120, 120) } else if dark { WHITE } else { BLACK };
+                let text_color = if greyed(r) {
+                    RGBColor(120, 120, 120)
+                } else if dark {
+                    WHITE
+                } else {
+                    BLACK
+                };
                 let font = ("sans-serif", (cell_px * 0.62).clamp(9.0, 15.0))
                     .into_font()
                     .color(&text_color)

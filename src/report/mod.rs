@@ -60,14 +60,19 @@ pub fn kept_heads(masks: &MaskSet) -> Result<Vec<Vec<bool>>> {
     let det = masks.deterministic(Deterministic::Target)?;
     let z_group = values(&det.kv_group, l * kv)?;
     let z_head = values(&det.head, l * h)?;
-    Ok((0..l).map(|layer| (0..h).map(|i| z_group[layer * kv + i / g] != 0.0 && z_head[layer * h + i] != 0.0).collect()).collect())
+    Ok((0..l)
+        .map(|layer| (0..h).map(|i| z_group[layer * kv + i / g] != 0.0 && z_head[layer * h + i] != 0.0).collect())
+        .collect())
 }
 
 /// Query heads kept at materialization, per layer and KV group (`[layer][group]`; 0 for a removed group).
 /// Layers removed by the layer mask keep their head counts here; see `layer_kept`.
 pub fn kept_heads_by_group(masks: &MaskSet) -> Result<Vec<Vec<usize>>> {
     let g = masks.source().group_size();
-    Ok(kept_heads(masks)?.iter().map(|heads| heads.chunks(g).map(|c| c.iter().filter(|&&k| k).count()).collect()).collect())
+    Ok(kept_heads(masks)?
+        .iter()
+        .map(|heads| heads.chunks(g).map(|c| c.iter().filter(|&&k| k).count()).collect())
+        .collect())
 }
 
 /// One row per source layer. `*_kept` columns are what materialization keeps (exact target counts);

@@ -61,11 +61,21 @@ pub fn target_schedule(source: &LlamaConfig, target: &TargetShape, warmup: usize
 /// Expected sparsity per family (solid, one colour each) against the warmed-up targets (dashed; one line
 /// per distinct target, grey when families share it). `title` names the run.
 pub fn sparsity_chart(metrics: &DataFrame, title: &str) -> Result<Svg> {
-    let present: Vec<(usize, Family)> =
-        FAMILIES.iter().copied().enumerate().filter(|(_, f)| has(metrics, &format!("{}_expected_sparsity", f.name()))).collect();
+    let present: Vec<(usize, Family)> = FAMILIES
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, f)| has(metrics, &format!("{}_expected_sparsity", f.name())))
+        .collect();
     let mut lines = vec![];
     for &(i, f) in &present {
-        lines.push(Line::new(format!("{} expected", f.name()), xy(metrics, "step", &format!("{}_expected_sparsity", f.name()))?).color(i));
+        lines.push(
+            Line::new(
+                format!("{} expected", f.name()),
+                xy(metrics, "step", &format!("{}_expected_sparsity", f.name()))?,
+            )
+            .color(i),
+        );
     }
     let finals = present
         .iter()
@@ -76,7 +86,8 @@ pub fn sparsity_chart(metrics: &DataFrame, title: &str) -> Result<Svg> {
         .collect::<Result<Vec<_>>>()?;
     for (members, _) in by_final_target(finals) {
         let pts = xy(metrics, "step", &format!("{}_target_sparsity", members[0].name()))?;
-        let color = if members.len() == 1 { present.iter().find(|p| p.1 == members[0]).map(|p| p.0).unwrap_or(6) } else { 6 };
+        let color =
+            if members.len() == 1 { present.iter().find(|p| p.1 == members[0]).map(|p| p.0).unwrap_or(6) } else { 6 };
         lines.push(Line::dashed(format!("target: {}", names(&members)), pts).color(color));
     }
     line_chart(&Axes::new(title, "optimizer step", "sparsity (fraction removed)"), &lines)
@@ -88,7 +99,11 @@ pub fn loss_chart(metrics: &DataFrame, evals: Option<&DataFrame>) -> Result<Svg>
     let mut lines = vec![Line::new("LM loss (sampled masks, training batch)", xy(metrics, "step", "lm_loss")?)];
     if let Some(e) = evals.filter(|e| has(e, "eval_nll") && e.height() > 0) {
         // Runs from before target-count evals logged the expected counts as `eval_nll`.
-        let label = if has(e, "eval_nll_expected") { "held-out NLL, target counts (materialized)" } else { "held-out NLL (deterministic masks)" };
+        let label = if has(e, "eval_nll_expected") {
+            "held-out NLL, target counts (materialized)"
+        } else {
+            "held-out NLL (deterministic masks)"
+        };
         lines.push(Line::new(label, xy(e, "step", "eval_nll")?).color(1));
         if has(e, "eval_nll_expected") {
             lines.push(Line::dashed("held-out NLL, expected counts", xy(e, "step", "eval_nll_expected")?).color(2));
@@ -139,7 +154,8 @@ pub fn heads_heatmap(masks: &MaskSet) -> Result<Svg> {
     let cfg = masks.source();
     let (l, h, g) = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.group_size());
     let scores = masks.scores()?;
-    let layer_on: Vec<bool> = xy(&super::layer_table(masks)?, "layer", "layer_value")?.iter().map(|p| p.1 != 0.0).collect();
+    let layer_on: Vec<bool> =
+        xy(&super::layer_table(masks)?, "layer", "layer_value")?.iter().map(|p| p.1 != 0.0).collect();
     let kept = super::kept_heads(masks)?;
     let values: Vec<Vec<f64>> = (0..l).map(|layer| scores.head[layer * h..(layer + 1) * h].to_vec()).collect();
     let marked: Vec<Vec<bool>> =

@@ -162,7 +162,9 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     } else {
         println!("model       {}", a.model.display());
         match a.held_out {
-            Some(f) => println!("text        {} (the last {f} of its tokens, as `shear prune` holds out)", text_path.display()),
+            Some(f) => {
+                println!("text        {} (the last {f} of its tokens, as `shear prune` holds out)", text_path.display())
+            }
             None => println!("text        {}", text_path.display()),
         }
         println!("tokens      {} predicted in {} windows of <= {}", r.tokens, r.windows, r.seq_len);

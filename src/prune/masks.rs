@@ -15,15 +15,15 @@
 //!
 //! ## Where the constraint acts
 //!
-//! The paper's Lagrangian has one term per layer for heads and MLP dims (§3 of the paper,
-//! `L̃_head,j = λ·(Σ_h z_j,h − H_T) + φ·(Σ_h z_j,h − H_T)²`), with λ, φ shared by the layers. With GQA the
-//! materialized config also fixes the count *per KV group*, so shear writes the head term once per
-//! (layer, KV group) instead: the same equation one level finer, the same shared multipliers. A per-layer
-//! term only constrains the sum over a layer's groups; its quadratic part has no gradient towards moving a
-//! head from a crowded group to a sparse one, and the masks then settle with, say, 3 + 2 + 1 heads where
-//! materialization needs 2 + 2 + 2 (it then keeps a head the masks scored ≈ 0 and drops one scored ≈ 1).
-//! Per group, `φ·(s_g − t)²` pulls each group to its own count. Per-group multipliers would add state and
-//! checkpoint shape for no gain we could measure (`scripts/reference/gqa_head_constraint.py`), and a
+//! The paper's Lagrangian has one term per layer for heads and MLP dims (§2 of the paper:
+//! `L̃_head,j = λ·(Σ_h z_j,h − H_T) + φ·(Σ_h z_j,h − H_T)²`, λ1 and λ2 here), λ and φ shared by the layers.
+//! With GQA the materialized config also fixes the count *per KV group*, so shear writes the head term once
+//! per (layer, KV group) instead: the same equation one level finer, the same shared multipliers. A
+//! per-layer term only constrains the sum over a layer's groups; its quadratic part has no gradient towards
+//! moving a head from a crowded group to a sparse one, and the masks then settle with, say, 3 + 2 + 1 heads
+//! where materialization needs 2 + 2 + 2 (it then keeps a head the masks scored ≈ 0 and drops one scored
+//! ≈ 1). Per group, `λ2·(s_g − t)²` pulls each group to its own count. Per-group multipliers would add state
+//! and checkpoint shape for no gain we could measure (`scripts/reference/gqa_head_constraint.py`), and a
 //! parametrization shared across groups would force head `i` of every group to live or die together.
 //!
 //! When the `kv_group` family prunes whole groups, a group's head term is weighted by that group's keep

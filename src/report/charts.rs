@@ -142,6 +142,15 @@ fn builder<'a, 'b, DB: DrawingBackend>(
     b
 }
 
+/// Tick labels of a count axis: whole numbers only (a tick at 2.5 masks gets no label).
+fn count_label(y: &f64) -> String {
+    if (y - y.round()).abs() < 1e-9 {
+        format!("{y:.0}")
+    } else {
+        String::new()
+    }
+}
+
 fn draw_err<E: std::fmt::Display>(e: E) -> Error {
     Error::Invalid(format!("drawing a chart: {e}"))
 }
@@ -285,9 +294,12 @@ pub fn bar_chart(axes: &Axes, labels: &[String], values: &[f64], reference: Opti
         let mut chart =
             builder(&plot, axes, 64).build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top).map_err(draw_err)?;
         let labels_owned = labels.to_vec();
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
+        let counts = values.iter().all(|v| v.fract() == 0.0);
+        let mut mesh = chart.configure_mesh();
+        if counts {
+            mesh.y_label_formatter(&count_label);
+        }
+        mesh.disable_x_mesh()
             .x_desc(&axes.x)
             .y_desc(&axes.y)
             .x_labels(n.min(32))
@@ -472,6 +484,7 @@ pub fn histogram(axes: &Axes, values: &[f64], lo: f64, hi: f64, bins: usize) -> 
             .disable_x_mesh()
             .x_desc(&axes.x)
             .y_desc(&axes.y)
+            .y_label_formatter(&count_label)
             .light_line_style(RGBColor(235, 235, 235))
             .label_style(("sans-serif", 12).into_font().color(&BLACK))
             .axis_desc_style(("sans-serif", 14).into_font().color(&BLACK))

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Execute notebooks through the real evcxr kernel and fail on anything that went wrong.
 
-A cell fails when the kernel reports an error (compile errors, panics with `:preserve_vars_on_panic 0`) or
-writes to stderr (evcxr prints a `?` error there and still reports success). A cell tagged `chart` must
-produce an image/svg+xml output. Prints one line per notebook with its wall time; exit status 1 if any failed.
+A cell fails when the kernel reports an error (compile errors, panics with `:preserve_vars_on_panic 0`),
+writes to stderr (evcxr prints a `?` error there and still reports success), or shows an `Html(...)` /
+`Svg(...)` value as plain Debug text instead of rendering it. A cell tagged `chart` must produce an
+image/svg+xml output. Prints one line per notebook with its wall time; exit status 1 if any failed.
 
     python notebooks/check.py [--out DIR | --inplace] notebooks/01-convert.ipynb ...
 """
@@ -28,6 +29,11 @@ def problems(nb):
                 out.append(f"cell {i}: error: {o.get('ename', '')}: {o.get('evalue', '')}".strip())
             elif o.output_type == "stream" and o.name == "stderr" and o.text.strip():
                 out.append(f"cell {i}: wrote to stderr: {o.text.strip()[:400]}")
+            # A display value shown through its Debug form: evcxr did not find its `evcxr_display` (the
+            # reader sees `Html("<table…")` instead of a table).
+            plain = "".join(o.get("data", {}).get("text/plain", ""))
+            if plain.lstrip().startswith(("Html(", "Svg(")):
+                out.append(f"cell {i}: a table or chart shown as its Debug text: {plain.strip()[:80]}")
         if "chart" in cell.metadata.get("tags", []):
             svg = [o for o in cell.get("outputs", []) if "image/svg+xml" in o.get("data", {})]
             if not svg:

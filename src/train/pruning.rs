@@ -108,7 +108,7 @@ impl PruneConfig {
             mask_lr: 1.0,
             lambda_lr: 1.0,
             lr_warmup_steps: (steps / 10).max((steps / 2).min(80)),
-            lagrangian_warmup_steps: (steps / 5).max((steps / 2).min(640).max(100).min(steps)),
+            lagrangian_warmup_steps: (steps / 5).max((steps / 2).clamp(100, 640).min(steps)),
             alpha_f: 0.1,
             max_grad_norm: 1.0,
             eval_interval: 50,

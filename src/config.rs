@@ -119,6 +119,34 @@ impl LlamaConfig {
                 return Err(format!("rope_scaling {scaling} is not supported"));
             }
         }
+        // transformers 5 writes RoPE scaling (Llama 3.1/3.2's `llama3`, `linear`, `yarn`, ...) and partial
+        // rotary embeddings into `rope_parameters`; shear computes plain RoPE over the whole head only, so
+        // anything else would give a silently different function.
+        if let Some(params) = self.extra.get("rope_parameters").and_then(Value::as_object) {
+            match params.get("rope_type").and_then(Value::as_str) {
+                None | Some("default") => {}
+                Some(other) => {
+                    return Err(format!("rope_parameters.rope_type `{other}` is not supported (only `default` RoPE)"))
+                }
+            }
+            if let Some(f) = params.get("partial_rotary_factor").and_then(Value::as_f64).filter(|&f| f != 1.0) {
+                return Err(format!("rope_parameters.partial_rotary_factor {f} is not supported (only 1.0)"));
+            }
+        }
+        // Sliding-window attention (Mistral, Qwen2 configs) masks keys beyond the window; shear attends to the
+        // whole causal prefix, which is the same function only when the window covers every position.
+        if self.extra.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
+            return Err("use_sliding_window: true is not supported (full causal attention only)".into());
+        }
+        if let Some(w) = self.extra.get("sliding_window").and_then(Value::as_u64) {
+            if (w as usize) < self.max_position_embeddings {
+                return Err(format!(
+                    "sliding_window {w} is smaller than max_position_embeddings ({}): not supported (full causal \
+                     attention only)",
+                    self.max_position_embeddings
+                ));
+            }
+        }
         if self.rope_theta.is_none() {
             let from_params =
                 self.extra.get("rope_parameters").and_then(|p| p.get("rope_theta")).and_then(Value::as_f64);
@@ -284,6 +312,14 @@ mod tests {
             (r#", "hidden_act": "gelu""#, "hidden_act"),
             (r#", "attention_bias": true"#, "attention_bias"),
             (r#", "model_type": "mistral""#, "model_type"),
+            // Llama 3.1/3.2 as transformers 5 writes it: refused by name, not computed as plain RoPE.
+            (
+                r#", "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 500000.0}"#,
+                "rope_type `llama3`",
+            ),
+            (r#", "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}"#, "partial_rotary_factor"),
+            (r#", "sliding_window": 4096, "max_position_embeddings": 32768"#, "sliding_window 4096"),
+            (r#", "use_sliding_window": true"#, "use_sliding_window"),
         ] {
             let text = format!("{{{base}{extra}}}");
             let err = LlamaConfig::from_json_str(&text, Path::new("c.json")).unwrap_err().to_string();

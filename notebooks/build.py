@@ -131,7 +131,7 @@ NOTEBOOKS["02-prune"] = [
     md(r"""
 # 2 · Targeted structured pruning
 
-**Paper step (§2 of the paper, spec §2–4).** Every prunable unit gets a hard-concrete mask
+**Paper step (§2 of the paper).** Every prunable unit gets a hard-concrete mask
 *z = min(1, max(0, s·(r − l) + l))* with *s = σ((log u − log(1 − u) + log α) / β)*, *l = −0.1, r = 1.1,
 β = 2/3*: layers, KV groups, query heads (per KV group, so GQA stays uniform), intermediate dims and hidden
 dims. The masks are learned together with the weights under a Lagrangian that pulls the *expected* sparsity
@@ -263,7 +263,7 @@ NOTEBOOKS["03-inspect"] = [
     md(r"""
 # 3 · What did pruning keep?
 
-**Paper step (§2, spec §5).** At the end of pruning, each family keeps exactly the target's count *per layer*:
+**Paper step (§2 of the paper).** At the end of pruning, each family keeps exactly the target's count *per layer*:
 the entries with the largest expected mask values (log α), so every layer has the same shape and the result
 is a valid uniform config. This notebook looks at those decisions: which layers are removed, how many
 query heads survive in each KV group, how many intermediate and hidden dims, and how confident the masks are.
@@ -352,7 +352,7 @@ NOTEBOOKS["04-continued-pretraining"] = [
     md(r"""
 # 4 · Materialize, then continue pre-training with dynamic batch loading
 
-**Paper step (§3, spec §5–7).** The masks are folded into the weights and the removed rows, columns and layers
+**Paper step (§3 of the paper).** The masks are folded into the weights and the removed rows, columns and layers
 are dropped: a dense model with exactly the target shape. It then continues pre-training on the
 RedPajama-style mixture. *Dynamic batch loading* re-weights the domains at every evaluation by how far each
 domain's loss is above its reference loss (here: the source model's own), so the domains recover together:
@@ -388,7 +388,7 @@ println!("materialized: {} layers, hidden {}, {} heads / {} KV heads, intermedia
 ### Reference losses: the source model per domain
 
 The paper predicts them with a scaling law fitted through three model sizes (`--reference-scaling` in the CLI);
-with one source model, its own per-domain eval loss is the reference (spec §6.2).
+with one source model, its own per-domain eval loss is the reference.
 """),
     code(r"""
 let corpus = Corpus::open(&corpus_dir)?;
@@ -494,7 +494,7 @@ NOTEBOOKS["05-export"] = [
     md(r"""
 # 5 · Export, reload, compare
 
-**Paper step (spec §5, §8).** The deliverable is a plain dense checkpoint that loads anywhere: an HF directory
+**Paper step (the released checkpoints).** The deliverable is a plain dense checkpoint that loads anywhere: an HF directory
 (`config.json` with the exact target shape, `model.safetensors`, `tokenizer.json`). Here we check the chain
 of equivalences on one batch: the source model *with its deterministic masks* ≡ the *materialized* model ≡
 the model *re-loaded* from the exported directory; then compare size and speed of source and pruned, and

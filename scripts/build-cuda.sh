@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build shear with candle's `cuda` feature on a machine without a GPU or CUDA toolkit, for an H100/H200
-# (sm_90a, driver with CUDA 13.0). Follows shared/reference/cuda-build.md: nvcc 13.0 and the link-time
+# (sm_90a, driver with CUDA 13.0): nvcc 13.0 and the link-time
 # libraries come from PyPI's cuda-toolkit, libcuda is a link-time stub (the real one comes with the driver).
 # Takes 10-20 minutes on 2 cores and ~1.3 GB of wheels. Output: target-cuda/release/shear (not in git).
 #   W=scratch-dir bash scripts/build-cuda.sh

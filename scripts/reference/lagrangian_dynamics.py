@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How fast the expected sparsity follows its warmed-up target under the Lagrangian min-max (spec §4),
+"""How fast the expected sparsity follows its warmed-up target under the Lagrangian min-max (§2 of the paper),
 simulated in PyTorch without the LM loss (or with a constant push that keeps masks on, standing in for it).
 
 Masks and multipliers use the paper's optimizer (Adam, betas 0.9/0.95, mask LR 1.0, lambda LR 1.0 ascended,

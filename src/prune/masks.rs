@@ -284,21 +284,22 @@ impl MaskSet {
     /// inside the structures the materialized model has: heads of kept layers and kept KV groups, MLP dims
     /// and KV groups of kept layers.
     pub fn decisions(&self) -> Result<Vec<Decision>> {
-        let kept_of = |family: Family| -> Result<Option<Vec<bool>>> {
-            match self.get(family) {
-                Some(f) => Ok(Some(f.deterministic(Deterministic::Target)?.iter().map(|&v| v != 0.0).collect())),
-                None => Ok(None),
-            }
+        // One target-count mask per family; the layer and group masks also say which rows count.
+        let z: Vec<Vec<f32>> =
+            self.families.iter().map(|f| f.deterministic(Deterministic::Target)).collect::<Result<_>>()?;
+        let kept_of = |family: Family| {
+            let i = self.families.iter().position(|f| f.layout.family == family)?;
+            Some(z[i].iter().map(|&v| v != 0.0).collect::<Vec<bool>>())
         };
-        let (layer_kept, group_kept) = (kept_of(Family::Layer)?, kept_of(Family::KvGroup)?);
+        let (layer_kept, group_kept) = (kept_of(Family::Layer), kept_of(Family::KvGroup));
         let on = |kept: &Option<Vec<bool>>, i: usize| kept.as_ref().is_none_or(|k| k[i]);
         let groups_per_layer = self.source.num_kv_heads();
         self.families
             .iter()
-            .map(|f| {
+            .zip(&z)
+            .map(|(f, z)| {
                 let layout = &f.layout;
                 let la: Vec<f32> = f.log_alpha.as_tensor().flatten_all()?.to_vec1()?;
-                let z = f.deterministic(Deterministic::Target)?;
                 let mut d = Decision {
                     family: layout.family,
                     rows: 0,

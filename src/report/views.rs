@@ -10,7 +10,7 @@ use super::runs::{prune_evals, prune_metrics, train_evals, train_metrics, xy};
 use super::{polars_err, run_masks};
 use crate::error::{Error, Result};
 use crate::prune::hard_concrete as hc;
-use crate::prune::masks::{layouts, prunable_params, Deterministic, Family, MaskSet};
+use crate::prune::masks::{layouts, prunable_params, Deterministic, Family, MaskScores, MaskSet};
 use crate::prune::TargetShape;
 use crate::LlamaConfig;
 
@@ -77,18 +77,16 @@ pub fn sparsity_chart(metrics: &DataFrame, title: &str) -> Result<Svg> {
             .color(i),
         );
     }
-    let finals = present
+    let targets = present
         .iter()
-        .map(|&(_, f)| {
-            let t = xy(metrics, "step", &format!("{}_target_sparsity", f.name()))?;
-            Ok((f, t.last().map(|p| p.1).unwrap_or(0.0)))
-        })
-        .collect::<Result<Vec<_>>>()?;
+        .map(|&(i, f)| Ok((f, (i, xy(metrics, "step", &format!("{}_target_sparsity", f.name()))?))))
+        .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
+    let finals = targets.iter().map(|(&f, (_, pts))| (f, pts.last().map(|p| p.1).unwrap_or(0.0)));
     for (members, _) in by_final_target(finals) {
-        let pts = xy(metrics, "step", &format!("{}_target_sparsity", members[0].name()))?;
-        let color =
-            if members.len() == 1 { present.iter().find(|p| p.1 == members[0]).map(|p| p.0).unwrap_or(6) } else { 6 };
-        lines.push(Line::dashed(format!("target: {}", names(&members)), pts).color(color));
+        let (own_color, pts) = &targets[&members[0]];
+        // A target of one family takes its colour; a shared one is grey.
+        let color = if members.len() == 1 { *own_color } else { 6 };
+        lines.push(Line::dashed(format!("target: {}", names(&members)), pts.clone()).color(color));
     }
     line_chart(&Axes::new(title, "optimizer step", "sparsity (fraction removed)"), &lines)
 }
@@ -98,15 +96,12 @@ pub fn sparsity_chart(metrics: &DataFrame, title: &str) -> Result<Svg> {
 pub fn loss_chart(metrics: &DataFrame, evals: Option<&DataFrame>) -> Result<Svg> {
     let mut lines = vec![Line::new("LM loss (sampled masks, training batch)", xy(metrics, "step", "lm_loss")?)];
     if let Some(e) = evals.filter(|e| has(e, "eval_nll") && e.height() > 0) {
-        // Runs from before target-count evals logged the expected counts as `eval_nll`.
-        let label = if has(e, "eval_nll_expected") {
-            "held-out NLL, target counts (materialized)"
-        } else {
-            "held-out NLL (deterministic masks)"
-        };
-        lines.push(Line::new(label, xy(e, "step", "eval_nll")?).color(1));
         if has(e, "eval_nll_expected") {
+            lines.push(Line::new("held-out NLL, target counts (materialized)", xy(e, "step", "eval_nll")?).color(1));
             lines.push(Line::dashed("held-out NLL, expected counts", xy(e, "step", "eval_nll_expected")?).color(2));
+        } else {
+            // Runs from before target-count evals logged the expected counts as `eval_nll`.
+            lines.push(Line::new("held-out NLL (deterministic masks)", xy(e, "step", "eval_nll")?).color(1));
         }
     }
     line_chart(&Axes::new("Language-modelling loss while pruning", "optimizer step", "loss (nats / token)"), &lines)
@@ -154,8 +149,8 @@ pub fn heads_heatmap(masks: &MaskSet) -> Result<Svg> {
     let cfg = masks.source();
     let (l, h, g) = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.group_size());
     let scores = masks.scores()?;
-    let layer_on: Vec<bool> =
-        xy(&super::layer_table(masks)?, "layer", "layer_value")?.iter().map(|p| p.1 != 0.0).collect();
+    let target = MaskScores::indicators(cfg, &masks.deterministic(Deterministic::Target)?)?;
+    let layer_on: Vec<bool> = target.layer.iter().map(|&v| v != 0.0).collect();
     let kept = super::kept_heads(masks)?;
     let values: Vec<Vec<f64>> = (0..l).map(|layer| scores.head[layer * h..(layer + 1) * h].to_vec()).collect();
     let marked: Vec<Vec<bool>> =

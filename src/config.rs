@@ -39,6 +39,28 @@ pub struct LlamaConfig {
     pub extra: Map<String, Value>,
 }
 
+/// Upper bounds on a config's sizes, far above any released model (Llama 3.1 405B: 126 layers, hidden
+/// 16,384, intermediate 53,248, 128 heads; the largest vocabularies are ~256k; contexts reach 10M), so
+/// that a corrupt or hostile size is refused by name before anything is allocated from it.
+pub struct Limits {
+    pub vocab_size: usize,
+    /// `hidden_size` and `intermediate_size`.
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub positions: usize,
+}
+
+pub const LIMITS: Limits = Limits {
+    vocab_size: 1 << 22,
+    width: 1 << 20,
+    layers: 1 << 12,
+    heads: 1 << 12,
+    head_dim: 1 << 12,
+    positions: 1 << 26,
+};
+
 fn default_rms_norm_eps() -> f64 {
     1e-6
 }
@@ -82,14 +104,21 @@ impl LlamaConfig {
     }
 
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let mut cfg: LlamaConfig =
+        let cfg: LlamaConfig =
             serde_json::from_str(text).map_err(|e| Error::Config { path: path.into(), msg: e.to_string() })?;
-        cfg.normalize().map_err(|msg| Error::Config { path: path.into(), msg })?;
-        Ok(cfg)
+        cfg.checked(path)
+    }
+
+    /// This config with its optional fields filled, or the first thing in it that shear cannot compute or
+    /// that no real model has, as an error naming `path` and the field. Every config shear reads or builds
+    /// (`config.json`, GGUF metadata, `shear init`'s flags) passes through here before anything is allocated.
+    pub fn checked(mut self, path: &Path) -> Result<Self> {
+        self.normalize().map_err(|msg| Error::Config { path: path.into(), msg })?;
+        Ok(self)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::read_metadata(path)?;
         Self::from_json_str(&text, path)
     }
 
@@ -99,47 +128,45 @@ impl LlamaConfig {
 
     /// Fill the optional fields and reject what this implementation does not compute.
     fn normalize(&mut self) -> std::result::Result<(), String> {
-        if let Some(mt) = self.extra.get("model_type").and_then(Value::as_str) {
-            if mt != "llama" {
-                return Err(format!("model_type is `{mt}`, only `llama` is supported"));
-            }
+        // Present and not null: a field that is there with another type is refused like another value.
+        let field = |key: &str| self.extra.get(key).filter(|v| !v.is_null());
+        if let Some(mt) = field("model_type").filter(|v| v.as_str() != Some("llama")) {
+            return Err(format!("model_type is {mt}, only \"llama\" is supported"));
         }
-        if let Some(act) = self.extra.get("hidden_act").and_then(Value::as_str) {
-            if act != "silu" {
-                return Err(format!("hidden_act is `{act}`, only `silu` (SwiGLU) is supported"));
-            }
+        if let Some(act) = field("hidden_act").filter(|v| v.as_str() != Some("silu")) {
+            return Err(format!("hidden_act is {act}, only \"silu\" (SwiGLU) is supported"));
         }
         for flag in ["attention_bias", "mlp_bias"] {
-            if self.extra.get(flag).and_then(Value::as_bool) == Some(true) {
-                return Err(format!("`{flag}: true` is not supported (LLaMA has no biases)"));
+            if let Some(v) = field(flag).filter(|v| v.as_bool() != Some(false)) {
+                return Err(format!("`{flag}: {v}` is not supported (LLaMA has no biases)"));
             }
         }
-        if let Some(scaling) = self.extra.get("rope_scaling") {
-            if !scaling.is_null() {
-                return Err(format!("rope_scaling {scaling} is not supported"));
-            }
+        if let Some(scaling) = field("rope_scaling") {
+            return Err(format!("rope_scaling {scaling} is not supported"));
         }
         // transformers 5 writes RoPE scaling (Llama 3.1/3.2's `llama3`, `linear`, `yarn`, ...) and partial
         // rotary embeddings into `rope_parameters`; shear computes plain RoPE over the whole head only, so
         // anything else would give a silently different function.
-        if let Some(params) = self.extra.get("rope_parameters").and_then(Value::as_object) {
-            match params.get("rope_type").and_then(Value::as_str) {
-                None | Some("default") => {}
-                Some(other) => {
-                    return Err(format!("rope_parameters.rope_type `{other}` is not supported (only `default` RoPE)"))
-                }
+        if let Some(params) = field("rope_parameters") {
+            let params = params.as_object().ok_or_else(|| format!("rope_parameters is {params}, not an object"))?;
+            let get = |key: &str| params.get(key).filter(|v| !v.is_null());
+            if let Some(t) = get("rope_type").filter(|t| t.as_str() != Some("default")) {
+                return Err(format!("rope_parameters.rope_type {t} is not supported (only \"default\" RoPE)"));
             }
-            if let Some(f) = params.get("partial_rotary_factor").and_then(Value::as_f64).filter(|&f| f != 1.0) {
+            if let Some(f) = get("partial_rotary_factor").filter(|f| f.as_f64() != Some(1.0)) {
                 return Err(format!("rope_parameters.partial_rotary_factor {f} is not supported (only 1.0)"));
+            }
+            if let Some(theta) = get("rope_theta").filter(|t| !t.is_number()) {
+                return Err(format!("rope_parameters.rope_theta is {theta}, not a number"));
             }
         }
         // Sliding-window attention (Mistral, Qwen2 configs) masks keys beyond the window; shear attends to the
         // whole causal prefix, which is the same function only when the window covers every position.
-        if self.extra.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
-            return Err("use_sliding_window: true is not supported (full causal attention only)".into());
+        if let Some(v) = field("use_sliding_window").filter(|v| v.as_bool() != Some(false)) {
+            return Err(format!("use_sliding_window: {v} is not supported (full causal attention only)"));
         }
-        if let Some(w) = self.extra.get("sliding_window").and_then(Value::as_u64) {
-            if (w as usize) < self.max_position_embeddings {
+        if let Some(w) = field("sliding_window") {
+            if w.as_u64().is_none_or(|w| (w as usize) < self.max_position_embeddings) {
                 return Err(format!(
                     "sliding_window {w} is smaller than max_position_embeddings ({}): not supported (full causal \
                      attention only)",
@@ -174,14 +201,39 @@ impl LlamaConfig {
         if !self.head_dim().is_multiple_of(2) {
             return Err(format!("head_dim ({}) must be even for RoPE", self.head_dim()));
         }
-        for (name, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
+        for (name, v, max) in [
+            ("vocab_size", self.vocab_size, LIMITS.vocab_size),
+            ("hidden_size", self.hidden_size, LIMITS.width),
+            ("intermediate_size", self.intermediate_size, LIMITS.width),
+            ("num_hidden_layers", self.num_hidden_layers, LIMITS.layers),
+            ("num_attention_heads", self.num_attention_heads, LIMITS.heads),
+            ("head_dim", self.head_dim(), LIMITS.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings, LIMITS.positions),
         ] {
             if v == 0 {
                 return Err(format!("{name} is 0"));
             }
+            if v > max {
+                return Err(format!("{name} is {v}, more than any model shear can hold (at most {max})"));
+            }
+        }
+        // Special-token ids index the vocabulary (generation stops on EOS; the corpus packs BOS/EOS).
+        for key in ["bos_token_id", "eos_token_id"] {
+            let Some(v) = field(key) else { continue };
+            let ids: Vec<&Value> = match v {
+                Value::Array(a) => a.iter().collect(),
+                one => vec![one],
+            };
+            if let Some(bad) = ids.iter().find(|id| id.as_u64().is_none_or(|id| id >= self.vocab_size as u64)) {
+                return Err(format!("{key} {bad} is not a token id below vocab_size ({})", self.vocab_size));
+            }
+        }
+        let theta = self.rope_theta();
+        if !(theta.is_finite() && theta > 1.0) {
+            return Err(format!("rope_theta is {theta}; RoPE needs a finite base above 1"));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            return Err(format!("rms_norm_eps is {}; it must lie in (0, 1)", self.rms_norm_eps));
         }
         Ok(())
     }
@@ -315,11 +367,20 @@ mod tests {
             // Llama 3.1/3.2 as transformers 5 writes it: refused by name, not computed as plain RoPE.
             (
                 r#", "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 500000.0}"#,
-                "rope_type `llama3`",
+                "rope_type \"llama3\"",
             ),
             (r#", "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}"#, "partial_rotary_factor"),
             (r#", "sliding_window": 4096, "max_position_embeddings": 32768"#, "sliding_window 4096"),
             (r#", "use_sliding_window": true"#, "use_sliding_window"),
+            // Present with another type is refused like another value, never skipped.
+            (r#", "hidden_act": ["silu"]"#, "hidden_act"),
+            (r#", "rope_parameters": {"rope_type": 3}"#, "rope_type 3"),
+            // Sizes no model has are refused before anything is allocated from them.
+            (r#", "head_dim": 8192"#, "head_dim is 8192"),
+            (r#", "max_position_embeddings": 2147483648"#, "max_position_embeddings is 2147483648"),
+            (r#", "rope_theta": 0.0"#, "rope_theta is 0"),
+            (r#", "rms_norm_eps": -1.0"#, "rms_norm_eps is -1"),
+            (r#", "eos_token_id": [2, 10]"#, "eos_token_id 10 is not a token id below vocab_size (10)"),
         ] {
             let text = format!("{{{base}{extra}}}");
             let err = LlamaConfig::from_json_str(&text, Path::new("c.json")).unwrap_err().to_string();

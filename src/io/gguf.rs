@@ -30,6 +30,7 @@ pub struct GgufImport {
 /// Read a GGUF file into a config, f32 weights in HF naming and layout, and tokenizer files.
 pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<GgufImport> {
     let gerr = |msg: String| Error::Gguf { path: path.into(), msg };
+    check_header(path)?;
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::new(file);
     let content = Content::read(&mut reader).map_err(|e| {
@@ -42,6 +43,7 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
             gerr(format!("not a readable GGUF file: {msg}"))
         }
     })?;
+    check_layout(&content, std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len()).map_err(gerr)?;
     let md = &content.metadata;
     let get = |key: &str| md.get(key);
     let arch = get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
@@ -52,7 +54,6 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
         let v = get(key).ok_or_else(|| gerr(format!("missing metadata `{key}`")))?;
         value_as_u64(v).map(|x| x as usize).ok_or_else(|| gerr(format!("metadata `{key}` is not an integer")))
     };
-    let f64_of = |key: &str| get(key).and_then(value_as_f64);
 
     if md.contains_key("llama.rope.scaling.type") || content.tensor_infos.contains_key("rope_freqs.weight") {
         return Err(gerr("RoPE scaling (llama 3.1-style rope_freqs) is not supported".into()));
@@ -62,6 +63,9 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
     let n_layers = usize_of("llama.block_count")?;
     let hidden = usize_of("llama.embedding_length")?;
     let heads = usize_of("llama.attention.head_count")?;
+    if heads == 0 {
+        return Err(gerr("metadata `llama.attention.head_count` is 0".into()));
+    }
     let kv_heads = usize_of("llama.attention.head_count_kv").unwrap_or(heads);
     let head_dim = usize_of("llama.attention.key_length").unwrap_or(hidden / heads);
     let vocab_size = usize_of("llama.vocab_size").unwrap_or(vocab.tokens.len());
@@ -76,11 +80,15 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
         head_dim,
         tied,
     );
-    // GGUF stores eps as f32; print it shortest (9.999999747e-6 -> 1e-5), as HF's config has it.
-    if let Some(eps) = f64_of("llama.attention.layer_norm_rms_epsilon") {
+    // GGUF stores eps as f32; print it shortest (9.999999747e-6 -> 1e-5), as HF's config has it. A key
+    // that is present but not a number is an error, not a default.
+    let number = |key: &str| -> Result<Option<f64>> {
+        get(key).map(|v| value_as_f64(v).ok_or_else(|| gerr(format!("metadata `{key}` is not a number")))).transpose()
+    };
+    if let Some(eps) = number("llama.attention.layer_norm_rms_epsilon")? {
         cfg.rms_norm_eps = shortest_f32(eps);
     }
-    cfg.rope_theta = Some(f64_of("llama.rope.freq_base").map(shortest_f32).unwrap_or(10_000.0));
+    cfg.rope_theta = Some(number("llama.rope.freq_base")?.map(shortest_f32).unwrap_or(10_000.0));
     if let Ok(ctx) = usize_of("llama.context_length") {
         cfg.max_position_embeddings = ctx;
     }
@@ -93,7 +101,9 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
     if let Some(name) = get("general.name").and_then(|v| v.to_string().ok()) {
         cfg.extra.insert("_name_or_path".into(), name.clone().into());
     }
-    let cfg = LlamaConfig::from_json_str(&cfg.to_json_string(), path)?; // validate like any config.json
+    // Validated like any config.json, before the JSON round trip (which would write a NaN as null).
+    let cfg = cfg.checked(path)?;
+    let cfg = LlamaConfig::from_json_str(&cfg.to_json_string(), path)?;
 
     let (tokenizer_json, tokenizer_config_json) = tokenizer_files_from_gguf(&vocab, path)?;
 
@@ -106,6 +116,7 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
         let q = content.tensor(&mut reader, gname, &Device::Cpu).map_err(|e| gerr(format!("tensor `{gname}`: {e}")))?;
         *types.entry(format!("{:?}", q.dtype())).or_default() += 1;
         let mut t = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
+        crate::model::check_finite([(&(*gname).clone(), &t)], path)?;
         if gname.ends_with("attn_q.weight") {
             t = unpermute_rope_rows(&t, heads)?;
         } else if gname.ends_with("attn_k.weight") {
@@ -132,6 +143,152 @@ pub fn convert_gguf(path: &Path, out: &Path, opts: SaveOptions, progress: impl F
     opts.extra_files.push(("tokenizer.json".into(), imp.tokenizer_json));
     opts.extra_files.push(("tokenizer_config.json".into(), imp.tokenizer_config_json));
     save_model(out, &imp.config, &imp.weights, &opts)
+}
+
+/// GGUF's metadata value types, by their code: the fixed size of a scalar in bytes, `None` for a string
+/// (8) or an array (9).
+fn scalar_size(ty: u32) -> std::result::Result<Option<u64>, String> {
+    match ty {
+        0 | 1 | 7 => Ok(Some(1)),
+        2 | 3 => Ok(Some(2)),
+        4..=6 => Ok(Some(4)),
+        10..=12 => Ok(Some(8)),
+        8 | 9 => Ok(None),
+        other => Err(format!("unknown metadata value type {other}")),
+    }
+}
+
+/// Walk the header's metadata before candle's reader sees it, for what that reader would divide by or
+/// trust: `general.alignment` must be a positive multiple of 8 (the GGUF spec's rule). Every length is
+/// checked against the bytes left in the file, so a corrupt count is an error, not an allocation.
+fn check_header(path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let gerr = |msg: String| Error::Gguf { path: path.into(), msg: format!("not a readable GGUF file: {msg}") };
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut r = BufReader::new(file);
+    let bytes = |n: usize, r: &mut BufReader<File>| -> Result<[u8; 8]> {
+        let mut b = [0u8; 8];
+        r.read_exact(&mut b[..n]).map_err(|_| gerr("the header ends early (truncated?)".into()))?;
+        Ok(b)
+    };
+    let u32_at = |b: [u8; 8]| u32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
+    let magic = bytes(4, &mut r)?;
+    if &magic[..4] != b"GGUF" {
+        return Err(gerr("no GGUF magic".into()));
+    }
+    let version = u32_at(bytes(4, &mut r)?);
+    // Version 1 wrote counts and lengths as u32, later versions as u64.
+    let len_size = if version == 1 { 4 } else { 8 };
+    let length = |r: &mut BufReader<File>| -> Result<u64> {
+        let b = bytes(len_size, r)?;
+        let n = if len_size == 4 { u32_at(b) as u64 } else { u64::from_le_bytes(b) };
+        let left = size.saturating_sub(r.stream_position().map_err(|e| Error::io(path, e))?);
+        if n > left {
+            return Err(gerr(format!("a length of {n} in the header exceeds the {left} bytes left in the file")));
+        }
+        Ok(n)
+    };
+    let _tensors = length(&mut r)?;
+    let kv_count = length(&mut r)?;
+    let skip = |n: u64, r: &mut BufReader<File>| -> Result<()> {
+        r.seek(SeekFrom::Current(n as i64)).map(|_| ()).map_err(|e| Error::io(path, e))
+    };
+    for _ in 0..kv_count {
+        let key_len = length(&mut r)?;
+        let mut key = vec![0u8; key_len as usize];
+        r.read_exact(&mut key).map_err(|_| gerr("the header ends early (truncated?)".into()))?;
+        let ty = u32_at(bytes(4, &mut r)?);
+        if key == b"general.alignment" {
+            let n = scalar_size(ty).map_err(gerr)?.filter(|&n| n <= 8).ok_or_else(|| Error::Gguf {
+                path: path.into(),
+                msg: "metadata `general.alignment` is not an integer".into(),
+            })?;
+            let b = bytes(n as usize, &mut r)?;
+            let v = u64::from_le_bytes(b) & (u64::MAX >> (64 - 8 * n));
+            if v == 0 || v % 8 != 0 {
+                let msg = format!("metadata `general.alignment` is {v}; GGUF requires a positive multiple of 8");
+                return Err(Error::Gguf { path: path.into(), msg });
+            }
+            continue;
+        }
+        // Skip the value: a scalar, a string, or an array of either (arrays of arrays do not occur in
+        // model files and are refused).
+        match scalar_size(ty).map_err(gerr)? {
+            Some(n) => skip(n, &mut r)?,
+            None if ty == 8 => {
+                let n = length(&mut r)?;
+                skip(n, &mut r)?
+            }
+            None => {
+                let elem = u32_at(bytes(4, &mut r)?);
+                let count = length(&mut r)?;
+                match scalar_size(elem).map_err(gerr)? {
+                    Some(n) => {
+                        let total = count.saturating_mul(n);
+                        let left = size.saturating_sub(r.stream_position().map_err(|e| Error::io(path, e))?);
+                        if total > left {
+                            return Err(gerr(format!("an array of {count} values exceeds the file")));
+                        }
+                        skip(total, &mut r)?
+                    }
+                    None if elem == 8 => {
+                        for _ in 0..count {
+                            let n = length(&mut r)?;
+                            skip(n, &mut r)?;
+                        }
+                    }
+                    None => return Err(gerr("nested metadata arrays are not supported".into())),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The tensor data must be laid out as GGUF writers lay it out: each tensor at an aligned offset right
+/// after the previous one (padding only), the last one ending within one alignment of the end of the file.
+/// A wrong tensor count, alignment, type or offset in the header shifts or resizes some tensor and breaks
+/// this tiling, instead of converting into garbage weights.
+fn check_layout(content: &Content, file_size: u64) -> std::result::Result<(), String> {
+    // As candle's reader computed the start of the data (it ignores a 64-bit alignment).
+    let alignment = match content.metadata.get("general.alignment") {
+        Some(v @ (Value::U8(_) | Value::U16(_) | Value::U32(_) | Value::I8(_) | Value::I16(_) | Value::I32(_))) => {
+            value_as_u64(v).unwrap_or(32)
+        }
+        _ => 32,
+    };
+    let mut tensors: Vec<(&String, u64, u64)> = content
+        .tensor_infos
+        .iter()
+        .map(|(name, t)| {
+            let elems = t.shape.elem_count() as u64;
+            let block = t.ggml_dtype.block_size() as u64;
+            (name, t.offset, (elems / block).saturating_mul(t.ggml_dtype.type_size() as u64))
+        })
+        .collect();
+    tensors.sort_by_key(|&(name, offset, _)| (offset, name.clone()));
+    let data = file_size.checked_sub(content.tensor_data_offset).ok_or("the tensor data starts past the end")?;
+    let mut end = 0u64;
+    for (name, offset, bytes) in tensors {
+        let expected = end.div_ceil(alignment) * alignment;
+        if offset != expected {
+            return Err(format!(
+                "tensor `{name}` starts at data offset {offset}, but the tensors before it end at {end} (alignment                  {alignment}): the header's tensor count, types, offsets or alignment are inconsistent"
+            ));
+        }
+        end = offset.saturating_add(bytes);
+        if end > data {
+            return Err(format!("tensor `{name}` ends past the end of the file (truncated?)"));
+        }
+    }
+    if data - end >= alignment {
+        return Err(format!(
+            "{} bytes follow the last tensor: the header's tensor count or offsets do not describe the file",
+            data - end
+        ));
+    }
+    Ok(())
 }
 
 fn hf_tensor_name(g: &str) -> Option<String> {

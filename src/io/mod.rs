@@ -81,6 +81,22 @@ pub fn check_writable_destination(dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The largest config, target, run, checkpoint state, manifest or index file shear reads (they are a few
+/// kB; a tokenizer.json is at most tens of MB): a corrupt or hostile size is refused before it is read.
+pub const MAX_METADATA_BYTES: u64 = 256 << 20;
+
+/// Read a small metadata file (JSON, TOML) as UTF-8, refusing one larger than [`MAX_METADATA_BYTES`].
+pub fn read_metadata(path: &Path) -> Result<String> {
+    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    if len > MAX_METADATA_BYTES {
+        return Err(Error::Invalid(format!(
+            "{}: {len} bytes, far more than such a file holds (at most {MAX_METADATA_BYTES}); corrupt?",
+            path.display()
+        )));
+    }
+    read_utf8(path)
+}
+
 /// Read a text file, rejecting bytes that are not UTF-8 with the offset of the first bad one.
 pub fn read_utf8(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;

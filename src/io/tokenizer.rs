@@ -20,7 +20,28 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
     if !path.exists() {
         return Err(Error::Tokenizer { path, msg: "file not found: the model directory has no tokenizer".into() });
     }
-    Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer { path, msg: format!("cannot parse: {e}") })
+    let len = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+    if len > super::MAX_METADATA_BYTES {
+        return Err(Error::Tokenizer { path, msg: format!("{len} bytes, far more than a tokenizer holds; corrupt?") });
+    }
+    let tok = Tokenizer::from_file(&path)
+        .map_err(|e| Error::Tokenizer { path: path.clone(), msg: format!("cannot parse: {e}") })?;
+    // A tokenizer that emits ids the embedding does not have would fail (or, stored narrower, alias) later.
+    if let Ok(cfg) = crate::io::hf::load_config(dir) {
+        let bound = id_bound(&tok);
+        if bound > cfg.vocab_size {
+            return Err(Error::Tokenizer {
+                path,
+                msg: format!("has token ids up to {}, beyond config.json's vocab_size {}", bound - 1, cfg.vocab_size),
+            });
+        }
+    }
+    Ok(tok)
+}
+
+/// One past the largest id `tok` can produce (added tokens included): what a token store must hold.
+pub fn id_bound(tok: &Tokenizer) -> usize {
+    tok.get_vocab(true).values().max().map_or(0, |&m| m as usize + 1)
 }
 
 /// Encode without special tokens (no BOS/EOS added), as the eval protocol and the corpus builder need.

@@ -22,7 +22,7 @@ pub struct TargetShape {
 
 impl TargetShape {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::read_metadata(path)?;
         toml::from_str(&text)
             .map_err(|e| Error::Invalid(format!("{}: invalid target: {}", path.display(), e.message())))
     }

@@ -87,7 +87,8 @@ impl Llama {
         let (heads, kv, eps) = (c.num_attention_heads, c.num_kv_heads(), c.rms_norm_eps);
         let inputs = ids.narrow(1, 0, t)?.flatten_all()?;
         let targets = ids.narrow(1, 1, t)?.flatten_all()?;
-        let (cos, sin) = (self.cos.narrow(0, 0, t)?, self.sin.narrow(0, 0, t)?);
+        let (cos, sin) = self.rope_tables(0, t)?;
+        self.check_ids(ids)?;
         // Detached views of the weights and masks: the fused ops then record no graph.
         let w = |t: &Tensor| t.detach();
         let masks = masks.map(MaskValues::detach).unwrap_or_default();

@@ -13,6 +13,7 @@ pub mod fused;
 pub mod ops;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use candle_core::{DType, Device, Result as CResult, Tensor, Var, D};
 
@@ -25,6 +26,35 @@ use crate::error::{Error, Result};
 /// Tensors keyed by HF parameter name (`model.layers.0.self_attn.q_proj.weight`, ...).
 pub type TensorMap = BTreeMap<String, Tensor>;
 
+/// The first tensor of `tensors` holding a NaN or an infinity, as an error naming it and `source` (the
+/// file it came from, or what is about to be written). Weights are checked where they enter (load, GGUF
+/// import, checkpoints, mask snapshots) and before they are saved, so a non-finite value never trains,
+/// converts or exports silently.
+pub fn check_finite<'a>(tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>, source: &Path) -> Result<()> {
+    for (name, t) in tensors {
+        if !t.dtype().is_float() || t.elem_count() == 0 {
+            continue;
+        }
+        // x·0 is 0 for every finite x and NaN for NaN and ±inf: one reduction finds both.
+        let probe = t.flatten_all()?.to_dtype(DType::F32)?.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>()?;
+        if !probe.is_nan() {
+            continue;
+        }
+        let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let bad: Vec<f32> = values.iter().copied().filter(|v| !v.is_finite()).collect();
+        return Err(Error::Weights {
+            path: source.to_path_buf(),
+            msg: format!(
+                "tensor `{name}` has {} non-finite values (the first is {}) of {}",
+                bad.len(),
+                bad[0],
+                values.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Check that `weights` holds exactly the tensors `cfg` implies, with the right shapes.
 pub fn check_weights(cfg: &LlamaConfig, weights: &TensorMap) -> Result<()> {
     let expected = cfg.tensor_shapes();
@@ -34,10 +64,24 @@ pub fn check_weights(cfg: &LlamaConfig, weights: &TensorMap) -> Result<()> {
             return Err(Error::Shape { name: name.clone(), expected: shape.clone(), found: t.dims().to_vec() });
         }
     }
-    if let Some(extra) = weights.keys().find(|k| !expected.iter().any(|(n, _)| n == *k)) {
+    let names: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    for extra in weights.keys().filter(|k| !names.contains(k.as_str())) {
         // A tied model may still carry `lm_head.weight` (some exporters write it); anything else means
         // config and weights disagree, e.g. more layers in the file than in the config.
-        if !(cfg.tie_word_embeddings && extra == "lm_head.weight") {
+        if cfg.tie_word_embeddings && extra == "lm_head.weight" {
+            // Harmless only if it is the embedding: a tied model computes with the embedding and would
+            // silently ignore a different head.
+            let (head, embed) = (&weights[extra.as_str()], &weights["model.embed_tokens.weight"]);
+            let same = head.dims() == embed.dims()
+                && head.to_dtype(DType::F32)?.eq(&embed.to_dtype(DType::F32)?)?.min_all()?.to_scalar::<u8>()? == 1;
+            if !same {
+                return Err(Error::Invalid(
+                    "tie_word_embeddings is true, but the weights hold an `lm_head.weight` that differs from \
+                     `model.embed_tokens.weight`"
+                        .into(),
+                ));
+            }
+        } else {
             return Err(Error::Invalid(format!(
                 "tensor `{extra}` is not part of the model described by the config \
                  ({} layers, tie_word_embeddings={})",
@@ -132,9 +176,9 @@ pub struct Llama {
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Linear,
-    /// RoPE tables `[max_position_embeddings, head_dim / 2]`, f32.
-    cos: Tensor,
-    sin: Tensor,
+    /// RoPE inverse frequencies `[1, head_dim / 2]`, f32; the cos/sin tables are built per call for the
+    /// positions used, so a long `max_position_embeddings` costs nothing until it is reached.
+    inv_freq: Tensor,
 }
 
 impl Llama {
@@ -163,12 +207,43 @@ impl Llama {
         let embed_tokens = get("model.embed_tokens.weight");
         let lm_head =
             if cfg.tie_word_embeddings { Linear::new(embed_tokens.clone()) } else { linear("lm_head.weight") };
-        let (cos, sin) = rope_tables(cfg, embed_tokens.device())?;
-        Ok(Self { cfg: cfg.clone(), embed_tokens, blocks, norm: get("model.norm.weight"), lm_head, cos, sin })
+        let inv_freq = rope_inv_freq(cfg, embed_tokens.device())?;
+        Ok(Self { cfg: cfg.clone(), embed_tokens, blocks, norm: get("model.norm.weight"), lm_head, inv_freq })
     }
 
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
+    }
+
+    /// RoPE cos and sin `[len, head_dim / 2]` (f32) for positions `offset..offset + len`: the same values,
+    /// bit for bit, as rows of a full `[max_position_embeddings, head_dim / 2]` table.
+    fn rope_tables(&self, offset: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        let max = self.cfg.max_position_embeddings;
+        if offset + len > max {
+            return Err(Error::Invalid(format!(
+                "sequence of {} positions exceeds max_position_embeddings ({max})",
+                offset + len
+            )));
+        }
+        let device = self.inv_freq.device();
+        let pos = Tensor::arange(offset as u32, (offset + len) as u32, device)?.to_dtype(DType::F32)?;
+        let angles = pos.reshape((len, 1))?.broadcast_mul(&self.inv_freq)?;
+        Ok((angles.cos()?, angles.sin()?))
+    }
+
+    /// Token ids must index the embedding: a clear error instead of an index-select failure deep inside.
+    fn check_ids(&self, ids: &Tensor) -> Result<()> {
+        if ids.elem_count() == 0 {
+            return Ok(());
+        }
+        let max = ids.flatten_all()?.max(0)?.to_dtype(DType::U32)?.to_scalar::<u32>()? as usize;
+        if max >= self.cfg.vocab_size {
+            return Err(Error::Invalid(format!(
+                "token id {max} is out of range for the model's vocabulary of {} (vocab_size)",
+                self.cfg.vocab_size
+            )));
+        }
+        Ok(())
     }
     pub fn dtype(&self) -> DType {
         self.embed_tokens.dtype()
@@ -206,13 +281,8 @@ impl Llama {
     ) -> Result<Tensor> {
         let (_, seq) = ids.dims2()?;
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        if offset + seq > self.cfg.max_position_embeddings {
-            return Err(Error::Invalid(format!(
-                "sequence of {} positions exceeds max_position_embeddings ({})",
-                offset + seq,
-                self.cfg.max_position_embeddings
-            )));
-        }
+        let (cos, sin) = self.rope_tables(offset, seq)?;
+        self.check_ids(ids)?;
         if let Some(c) = cache.as_mut() {
             c.layers.resize(self.blocks.len(), None);
         }
@@ -228,8 +298,7 @@ impl Llama {
         };
         let head_dims = self.head_scales(&masks)?;
 
-        let cos = self.cos.narrow(0, offset, seq)?.to_dtype(self.dtype())?;
-        let sin = self.sin.narrow(0, offset, seq)?.to_dtype(self.dtype())?;
+        let (cos, sin) = (cos.to_dtype(self.dtype())?, sin.to_dtype(self.dtype())?);
         let mut x = self.embed_tokens.embedding(&ids.flatten_all()?)?.reshape((ids.dim(0)?, seq, ()))?;
         if let Some(h) = &hidden {
             x = x.broadcast_mul(&h.z)?;
@@ -445,20 +514,27 @@ pub fn trainable(weights: TensorMap) -> Result<(BTreeMap<String, Var>, TensorMap
     Ok((vars, tensors))
 }
 
-/// HF's default RoPE: `inv_freq[i] = theta^(-2i/head_dim)`, angles `pos * inv_freq`, in f32.
-fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+/// HF's default RoPE: `inv_freq[i] = theta^(-2i/head_dim)`, in f32 (angles are `pos * inv_freq`).
+fn rope_inv_freq(cfg: &LlamaConfig, device: &Device) -> Result<Tensor> {
     let hd = cfg.head_dim();
     let theta = cfg.rope_theta();
     let inv_freq: Vec<f32> = (0..hd / 2).map(|i| (1.0 / theta.powf(2.0 * i as f64 / hd as f64)) as f32).collect();
-    let n = cfg.max_position_embeddings;
-    let inv_freq = Tensor::from_vec(inv_freq, (1, hd / 2), device)?;
-    let pos = Tensor::arange(0u32, n as u32, device)?.to_dtype(DType::F32)?.reshape((n, 1))?;
-    let angles = pos.broadcast_mul(&inv_freq)?;
-    Ok((angles.cos()?, angles.sin()?))
+    Ok(Tensor::from_vec(inv_freq, (1, hd / 2), device)?)
 }
 
 /// A randomly initialized model (normal(0, 0.02) weights, norms near 1) for tests and `shear init`.
 pub fn random_weights(cfg: &LlamaConfig, seed: u64, dtype: DType, device: &Device) -> Result<TensorMap> {
+    // The shape comes from a config or flags, not from a file: refuse what cannot be allocated, rather
+    // than abort inside the allocator.
+    let bytes = cfg.param_counts().total() as f64 * DType::F32.size_in_bytes() as f64;
+    if let Some(limit) = allocatable_bytes().filter(|&l| bytes > l) {
+        return Err(Error::Invalid(format!(
+            "a model of {:.2}B parameters needs {:.1} GB, more than the {:.1} GB this process can allocate",
+            cfg.param_counts().total() as f64 / 1e9,
+            bytes / 1e9,
+            limit / 1e9
+        )));
+    }
     let mut rng = crate::rng::Rng::new(seed);
     let mut out = TensorMap::new();
     for (name, shape) in cfg.tensor_shapes() {
@@ -472,4 +548,21 @@ pub fn random_weights(cfg: &LlamaConfig, seed: u64, dtype: DType, device: &Devic
         out.insert(name, Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?);
     }
     Ok(out)
+}
+
+/// Memory this process can still allocate: the smaller of the system's available memory and the
+/// address-space limit (`ulimit -v`), where Linux reports them.
+fn allocatable_bytes() -> Option<f64> {
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? * 1024.0)
+    });
+    let address_space = std::fs::read_to_string("/proc/self/limits").ok().and_then(|l| {
+        let line = l.lines().find(|l| l.starts_with("Max address space"))?;
+        line.split_whitespace().nth(3)?.parse::<f64>().ok() // "unlimited" does not parse
+    });
+    match (available, address_space) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }

@@ -120,6 +120,7 @@ pub fn evaluate_corpus(
     masks: Option<&MaskValues>,
     mut progress: impl FnMut(&str, usize, usize),
 ) -> Result<Vec<DomainEval>> {
+    corpus.check_vocab(model.config().vocab_size)?;
     let mut out = vec![];
     for (d, name) in corpus.domains.iter().enumerate() {
         let n = corpus.sequences(false, d).min(max_sequences.unwrap_or(usize::MAX));

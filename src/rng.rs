@@ -4,8 +4,26 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RngState")]
 pub struct Rng {
     s: [u64; 4],
+}
+
+/// The serialized form, checked on the way in: xoshiro's all-zero state is a fixed point (it would draw 0
+/// forever), so a checkpoint holding it is corrupt.
+#[derive(Deserialize)]
+struct RngState {
+    s: [u64; 4],
+}
+
+impl TryFrom<RngState> for Rng {
+    type Error = String;
+    fn try_from(v: RngState) -> std::result::Result<Self, String> {
+        if v.s == [0; 4] {
+            return Err("an all-zero RNG state (corrupt)".into());
+        }
+        Ok(Self { s: v.s })
+    }
 }
 
 impl Rng {

@@ -137,8 +137,16 @@ pub fn build(
     opts: &BuildOptions,
     mut progress: impl FnMut(&str, &DomainStats),
 ) -> Result<Manifest> {
+    if !(2..=crate::config::LIMITS.positions).contains(&opts.seq_len) {
+        return Err(Error::Invalid(format!("sequences of {} tokens: at least 2 are needed", opts.seq_len)));
+    }
+    if opts.eval_permille > 1000 {
+        return Err(Error::Invalid(format!("eval per mille {} is more than 1000", opts.eval_permille)));
+    }
     let vocab_size = tok.get_vocab_size(true);
-    let token_bytes = if vocab_size <= 1 << 16 { 2 } else { 4 };
+    // The width holds the largest id, not the entry count: a sparse vocabulary can have ids past its size.
+    let id_bound = crate::io::tokenizer::id_bound(tok).max(bos.max(eos) as usize + 1);
+    let token_bytes = if id_bound <= 1 << 16 { 2 } else { 4 };
     let sources_file = raw.join("sources.json");
     let sources: serde_json::Value = match std::fs::read_to_string(&sources_file) {
         Ok(t) => serde_json::from_str(&t).map_err(|e| Error::Invalid(format!("{}: {e}", sources_file.display())))?,
@@ -213,7 +221,7 @@ pub fn build(
                 )));
             }
             stream.truncate(sequences * opts.seq_len);
-            let bytes = encode_tokens(&stream, token_bytes);
+            let bytes = encode_tokens(&stream, token_bytes)?;
             let dest = staging.path().join(&file);
             std::fs::write(&dest, &bytes).map_err(|e| Error::io(&dest, e))?;
             stats.push(SplitStats {
@@ -260,16 +268,17 @@ pub fn build(
     Ok(manifest)
 }
 
-fn encode_tokens(ids: &[u32], token_bytes: usize) -> Vec<u8> {
+fn encode_tokens(ids: &[u32], token_bytes: usize) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(ids.len() * token_bytes);
     for &id in ids {
         if token_bytes == 2 {
-            out.extend_from_slice(&(id as u16).to_le_bytes());
+            let narrow = u16::try_from(id).map_err(|_| Error::Invalid(format!("token id {id} does not fit in u16")))?;
+            out.extend_from_slice(&narrow.to_le_bytes());
         } else {
             out.extend_from_slice(&id.to_le_bytes());
         }
     }
-    out
+    Ok(out)
 }
 
 fn decode_tokens(bytes: &[u8], token_bytes: usize) -> Vec<u32> {
@@ -300,7 +309,7 @@ impl Corpus {
                 dir.display()
             )));
         }
-        let text = std::fs::read_to_string(&mpath).map_err(|e| Error::io(&mpath, e))?;
+        let text = crate::io::read_metadata(&mpath)?;
         let manifest: Manifest = serde_json::from_str(&text)
             .map_err(|e| Error::Invalid(format!("{}: invalid manifest: {e}", mpath.display())))?;
         let domains: Vec<String> =
@@ -308,13 +317,29 @@ impl Corpus {
         if domains.is_empty() {
             return Err(Error::Invalid(format!("{}: the manifest lists no domains", mpath.display())));
         }
+        if let Some(extra) = manifest.domains.keys().find(|d| !DOMAINS.contains(&d.as_str())) {
+            return Err(Error::Invalid(format!(
+                "{}: unknown domain `{extra}` (known: {})",
+                mpath.display(),
+                DOMAINS.join(", ")
+            )));
+        }
+        if !(matches!(manifest.token_bytes, 2 | 4) && manifest.seq_len >= 2) {
+            return Err(Error::Invalid(format!(
+                "{}: token_bytes {} and seq_len {}: expected 2 or 4 bytes per token and sequences of at least 2",
+                mpath.display(),
+                manifest.token_bytes,
+                manifest.seq_len
+            )));
+        }
         let load = |s: &SplitStats, domain: &str| -> Result<Vec<u32>> {
             let path = dir.join(&s.file);
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            let expected = s.sequences * manifest.seq_len * manifest.token_bytes;
-            if bytes.len() != expected || s.sequences == 0 {
+            let expected = s.sequences.checked_mul(manifest.seq_len * manifest.token_bytes);
+            if expected != Some(bytes.len()) || s.sequences == 0 {
+                let expected = expected.map_or("more than any file".to_string(), |e| format!("{e} bytes"));
                 return Err(Error::Invalid(format!(
-                    "{}: {} bytes, but the manifest says {} sequences of {} tokens ({expected} bytes) for `{domain}`",
+                    "{}: {} bytes, but the manifest says {} sequences of {} tokens ({expected}) for `{domain}`",
                     path.display(),
                     bytes.len(),
                     s.sequences,
@@ -339,6 +364,22 @@ impl Corpus {
             eval.push(load(&st.eval, d)?);
         }
         Ok(Self { dir: dir.to_path_buf(), manifest, domains, train, eval })
+    }
+
+    /// Refuse a model whose embedding does not cover every stored id (a shard can be rewritten with a
+    /// matching checksum; the ids themselves are what the model will index).
+    pub fn check_vocab(&self, vocab_size: usize) -> Result<()> {
+        for (d, domain) in self.domains.iter().enumerate() {
+            for (split, ids) in [("train", &self.train[d]), ("eval", &self.eval[d])] {
+                if let Some(&max) = ids.iter().max().filter(|&&m| m as usize >= vocab_size) {
+                    return Err(Error::Invalid(format!(
+                        "{}: the `{domain}` {split} shard holds token id {max}, beyond the model's vocab_size                          {vocab_size}",
+                        self.dir.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Refuse a model whose tokenizer is not the one the corpus was tokenized with.
@@ -394,7 +435,9 @@ mod tests {
     #[test]
     fn token_storage_round_trips_above_u16() {
         let ids = vec![0u32, 1, 65_535, 65_536, 151_000];
-        assert_eq!(decode_tokens(&encode_tokens(&ids, 4), 4), ids);
-        assert_eq!(decode_tokens(&encode_tokens(&ids[..3], 2), 2), &ids[..3]);
+        assert_eq!(decode_tokens(&encode_tokens(&ids, 4).unwrap(), 4), ids);
+        assert_eq!(decode_tokens(&encode_tokens(&ids[..3], 2).unwrap(), 2), &ids[..3]);
+        // An id that does not fit the width is an error, never stored modulo 2^16.
+        assert!(encode_tokens(&ids, 2).unwrap_err().to_string().contains("65536 does not fit in u16"));
     }
 }

@@ -71,6 +71,11 @@ pub fn update_proportions(rule: UpdateRule, w: &[f64], loss: &[f64], reference: 
 /// `(L1 − L2)/(L2 − L3) = (N1^−b − N2^−b)/(N2^−b − N3^−b)`, then `a` and `c`.
 pub fn fit_scaling_law(points: [(f64, f64); 3]) -> Result<(f64, f64, f64)> {
     let [(n1, l1), (n2, l2), (n3, l3)] = points;
+    if points.iter().any(|&(n, l)| !(n.is_finite() && n > 0.0 && l.is_finite() && l >= 0.0)) {
+        return Err(Error::Invalid(format!(
+            "scaling-law points {points:?}: sizes must be positive and finite, losses finite and >= 0"
+        )));
+    }
     if !(n1 < n2 && n2 < n3 && l1 > l2 && l2 > l3) {
         return Err(Error::Invalid("scaling-law points must have increasing sizes and decreasing losses".into()));
     }
@@ -93,6 +98,22 @@ pub fn fit_scaling_law(points: [(f64, f64); 3]) -> Result<(f64, f64, f64)> {
     let a = (l1 - l2) / (n1.powf(-b) - n2.powf(-b));
     let c = l1 - a * n1.powf(-b);
     Ok((a, b, c))
+}
+
+/// Proportions must be finite, non-negative, one per domain, and sum to a positive finite total (a sum
+/// that overflows would normalize every proportion to 0).
+fn check_proportions(proportions: &[f64], domains: &[String]) -> Result<()> {
+    if proportions.len() != domains.len() {
+        return Err(Error::Invalid(format!("{} proportions for {} domains", proportions.len(), domains.len())));
+    }
+    if let Some((d, p)) = domains.iter().zip(proportions).find(|(_, p)| !(p.is_finite() && **p >= 0.0)) {
+        return Err(Error::Invalid(format!("the proportion of domain `{d}` is {p}; it must be finite and >= 0")));
+    }
+    let total: f64 = proportions.iter().sum();
+    if !(total.is_finite() && total > 0.0) {
+        return Err(Error::Invalid(format!("the proportions sum to {total}; the sum must be positive and finite")));
+    }
+    Ok(())
 }
 
 /// The loader's resumable state.
@@ -143,11 +164,7 @@ impl DynamicLoader {
         if let Some(d) = (0..sizes.len()).find(|&d| sizes[d] == 0) {
             return Err(Error::Invalid(format!("domain `{}` has no sequences", domains[d])));
         }
-        if proportions.iter().any(|p| p.is_nan() || *p < 0.0 || !p.is_finite())
-            || proportions.iter().sum::<f64>() <= 0.0
-        {
-            return Err(Error::Invalid(format!("invalid proportions {proportions:?}")));
-        }
+        check_proportions(proportions, &domains)?;
         let total: f64 = proportions.iter().sum();
         let k = domains.len();
         let state = LoaderState {
@@ -159,14 +176,40 @@ impl DynamicLoader {
             rng: Rng::new(seed),
             permutation_seed: seed ^ 0x5EED_0FD0_0A15,
         };
-        Ok(Self::from_state(state, sizes))
+        Self::from_state(state, sizes)
     }
 
-    /// Rebuild a loader from saved state (the permutations are re-derived from their seed).
-    pub fn from_state(state: LoaderState, sizes: &[usize]) -> Self {
+    /// Rebuild a loader from saved state (the permutations are re-derived from their seed). The state is
+    /// checked like [`DynamicLoader::new`]'s arguments: one entry per domain everywhere, proportions that
+    /// sum to 1, cursors within their domain; a corrupt checkpoint is refused, never indexed out of range.
+    pub fn from_state(state: LoaderState, sizes: &[usize]) -> Result<Self> {
+        let k = sizes.len();
+        let bad = |msg: String| Err(Error::Invalid(format!("loader state: {msg}")));
+        for (name, n) in [
+            ("domains", state.domains.len()),
+            ("proportions", state.proportions.len()),
+            ("cursors", state.cursors.len()),
+            ("wraps", state.wraps.len()),
+            ("drawn", state.drawn.len()),
+        ] {
+            if n != k {
+                return bad(format!("{n} {name} for {k} domains"));
+            }
+        }
+        check_proportions(&state.proportions, &state.domains)?;
+        let sum: f64 = state.proportions.iter().sum();
+        if (sum - 1.0).abs() > 1e-6 {
+            return bad(format!("proportions sum to {sum}, not 1"));
+        }
+        if let Some(d) = (0..k).find(|&d| state.cursors[d] > sizes[d]) {
+            return bad(format!(
+                "cursor {} of domain `{}` is past its {} sequences",
+                state.cursors[d], state.domains[d], sizes[d]
+            ));
+        }
         let mut prng = Rng::new(state.permutation_seed);
         let permutations = sizes.iter().map(|&n| permutation(n, &mut prng)).collect();
-        Self { state, permutations }
+        Ok(Self { state, permutations })
     }
 
     /// Draw the domain of each of `batch` samples, then take each domain's next sequence.
@@ -285,7 +328,7 @@ mod tests {
         a.next_batch(17);
         let saved = serde_json::to_string(&a.state).unwrap();
         let rest_a = a.next_batch(40).samples;
-        let mut b = DynamicLoader::from_state(serde_json::from_str(&saved).unwrap(), &[5, 9]);
+        let mut b = DynamicLoader::from_state(serde_json::from_str(&saved).unwrap(), &[5, 9]).unwrap();
         assert_eq!(b.next_batch(40).samples, rest_a);
     }
 
@@ -293,5 +336,26 @@ mod tests {
     fn empty_domains_and_bad_proportions_are_rejected() {
         assert!(DynamicLoader::new(vec!["x".into()], &[0], &[1.0], 0).unwrap_err().to_string().contains("`x` has no"));
         assert!(DynamicLoader::new(vec!["x".into()], &[3], &[f64::NAN], 0).is_err());
+        // A sum that overflows would normalize every proportion to 0.
+        let err = DynamicLoader::new(vec!["x".into(), "y".into()], &[3, 3], &[1e308, 1e308], 0).unwrap_err();
+        assert!(err.to_string().contains("sum to inf"), "{err}");
+    }
+
+    /// A corrupt checkpoint's loader state is refused with the field at fault, never indexed out of range.
+    #[test]
+    fn corrupt_loader_states_are_refused() {
+        let l = DynamicLoader::new(vec!["x".into(), "y".into()], &[5, 9], &[0.3, 0.7], 3).unwrap();
+        let cases: [(fn(&mut LoaderState), &str); 4] = [
+            (|s| s.cursors[1] = 10, "cursor 10 of domain `y` is past its 9 sequences"),
+            (|s| s.wraps.pop().map(drop).unwrap_or(()), "1 wraps for 2 domains"),
+            (|s| s.proportions.push(0.0), "3 proportions for 2 domains"),
+            (|s| s.proportions = vec![0.5, 0.6], "proportions sum to 1.1"),
+        ];
+        for (corrupt, needle) in cases {
+            let mut state = l.state.clone();
+            corrupt(&mut state);
+            let err = DynamicLoader::from_state(state, &[5, 9]).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
     }
 }

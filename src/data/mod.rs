@@ -28,10 +28,13 @@ impl TextData {
         if path.is_dir() {
             return Err(Error::Invalid(format!("{}: a directory, not a text file", path.display())));
         }
+        if !(0.0..1.0).contains(&eval_fraction) {
+            return Err(Error::Invalid(format!("the held-out fraction is {eval_fraction}; it must lie in [0, 1)")));
+        }
         let ids = encode(tok, &read_utf8(path)?)?;
         let n_eval = ((ids.len() as f64) * eval_fraction) as usize;
         let n_train = ids.len() - n_eval;
-        if n_train < seq_len + 1 || n_eval < 2 {
+        if n_train <= seq_len || n_eval < 2 {
             return Err(Error::Invalid(format!(
                 "{}: {} tokens is too little text for sequences of {seq_len} (need > {} for training plus an eval split)",
                 path.display(),
@@ -40,6 +43,16 @@ impl TextData {
             )));
         }
         Ok(Self { train: ids[..n_train].to_vec(), eval: ids[n_train..].to_vec() })
+    }
+
+    /// Refuse a model whose embedding does not cover the text's ids (a tokenizer and config that disagree).
+    pub fn check_vocab(&self, vocab_size: usize) -> Result<()> {
+        match self.train.iter().chain(&self.eval).max() {
+            Some(&max) if max as usize >= vocab_size => {
+                Err(Error::Invalid(format!("the text's token id {max} is beyond the model's vocab_size {vocab_size}")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `batch` windows of `seq_len` tokens at uniformly random offsets of the training stream.
@@ -70,6 +83,11 @@ impl CorpusFeed {
                 "the `{rule:?}` rule needs one reference loss per domain ({}), got {}",
                 corpus.domains.len(),
                 reference.len()
+            )));
+        }
+        if let Some((d, r)) = corpus.domains.iter().zip(&reference).find(|(_, r)| !(r.is_finite() && **r >= 0.0)) {
+            return Err(Error::Invalid(format!(
+                "the reference loss of domain `{d}` is {r}; it must be finite and >= 0"
             )));
         }
         let sizes: Vec<usize> = (0..corpus.domains.len()).map(|d| corpus.sequences(true, d)).collect();
@@ -111,8 +129,16 @@ impl CorpusFeed {
         }))
     }
 
-    pub fn restore(&mut self, state: LoaderState) {
+    /// Continue from a checkpoint's loader state, which must be this corpus's (same domains, in order).
+    pub fn restore(&mut self, state: LoaderState) -> Result<()> {
+        if state.domains != self.corpus.domains {
+            return Err(Error::Invalid(format!(
+                "loader state: domains {:?} differ from the corpus's {:?}",
+                state.domains, self.corpus.domains
+            )));
+        }
         let sizes: Vec<usize> = (0..self.corpus.domains.len()).map(|d| self.corpus.sequences(true, d)).collect();
-        self.loader = DynamicLoader::from_state(state, &sizes);
+        self.loader = DynamicLoader::from_state(state, &sizes)?;
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -43,6 +43,9 @@ pub fn save_run(
 }
 
 pub fn save(run: &Path, tensors: &BTreeMap<String, Tensor>, state: &Value) -> Result<()> {
+    // A checkpoint is what resume, materialize and export trust: never one holding a NaN or an infinity.
+    crate::model::check_finite(tensors, &run.join(DIR).join(TENSORS))
+        .map_err(|e| Error::Invalid(format!("not checkpointing a diverged run: {e}")))?;
     let partial = run.join(PARTIAL);
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
@@ -90,9 +93,44 @@ pub fn load(run: &Path, device: &Device) -> Result<(BTreeMap<String, Tensor>, Va
     let dir = latest_or_error(run)?;
     let tpath = dir.join(TENSORS);
     let bytes = std::fs::read(&tpath).map_err(|e| Error::io(&tpath, e))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-        .map_err(|e| Error::Weights { path: tpath.clone(), msg: format!("corrupt checkpoint: {e}") })?;
-    Ok((tensors.into_iter().collect(), read_state(&dir)?))
+    let tensors: BTreeMap<String, Tensor> = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| Error::Weights { path: tpath.clone(), msg: format!("corrupt checkpoint: {e}") })?
+        .into_iter()
+        .collect();
+    crate::model::check_finite(&tensors, &tpath)?;
+    Ok((tensors, read_state(&dir)?))
+}
+
+/// Set `var` from the checkpoint tensor `key`, which must be there with the var's shape and dtype.
+pub fn restore_var(saved: &BTreeMap<String, Tensor>, key: &str, var: &Var, run: &Path) -> Result<()> {
+    let file = || run.join(DIR).join(TENSORS);
+    let t = saved
+        .get(key)
+        .ok_or_else(|| Error::Weights { path: file(), msg: format!("checkpoint lacks tensor `{key}`") })?;
+    if t.dims() != var.dims() || t.dtype() != var.dtype() {
+        return Err(Error::Weights {
+            path: file(),
+            msg: format!(
+                "tensor `{key}` is {:?} {:?}, the run expects {:?} {:?}",
+                t.dtype(),
+                t.dims(),
+                var.dtype(),
+                var.dims()
+            ),
+        });
+    }
+    Ok(var.set(t)?)
+}
+
+/// The checkpoint's `step`, which must lie within the run's `steps` (a step past them would resume into
+/// a run that trains nothing).
+pub fn step_of(state: &Value, run: &Path, steps: usize) -> Result<usize> {
+    let bad = |msg: String| Error::Invalid(format!("{}: {msg}", run.join(DIR).join(STATE).display()));
+    let step = state["step"].as_u64().ok_or_else(|| bad("no integer `step`".into()))?;
+    if step > steps as u64 {
+        return Err(bad(format!("the checkpoint is at step {step}, past the run's {steps} steps (--steps)")));
+    }
+    Ok(step as usize)
 }
 
 /// Whether `run` can be resumed, from its checkpoint's `state.json` alone, so that a run without a
@@ -108,7 +146,7 @@ fn latest_or_error(run: &Path) -> Result<PathBuf> {
 
 fn read_state(dir: &Path) -> Result<Value> {
     let spath = dir.join(STATE);
-    let text = std::fs::read_to_string(&spath).map_err(|e| Error::io(&spath, e))?;
+    let text = crate::io::read_metadata(&spath)?;
     serde_json::from_str(&text)
         .map_err(|e| Error::Invalid(format!("{}: corrupt checkpoint state: {e}", spath.display())))
 }

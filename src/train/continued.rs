@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 use super::checkpoint;
 use super::optim::{AdamW, AdamWConfig, CosineSchedule};
 use super::run::{read_spec, RunLogs, RunSummary};
-use super::step::{accumulate, check_batch, micro_batch, update};
+use super::step::{accumulate, check_batch, check_loss, check_rates, check_steps, micro_batch, update};
 use crate::config::LlamaConfig;
 use crate::data::corpus::Corpus;
 use crate::data::loader::{LoaderState, UpdateRule};
@@ -100,6 +100,20 @@ impl TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// Sizes and rates that could not train, checked before any work (they may come from `run.json`).
+    pub fn validate(&self) -> Result<()> {
+        check_steps(self.steps)?;
+        check_batch(self.batch_size, self.grad_accum)?;
+        check_rates(&[
+            ("lr", self.lr),
+            ("alpha_f", self.alpha_f),
+            ("max_grad_norm", self.max_grad_norm),
+            ("weight_decay", self.weight_decay),
+        ])
+    }
+}
+
 /// What a run was asked to do (`run.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainSpec {
@@ -160,7 +174,8 @@ pub fn train(
     if c.proportions.len() != k {
         return Err(Error::Invalid(format!("{} initial proportions for {k} domains", c.proportions.len())));
     }
-    check_batch(c.batch_size, c.grad_accum)?;
+    c.validate()?;
+    corpus.check_vocab(cfg.vocab_size)?;
     if resume {
         checkpoint::ensure_resumable(run)?;
     }
@@ -171,7 +186,7 @@ pub fn train(
     let feed = CorpusFeed::new(corpus, &c.proportions, c.update_rule, c.reference_losses.clone(), c.seed)?;
     let mut st = State { optimizer: AdamW::new("weights", adam, params)?, feed, vars, step: 0 };
     if resume {
-        restore(run, &mut st, &device)?;
+        restore(run, &mut st, &device, c.steps)?;
     }
     let mut logs = RunLogs::open(run, spec, resume.then_some(st.step))?;
     let compute = if c.bf16 { DType::BF16 } else { DType::F32 };
@@ -200,7 +215,7 @@ pub fn train(
             let ids = batch.narrow(0, m * c.batch_size, micro.len())?;
             let (values, grads) = micro_batch(model, &ids, n_samples)?;
             if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-                return Err(Error::Invalid(format!("non-finite loss ({bad}) at step {}; lower --lr", st.step + 1)));
+                check_loss(*bad as f64, st.step + 1, "--lr")?;
             }
             for (&d, v) in micro.iter().zip(&values) {
                 domain_loss[d].0 += *v as f64;
@@ -279,19 +294,21 @@ fn save(run: &Path, st: &State, model_only: bool) -> Result<()> {
     checkpoint::save_run(run, weights, state, model_only, |t| st.optimizer.save_moments(t, ""))
 }
 
-fn restore(run: &Path, st: &mut State, device: &Device) -> Result<()> {
+fn restore(run: &Path, st: &mut State, device: &Device, steps: usize) -> Result<()> {
     let (t, state) = checkpoint::load(run, device)?;
-    let missing = |k: &str| Error::Invalid(format!("{}: checkpoint lacks `{k}`", run.display()));
     for (k, v) in &st.vars {
-        v.set(t.get(&format!("weights.{k}")).ok_or_else(|| missing(k))?)?;
+        checkpoint::restore_var(&t, &format!("weights.{k}"), v, run)?;
     }
-    let steps = state["optimizer_steps"].as_u64().ok_or_else(|| missing("optimizer_steps"))? as usize;
-    st.optimizer.restore_moments(&t, "", steps)?;
-    st.step = state["step"].as_u64().ok_or_else(|| missing("step"))? as usize;
-    let loader: LoaderState = serde_json::from_value(state["loader"].clone())
-        .map_err(|e| Error::Invalid(format!("checkpoint loader: {e}")))?;
-    st.feed.restore(loader);
-    Ok(())
+    st.step = checkpoint::step_of(&state, run, steps)?;
+    let bad = |msg: String| Error::Invalid(format!("{}: checkpoint {msg}", run.display()));
+    let optimizer_steps = state["optimizer_steps"].as_u64().ok_or_else(|| bad("lacks `optimizer_steps`".into()))?;
+    if optimizer_steps != st.step as u64 {
+        return Err(bad(format!("optimizer_steps {optimizer_steps} differs from its step {}", st.step)));
+    }
+    st.optimizer.restore_moments(&t, "", st.step)?;
+    let loader: LoaderState =
+        serde_json::from_value(state["loader"].clone()).map_err(|e| bad(format!("loader state: {e}")))?;
+    st.feed.restore(loader).map_err(|e| bad(e.to_string()))
 }
 
 /// Export the latest checkpoint of a training run as an HF directory (tokenizer copied from the model).

@@ -116,10 +116,14 @@ impl AdamW {
                 let t = saved
                     .get(&key)
                     .ok_or_else(|| Error::Invalid(format!("optimizer `{}`: checkpoint lacks `{key}`", self.name)))?;
-                if t.dims() != p.dims() {
+                if t.dims() != p.dims() || t.dtype() != p.dtype() {
                     return Err(Error::Invalid(format!(
-                        "optimizer `{}`: moment shape mismatch for `{name}`",
-                        self.name
+                        "optimizer `{}`: checkpoint tensor `{key}` is {:?} {:?}, the parameter is {:?} {:?}",
+                        self.name,
+                        t.dtype(),
+                        t.dims(),
+                        p.dtype(),
+                        p.dims()
                     )));
                 }
                 // A copy of its own: the update writes moments in place.

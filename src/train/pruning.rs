@@ -24,7 +24,7 @@ use serde_json::{json, Map, Value};
 use super::checkpoint;
 use super::optim::{AdamW, AdamWConfig, CosineSchedule};
 use super::run::{read_spec, RunLogs, RunSummary};
-use super::step::{accumulate, check_batch, check_seq_len, update};
+use super::step::{accumulate, check_batch, check_loss, check_rates, check_seq_len, check_steps, update};
 use crate::config::LlamaConfig;
 use crate::data::loader::{LoaderState, UpdateRule};
 use crate::data::{CorpusFeed, TextData};
@@ -124,8 +124,16 @@ impl PruneConfig {
 
     /// Sizes that leave nothing to train on are refused before any work starts.
     pub fn validate(&self) -> Result<()> {
+        check_steps(self.steps)?;
         check_batch(self.batch_size, self.grad_accum)?;
-        check_seq_len(self.seq_len)
+        check_seq_len(self.seq_len)?;
+        check_rates(&[
+            ("lr", self.lr),
+            ("mask_lr", self.mask_lr),
+            ("lambda_lr", self.lambda_lr),
+            ("max_grad_norm", self.max_grad_norm),
+            ("alpha_f", self.alpha_f),
+        ])
     }
 }
 
@@ -195,13 +203,6 @@ pub struct PruneStep {
     pub lr_factor: f64,
 }
 
-fn check_finite(lm_loss: f64, step: usize) -> Result<()> {
-    if lm_loss.is_finite() {
-        return Ok(());
-    }
-    Err(Error::Invalid(format!("non-finite LM loss ({lm_loss}) at step {step}; lower --lr or --mask-lr")))
-}
-
 impl Pruner {
     /// The source model's weights as trainable vars, fresh masks (log-α drawn from `config.seed`), zero λs.
     pub fn new(cfg: &LlamaConfig, weights: TensorMap, target: &TargetShape, c: &PruneConfig) -> Result<Self> {
@@ -251,6 +252,13 @@ impl Pruner {
     /// the global norm over weights, log-α and λ and step AdamW on the three groups.
     pub fn step(&mut self, micro_batches: &[Tensor]) -> Result<PruneStep> {
         let (lm_loss, stats, grads) = self.gradients(micro_batches)?;
+        let lagrangian: f64 = stats.iter().map(|s| s.lagrangian).sum();
+        if !lagrangian.is_finite() {
+            return Err(Error::Invalid(format!(
+                "non-finite Lagrangian ({lagrangian}) at step {}; lower --lambda-lr or --mask-lr",
+                self.step + 1
+            )));
+        }
         let lr_factor = self.schedule.factor(self.step);
         let grad_norm = update(&mut self.optimizers, &grads, &self.all_vars, lr_factor, self.max_grad_norm)?;
         self.step += 1;
@@ -292,7 +300,7 @@ impl Pruner {
             grads = Some(accumulate(grads, micro, &self.all_vars)?);
         }
         let lm_loss = loss_sum / n_samples as f64;
-        check_finite(lm_loss, step)?;
+        check_loss(lm_loss, step + 1, "--lr or --mask-lr")?;
         Ok((lm_loss, stats, grads.expect("the Lagrangian's gradients")))
     }
 
@@ -336,35 +344,40 @@ impl Pruner {
         })
     }
 
-    fn restore(&mut self, run: &Path, device: &Device, data: &mut PruneData) -> Result<()> {
+    fn restore(&mut self, run: &Path, device: &Device, data: &mut PruneData, steps: usize) -> Result<()> {
         let (t, state) = checkpoint::load(run, device)?;
-        let missing = |k: &str| Error::Invalid(format!("{}: checkpoint lacks `{k}`", run.display()));
         for (k, v) in &self.weights {
-            v.set(t.get(&format!("weights.{k}")).ok_or_else(|| missing(k))?)?;
+            checkpoint::restore_var(&t, &format!("weights.{k}"), v, run)?;
         }
         for f in &self.masks.families {
-            let k = format!("log_alpha.{}", f.layout.family.name());
-            f.log_alpha.set(t.get(&k).ok_or_else(|| missing(&k))?)?;
+            checkpoint::restore_var(&t, &format!("log_alpha.{}", f.layout.family.name()), &f.log_alpha, run)?;
         }
         for m in &self.lagrangian.multipliers {
             for (k, var) in [("lambda1", &m.lambda1), ("lambda2", &m.lambda2)] {
-                let key = format!("{k}.{}", m.family.name());
-                var.set(t.get(&key).ok_or_else(|| missing(&key))?)?;
+                checkpoint::restore_var(&t, &format!("{k}.{}", m.family.name()), var, run)?;
             }
         }
-        let steps: Vec<usize> = serde_json::from_value(state["optimizer_steps"].clone())
-            .map_err(|e| Error::Invalid(format!("checkpoint optimizer_steps: {e}")))?;
-        for (opt, s) in self.optimizers.iter_mut().zip(steps) {
-            let prefix = format!("{}.", opt.name);
-            opt.restore_moments(&t, &prefix, s)?;
+        self.step = checkpoint::step_of(&state, run, steps)?;
+        let bad = |msg: String| Error::Invalid(format!("{}: checkpoint {msg}", run.display()));
+        // Every optimizer takes one step per pruning step; anything else is a corrupt or foreign state.
+        let optimizer_steps: Vec<usize> = serde_json::from_value(state["optimizer_steps"].clone())
+            .map_err(|e| bad(format!("optimizer_steps: {e}")))?;
+        if optimizer_steps != vec![self.step; self.optimizers.len()] {
+            return Err(bad(format!(
+                "optimizer_steps {optimizer_steps:?}: expected one count per optimizer ({}), each equal to its step {}",
+                self.optimizers.len(),
+                self.step
+            )));
         }
-        self.step = state["step"].as_u64().ok_or_else(|| missing("step"))? as usize;
-        self.rng =
-            serde_json::from_value(state["rng"].clone()).map_err(|e| Error::Invalid(format!("checkpoint rng: {e}")))?;
+        for opt in &mut self.optimizers {
+            let prefix = format!("{}.", opt.name);
+            opt.restore_moments(&t, &prefix, self.step)?;
+        }
+        self.rng = serde_json::from_value(state["rng"].clone()).map_err(|e| bad(format!("rng: {e}")))?;
         if let PruneData::Corpus(feed) = data {
-            let loader: LoaderState = serde_json::from_value(state["loader"].clone())
-                .map_err(|e| Error::Invalid(format!("checkpoint loader state: {e}")))?;
-            feed.restore(loader);
+            let loader: LoaderState =
+                serde_json::from_value(state["loader"].clone()).map_err(|e| bad(format!("loader state: {e}")))?;
+            feed.restore(loader).map_err(|e| bad(e.to_string()))?;
         }
         Ok(())
     }
@@ -383,19 +396,24 @@ pub fn prune(
 ) -> Result<RunSummary> {
     let c = &spec.config;
     c.validate()?;
+    match data {
+        PruneData::Text(t) => t.check_vocab(source_cfg.vocab_size)?,
+        PruneData::Corpus(feed) => feed.corpus.check_vocab(source_cfg.vocab_size)?,
+    }
     if resume {
         checkpoint::ensure_resumable(run)?;
     }
     let device = source_weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
     let mut st = Pruner::new(source_cfg, source_weights, &spec.target, c)?;
     if resume {
-        st.restore(run, &device, data)?;
-    } else {
+        st.restore(run, &device, data, c.steps)?;
+    }
+    let mut logs = RunLogs::open(run, spec, resume.then_some(st.step))?;
+    if !resume {
         std::fs::create_dir_all(run.join("masks")).map_err(|e| Error::io(run, e))?;
         let toml = toml::to_string(&spec.target).expect("toml");
         std::fs::write(run.join("target.toml"), toml).map_err(|e| Error::io(run, e))?;
     }
-    let mut logs = RunLogs::open(run, spec, resume.then_some(st.step))?;
     let source_prunable = prunable_params(source_cfg);
 
     while st.step < c.steps {
@@ -561,6 +579,7 @@ pub fn load_log_alphas(run: &Path, step: Option<usize>) -> Result<(usize, BTreeM
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let t = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .map_err(|e| Error::Weights { path: path.clone(), msg: e.to_string() })?;
+    crate::model::check_finite(&t, &path)?;
     let mut out = BTreeMap::new();
     for (k, v) in t {
         if let Some(f) = k.strip_prefix("log_alpha.").and_then(Family::from_name) {

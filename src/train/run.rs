@@ -1,7 +1,7 @@
 //! The run directory shared by `shear prune` and `shear train`: `run.json` (what was asked), `metrics.jsonl`
 //! (per step), `evals.jsonl` (per eval) and `checkpoint/`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -15,7 +15,7 @@ pub const EVALS: &str = "evals.jsonl";
 
 pub fn read_spec<T: DeserializeOwned>(run: &Path) -> Result<T> {
     let path = run.join(RUN_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let text = crate::io::read_metadata(&path)?;
     serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
 }
 
@@ -25,18 +25,31 @@ pub struct RunLogs {
     pub evals: JsonlWriter,
     start_step: usize,
     started: Instant,
+    /// A fresh run's directory, removed again if it is dropped before its first checkpoint.
+    fresh: Option<FreshRun>,
+}
+
+/// A run directory this process started: until it holds a checkpoint, it can be neither resumed nor
+/// reused (`--out` must be new), so a failure before then must leave nothing behind.
+struct FreshRun {
+    dir: PathBuf,
+    /// The directory existed (empty) before: then only what the run wrote into it is removed.
+    existed: bool,
 }
 
 impl RunLogs {
     /// A fresh run writes `run.json` and empty logs; a resumed one drops log lines after `resumed_at`
     /// (written after the checkpoint it resumes from, and about to be redone).
     pub fn open(run: &Path, spec: &impl Serialize, resumed_at: Option<usize>) -> Result<Self> {
+        let mut fresh = None;
         match resumed_at {
             Some(step) => {
                 truncate_jsonl(&run.join(METRICS), step)?;
                 truncate_jsonl(&run.join(EVALS), step)?;
             }
             None => {
+                crate::io::check_writable_destination(run)?;
+                fresh = Some(FreshRun { dir: run.to_path_buf(), existed: run.exists() });
                 std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
                 let text = serde_json::to_string_pretty(spec).expect("a run spec serializes");
                 std::fs::write(run.join(RUN_FILE), text).map_err(|e| Error::io(run.join(RUN_FILE), e))?;
@@ -50,6 +63,7 @@ impl RunLogs {
             evals: JsonlWriter::open(&run.join(EVALS))?,
             start_step: resumed_at.unwrap_or(0),
             started: Instant::now(),
+            fresh,
         })
     }
 
@@ -59,6 +73,24 @@ impl RunLogs {
             steps_run,
             final_step,
             mean_step_seconds: self.started.elapsed().as_secs_f64() / steps_run.max(1) as f64,
+        }
+    }
+}
+
+impl Drop for RunLogs {
+    fn drop(&mut self) {
+        let Some(fresh) = &self.fresh else { return };
+        if super::checkpoint::latest(&fresh.dir).is_some() {
+            return;
+        }
+        // Best effort, like `StagingDir`: the error that ended the run is the one to report.
+        if fresh.existed {
+            for entry in std::fs::read_dir(&fresh.dir).into_iter().flatten().flatten() {
+                let p = entry.path();
+                let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&fresh.dir);
         }
     }
 }

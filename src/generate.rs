@@ -30,6 +30,21 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(crate::invalid!("the prompt encodes to no tokens"));
     }
+    let window = model.config().max_position_embeddings;
+    if prompt.len().saturating_add(max_new_tokens) > window {
+        return Err(crate::invalid!(
+            "a prompt of {} tokens plus {max_new_tokens} new ones exceeds the model's context of {window} \
+             (max_position_embeddings)",
+            prompt.len()
+        ));
+    }
+    if let Sampling::TopP { top_p, temperature, .. } = sampling {
+        if !(*top_p > 0.0 && *top_p <= 1.0) || !(temperature.is_finite() && *temperature >= 0.0) {
+            return Err(crate::invalid!(
+                "top-p {top_p} and temperature {temperature}: top-p must lie in (0, 1], the temperature be finite and >= 0"
+            ));
+        }
+    }
     let mut rng = match sampling {
         Sampling::TopP { seed, .. } => Rng::new(*seed),
         Sampling::Greedy => Rng::new(0),

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::StagingDir;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
+use crate::invalid;
 use crate::model::{check_weights, Llama, TensorMap};
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -48,7 +49,7 @@ pub fn load_config(dir: &Path) -> Result<LlamaConfig> {
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(INDEX_FILE);
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let text = super::read_metadata(&index)?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| Error::Weights { path: index.clone(), msg: format!("invalid JSON: {e}") })?;
         let map = v
@@ -77,9 +78,16 @@ pub fn load_weights(dir: &Path, dtype: Option<DType>, device: &Device) -> Result
             path: file.clone(),
             msg: format!("not a readable safetensors file (truncated or corrupt?): {e}"),
         })?;
+        crate::model::check_finite(tensors.iter().map(|(k, v)| (k, v)), &file)?;
         for (name, t) in tensors {
             let t = match dtype {
-                Some(dt) if t.dtype() != dt => t.to_dtype(dt)?,
+                Some(dt) if t.dtype() != dt => {
+                    let cast = t.to_dtype(dt)?;
+                    // f16 tops out at 65504: a cast can overflow where the stored value was finite.
+                    crate::model::check_finite([(&name, &cast)], &file)
+                        .map_err(|e| invalid!("{e} after casting to {dt:?}"))?;
+                    cast
+                }
                 _ => t,
             };
             if out.insert(name.clone(), t).is_some() {
@@ -108,6 +116,11 @@ pub struct SaveOptions {
 /// Write a complete model directory at `dest` (atomically; `dest` must not exist or be empty).
 pub fn save_model(dest: &Path, cfg: &LlamaConfig, weights: &TensorMap, opts: &SaveOptions) -> Result<PathBuf> {
     check_weights(cfg, weights)?;
+    crate::model::check_finite(weights, dest)?;
+    // What travels along must load: a model directory with a broken tokenizer is not worth writing.
+    if let Some(src) = opts.companions_from.as_deref().filter(|s| s.join(super::tokenizer::TOKENIZER_FILE).exists()) {
+        super::load_tokenizer(src)?;
+    }
     let staging = StagingDir::new(dest)?;
     let dir = staging.path();
 

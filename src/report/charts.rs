@@ -167,15 +167,25 @@ pub const PALETTE: [RGBColor; 8] = [
     RGBColor(0, 0, 0),
 ];
 
-fn padded(lo: f64, hi: f64) -> (f64, f64) {
+/// The drawn range of an axis whose finite data span `lo..=hi`: widened by `pad` of the span on each
+/// side, or by 0.5 when the data are flat. A span that overflows f64 (values near ±1e308, as in a corrupt
+/// log) is refused: plotters cannot place ticks on an infinite axis and would never return.
+fn axis_range(axes: &Axes, (lo, hi): (f64, f64), pad: f64) -> Result<(f64, f64)> {
     if !(lo.is_finite() && hi.is_finite()) {
-        return (0.0, 1.0);
+        return Ok((0.0, 1.0));
     }
     if (hi - lo).abs() < 1e-12 {
-        return (lo - 0.5, hi + 0.5);
+        return Ok((lo - 0.5, hi + 0.5));
     }
-    let pad = (hi - lo) * 0.05;
-    (lo - pad, hi + pad)
+    let p = (hi - lo) * pad;
+    let range = (lo - p, hi + p);
+    if !(range.0.is_finite() && range.1.is_finite() && (range.1 - range.0).is_finite()) {
+        return Err(Error::Invalid(format!(
+            "chart `{}`: values from {lo:e} to {hi:e} are too far apart to draw (a corrupt log?)",
+            axes.title
+        )));
+    }
+    Ok(range)
 }
 
 fn extent(values: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -202,9 +212,8 @@ pub fn line_chart(axes: &Axes, lines: &[Line]) -> Result<Svg> {
     if lines.iter().all(|l| l.points.is_empty()) {
         return Err(Error::Invalid(format!("chart `{}`: no data points", axes.title)));
     }
-    let (x0, x1) = padded_x(extent(lines.iter().flat_map(|l| l.points.iter().map(|p| p.0))));
-    let (ylo, yhi) = extent(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)));
-    let (y0, y1) = padded(ylo, yhi);
+    let (x0, x1) = axis_range(axes, extent(lines.iter().flat_map(|l| l.points.iter().map(|p| p.0))), 0.0)?;
+    let (y0, y1) = axis_range(axes, extent(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1))), 0.05)?;
     let integer_x = lines.iter().all(|l| l.points.iter().all(|p| p.0.fract() == 0.0));
     // The legend goes beside the plot, never over the data.
     let legend_w = if lines.len() > 1 {
@@ -261,14 +270,6 @@ fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift
     Ok(())
 }
 
-fn padded_x((lo, hi): (f64, f64)) -> (f64, f64) {
-    if (hi - lo).abs() < 1e-12 {
-        (lo - 0.5, hi + 0.5)
-    } else {
-        (lo, hi)
-    }
-}
-
 /// Vertical bars, one per labelled category (labels are drawn under every `label_every`-th bar).
 pub fn bar_chart(axes: &Axes, labels: &[String], values: &[f64], reference: Option<(&str, f64)>) -> Result<Svg> {
     if labels.len() != values.len() || values.is_empty() {
@@ -279,8 +280,8 @@ pub fn bar_chart(axes: &Axes, labels: &[String], values: &[f64], reference: Opti
             values.len()
         )));
     }
-    let top = extent(values.iter().copied().chain(reference.map(|r| r.1))).1.max(0.0) * 1.1;
-    let top = if top > 0.0 { top } else { 1.0 };
+    let max = extent(values.iter().copied().chain(reference.map(|r| r.1))).1;
+    let top = if max > 0.0 { axis_range(axes, (0.0, max), 0.1)?.1 } else { 1.0 };
     let n = values.len();
     let label_every = n.div_ceil(32).max(1);
     // The reference line's legend goes beside the plot, never over the bars.

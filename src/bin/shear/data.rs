@@ -148,8 +148,7 @@ pub fn reference_losses(
     let domains = &corpus.domains;
     if let Some(f) = &a.reference_losses {
         let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?)
-                .with_context(|| format!("{}: invalid JSON", f.display()))?;
+            serde_json::from_str(&io::read_metadata(f)?).with_context(|| format!("{}: invalid JSON", f.display()))?;
         return domains
             .iter()
             .map(|d| v[d].as_f64().with_context(|| format!("{}: no reference loss for `{d}`", f.display())))
@@ -157,8 +156,7 @@ pub fn reference_losses(
     }
     if let Some(f) = &a.reference_scaling {
         let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?)
-                .with_context(|| format!("{}: invalid JSON", f.display()))?;
+            serde_json::from_str(&io::read_metadata(f)?).with_context(|| format!("{}: invalid JSON", f.display()))?;
         let sizes: Vec<f64> =
             serde_json::from_value(v["sizes"].clone()).with_context(|| format!("{}: sizes", f.display()))?;
         anyhow::ensure!(sizes.len() == 3, "{}: need exactly three sizes", f.display());

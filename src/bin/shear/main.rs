@@ -76,7 +76,23 @@ fn main() {
     keep_freed_memory();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
-    let cli = Cli::parse();
+    // Usage errors too are one `error:` line and status 1 (clap's own would add a hint line and exit 2);
+    // --help and --version print as usual.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            let lines: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("{}", lines.join(" "));
+            std::process::exit(1);
+        }
+    };
     if let Err(e) = run(cli) {
         // One line: the outermost context followed by its causes. candle appends a backtrace to its
         // messages when RUST_BACKTRACE is set; keep only the first line of each.

@@ -206,9 +206,6 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
             spec.config.seq_len,
         )?)
     };
-    if !a.resume {
-        std::fs::create_dir_all(&a.out)?;
-    }
     let target_cfg = spec.target.config(&cfg);
     info!(
         "pruning {} ({:.1}M parameters) to {} ({:.1}M) on {}, {} steps of {}x{}x{}",

@@ -218,10 +218,11 @@ impl LlamaConfig {
             }
         }
         // Special-token ids index the vocabulary (generation stops on EOS; the corpus packs BOS/EOS).
+        // BOS is one id; EOS is one id or a non-empty list of them (generation stops on any).
         for key in ["bos_token_id", "eos_token_id"] {
             let Some(v) = field(key) else { continue };
             let ids: Vec<&Value> = match v {
-                Value::Array(a) => a.iter().collect(),
+                Value::Array(a) if key == "eos_token_id" && !a.is_empty() => a.iter().collect(),
                 one => vec![one],
             };
             if let Some(bad) = ids.iter().find(|id| id.as_u64().is_none_or(|id| id >= self.vocab_size as u64)) {

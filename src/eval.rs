@@ -81,7 +81,14 @@ pub fn evaluate_ids(
         i = j;
     }
     let mean_nll = total / count as f64;
-    Ok(EvalResult { tokens: count, windows: wins.len(), seq_len, mean_nll, perplexity: mean_nll.exp() })
+    let perplexity = mean_nll.exp();
+    if !perplexity.is_finite() {
+        // Above ln(f64::MAX) ≈ 709.8 nats a token; a random model scores ln(vocab), about 11.
+        return Err(Error::Invalid(format!(
+            "mean NLL {mean_nll:.1} nats per token: the perplexity overflows (are the weights corrupt?)"
+        )));
+    }
+    Ok(EvalResult { tokens: count, windows: wins.len(), seq_len, mean_nll, perplexity })
 }
 
 #[cfg(test)]

@@ -50,10 +50,16 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
     if arch != "llama" {
         return Err(gerr(format!("architecture is `{arch}`; only `llama` GGUF files are supported")));
     }
-    let usize_of = |key: &str| -> Result<usize> {
-        let v = get(key).ok_or_else(|| gerr(format!("missing metadata `{key}`")))?;
-        value_as_u64(v).map(|x| x as usize).ok_or_else(|| gerr(format!("metadata `{key}` is not an integer")))
+    // An optional key that is present must be valid: a default would hide a corrupt value.
+    let optional_usize = |key: &str| -> Result<Option<usize>> {
+        get(key)
+            .map(|v| {
+                value_as_u64(v).map(|x| x as usize).ok_or_else(|| gerr(format!("metadata `{key}` is not an integer")))
+            })
+            .transpose()
     };
+    let usize_of =
+        |key: &str| -> Result<usize> { optional_usize(key)?.ok_or_else(|| gerr(format!("missing metadata `{key}`"))) };
 
     if md.contains_key("llama.rope.scaling.type") || content.tensor_infos.contains_key("rope_freqs.weight") {
         return Err(gerr("RoPE scaling (llama 3.1-style rope_freqs) is not supported".into()));
@@ -66,9 +72,9 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
     if heads == 0 {
         return Err(gerr("metadata `llama.attention.head_count` is 0".into()));
     }
-    let kv_heads = usize_of("llama.attention.head_count_kv").unwrap_or(heads);
-    let head_dim = usize_of("llama.attention.key_length").unwrap_or(hidden / heads);
-    let vocab_size = usize_of("llama.vocab_size").unwrap_or(vocab.tokens.len());
+    let kv_heads = optional_usize("llama.attention.head_count_kv")?.unwrap_or(heads);
+    let head_dim = optional_usize("llama.attention.key_length")?.unwrap_or(hidden / heads);
+    let vocab_size = optional_usize("llama.vocab_size")?.unwrap_or(vocab.tokens.len());
     let tied = !content.tensor_infos.contains_key("output.weight");
     let mut cfg = LlamaConfig::new(
         vocab_size,
@@ -89,7 +95,7 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
         cfg.rms_norm_eps = shortest_f32(eps);
     }
     cfg.rope_theta = Some(number("llama.rope.freq_base")?.map(shortest_f32).unwrap_or(10_000.0));
-    if let Ok(ctx) = usize_of("llama.context_length") {
+    if let Some(ctx) = optional_usize("llama.context_length")? {
         cfg.max_position_embeddings = ctx;
     }
     if let Some(b) = vocab.bos_token_id {
@@ -116,7 +122,7 @@ pub fn read_gguf(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<
         let q = content.tensor(&mut reader, gname, &Device::Cpu).map_err(|e| gerr(format!("tensor `{gname}`: {e}")))?;
         *types.entry(format!("{:?}", q.dtype())).or_default() += 1;
         let mut t = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
-        crate::model::check_finite([(&(*gname).clone(), &t)], path)?;
+        crate::model::check_finite([(*gname, &t)], path)?;
         if gname.ends_with("attn_q.weight") {
             t = unpermute_rope_rows(&t, heads)?;
         } else if gname.ends_with("attn_k.weight") {
@@ -196,13 +202,16 @@ fn check_header(path: &Path) -> Result<()> {
     };
     for _ in 0..kv_count {
         let key_len = length(&mut r)?;
+        if key_len > 1 << 16 {
+            return Err(gerr(format!("a metadata key of {key_len} bytes")));
+        }
         let mut key = vec![0u8; key_len as usize];
         r.read_exact(&mut key).map_err(|_| gerr("the header ends early (truncated?)".into()))?;
         let ty = u32_at(bytes(4, &mut r)?);
         if key == b"general.alignment" {
-            let n = scalar_size(ty).map_err(gerr)?.filter(|&n| n <= 8).ok_or_else(|| Error::Gguf {
-                path: path.into(),
-                msg: "metadata `general.alignment` is not an integer".into(),
+            // Integer types only: u8, i8, u16, i16, u32, i32, u64, i64.
+            let n = scalar_size(ty).ok().flatten().filter(|_| matches!(ty, 0..=5 | 10 | 11)).ok_or_else(|| {
+                Error::Gguf { path: path.into(), msg: "metadata `general.alignment` is not an integer".into() }
             })?;
             let b = bytes(n as usize, &mut r)?;
             let v = u64::from_le_bytes(b) & (u64::MAX >> (64 - 8 * n));

@@ -80,6 +80,10 @@ pub fn load_weights(dir: &Path, dtype: Option<DType>, device: &Device) -> Result
         })?;
         crate::model::check_finite(tensors.iter().map(|(k, v)| (k, v)), &file)?;
         for (name, t) in tensors {
+            if !t.dtype().is_float() {
+                let msg = format!("tensor `{name}` is stored as {:?}; weights are floating point", t.dtype());
+                return Err(Error::Weights { path: file.clone(), msg });
+            }
             let t = match dtype {
                 Some(dt) if t.dtype() != dt => {
                     let cast = t.to_dtype(dt)?;

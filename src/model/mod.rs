@@ -63,6 +63,13 @@ pub fn check_weights(cfg: &LlamaConfig, weights: &TensorMap) -> Result<()> {
         if t.dims() != shape.as_slice() {
             return Err(Error::Shape { name: name.clone(), expected: shape.clone(), found: t.dims().to_vec() });
         }
+        // An integer tensor would be cast to float silently: its values are not weights.
+        if !t.dtype().is_float() {
+            return Err(Error::Invalid(format!(
+                "tensor `{name}` is stored as {:?}; weights are floating point",
+                t.dtype()
+            )));
+        }
     }
     let names: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
     for extra in weights.keys().filter(|k| !names.contains(k.as_str())) {

@@ -91,7 +91,7 @@ fn materialized_model_round_trips_through_hf_format() {
     assert_eq!(max_abs_diff(&a, &b), 0.0);
 }
 
-/// Gradient accumulation (spec §4.4): one step over the micro-batches [a, b] has the mean of the
+/// Gradient accumulation (docs/method.md §4): one step over the micro-batches [a, b] has the mean of the
 /// gradients of two one-micro-batch steps that draw the same masks in turn. So each micro-batch gets a
 /// fresh mask sample, the loss is normalized over all sequences, and the Lagrangian counts once.
 #[test]

@@ -2,7 +2,7 @@
 //! deduplicated, split train/eval by a stable hash of the document id, tokenized, packed into fixed-length
 //! sequences, written as one shard per domain and split with a manifest.
 //!
-//! Packing follows the reference (spec §7): every document becomes `[BOS] tokens [EOS]`, documents are
+//! Packing follows the reference (docs/method.md §7): every document becomes `[BOS] tokens [EOS]`, documents are
 //! concatenated in file order, full `seq_len` sequences are emitted and the last partial one is dropped.
 //! Tokens are stored little-endian as u16 when the vocabulary fits (≤ 65,536 ids), else u32. Each shard's
 //! FNV-1a 64 checksum is in the manifest, so a corrupted shard is detected when the corpus is opened.

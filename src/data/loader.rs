@@ -1,4 +1,4 @@
-//! Dynamic batch loading (spec §6): each sample's domain is drawn i.i.d. from the current proportions with
+//! Dynamic batch loading (paper §2.2, Algorithm 1; docs/method.md §6): each sample's domain is drawn i.i.d. from the current proportions with
 //! the run's seeded RNG, then the domain's next sequence is taken (per-domain cursors over a seeded
 //! permutation). Every eval interval the proportions move by how far each domain's loss is above its
 //! reference loss.
@@ -67,7 +67,7 @@ pub fn update_proportions(rule: UpdateRule, w: &[f64], loss: &[f64], reference: 
     })
 }
 
-/// `L(N) = a·N^(−b) + c` through three (N, L) points, solved exactly (spec §6.2): `b` by bisection on
+/// `L(N) = a·N^(−b) + c` through three (N, L) points, solved exactly (docs/method.md §6): `b` by bisection on
 /// `(L1 − L2)/(L2 − L3) = (N1^−b − N2^−b)/(N2^−b − N3^−b)`, then `a` and `c`.
 pub fn fit_scaling_law(points: [(f64, f64); 3]) -> Result<(f64, f64, f64)> {
     let [(n1, l1), (n2, l2), (n3, l3)] = points;
@@ -279,7 +279,7 @@ mod tests {
         assert!(update_proportions(UpdateRule::Doremi, &w, &[f64::NAN, 1.0, 1.0], &reference).is_err());
     }
 
-    /// The spec's reference losses (§6.2): LLaMA2 7B/13B/70B cc losses fitted, predicted for 1.3B and 2.7B.
+    /// The released scaling-law notebook's reference losses (docs/method.md §6): LLaMA2 7B/13B/70B losses fitted, predicted for 1.3B and 2.7B.
     #[test]
     fn scaling_law_reproduces_the_reference_losses() {
         let n = [6_738_415_616.0, 13_015_864_320.0, 68_976_648_192.0];

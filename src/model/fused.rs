@@ -222,7 +222,7 @@ impl CustomOp2 for LinearBwd {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// RMSNorm, optionally with the hidden mask of spec §2.4.
+// RMSNorm, optionally with the hidden mask of docs/method.md §1.
 
 /// `y = z ⊙ w ⊙ x / √(Σ_kept x² / n_kept + ε)` over the last dim, where `kept = (z ≠ 0)`; without `z`,
 /// plain RMSNorm (`z = 1`, every dim kept).

@@ -131,7 +131,7 @@ impl KvCache {
 }
 
 /// Mask values for one forward pass (Sheared-LLaMA's `zs`), each family shaped like its log-alphas.
-/// An absent family is all ones. Where each one multiplies (spec §2.3):
+/// An absent family is all ones. Where each one multiplies (docs/method.md §1):
 /// - `hidden` `[d]`: the embeddings, every RMSNorm output (which also normalizes over the kept dims only)
 ///   and both residual contributions of every block;
 /// - `layer` `[L]`: the attention and the MLP output of the whole block;
@@ -264,7 +264,7 @@ impl Llama {
         self.forward_masked(ids, kernels, None)
     }
 
-    /// [`Llama::forward`] with pruning masks at the spec's insertion points. A hidden mask needs the
+    /// [`Llama::forward`] with pruning masks at their insertion points (docs/method.md §1). A hidden mask needs the
     /// masked RMSNorm, which is always computed with differentiable ops.
     pub fn forward_masked(&self, ids: &Tensor, kernels: Kernels, masks: Option<&MaskValues>) -> Result<Tensor> {
         let hidden = self.hidden_states(ids, kernels, None, masks)?;
@@ -368,7 +368,7 @@ impl Llama {
             .transpose()?)
     }
 
-    /// RMSNorm, or with a hidden mask the masked RMSNorm of spec §2.4: the mean of squares runs over the
+    /// RMSNorm, or with a hidden mask the masked RMSNorm of docs/method.md §1: the mean of squares runs over the
     /// kept dims only (those with z != 0), and the output is multiplied by z.
     fn norm(&self, x: &Tensor, weight: &Tensor, kernels: Kernels, hidden: Option<&HiddenMask>) -> CResult<Tensor> {
         let Some(h) = hidden else {
@@ -477,7 +477,7 @@ impl Llama {
     }
 
     /// Mean next-token cross-entropy of `ids: [batch, seq]`: positions `0..seq-1` predict `1..seq` (the
-    /// spec's label roll, with the last position ignored). The training objective.
+    /// released code's label roll, with the last position ignored). The training objective.
     pub fn lm_loss(&self, ids: &Tensor, kernels: Kernels, masks: Option<&MaskValues>) -> Result<Tensor> {
         let seq = ids.dim(1)?;
         if seq < 2 {

@@ -1,4 +1,4 @@
-//! The hard-concrete distribution of Louizos et al. (2018) as Sheared-LLaMA uses it (spec §3).
+//! The hard-concrete distribution of Louizos et al. (2018) as Sheared-LLaMA uses it (docs/method.md §2).
 //!
 //! A mask entry is `z = clamp(s·(r − l) + l, 0, 1)` with `s = sigmoid((ln u − ln(1 − u) + log α) / β)`,
 //! `u ~ U(ε, 1 − ε)`: stretched past [0, 1] and clamped, so exact zeros and ones have non-zero probability
@@ -96,8 +96,8 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// The spec's reference table (§3.3), computed independently of this code; its ±4.605 rows are the
-    /// clamp bounds ±ln 100.
+    /// A reference table computed independently of this code from the released `l0_module.py` formulas
+    /// (docs/method.md §2); its ±4.605 rows are the clamp bounds ±ln 100.
     #[test]
     fn score_and_soft_value_match_the_reference_table() {
         let table = [

@@ -1,4 +1,4 @@
-//! The Lagrangian constraint (spec §4.1, §4.3): per family a pair of scalar multipliers λ1, λ2 (start at 0,
+//! The Lagrangian constraint (paper §2.1; docs/method.md §3): per family a pair of scalar multipliers λ1, λ2 (start at 0,
 //! maximized by gradient ascent) and a target sparsity warmed up linearly from 0.
 //!
 //! `Lag_M = mean_elements[ λ1 (s − t) + λ2 (s − t)² ]`, `lag = Σ_M Lag_M`, where `s` is the expected
@@ -118,7 +118,7 @@ mod tests {
         assert_eq!(lag.target_at(0.5, 500), 0.5);
     }
 
-    /// Gradient signs of spec §4.1: ∂/∂λ1 = s − t, ∂/∂λ2 = (s − t)² ≥ 0, and once λ1 has been ascended
+    /// Gradient signs of docs/method.md §3: ∂/∂λ1 = s − t, ∂/∂λ2 = (s − t)² ≥ 0, and once λ1 has been ascended
     /// against a sparsity deficit, the log-α gradient drives sparsity up.
     #[test]
     fn gradient_signs() {

@@ -1,4 +1,4 @@
-//! Fold deterministic mask values into the weights and slice out what the masks removed (spec §5), giving
+//! Fold deterministic mask values into the weights and slice out what the masks removed (docs/method.md §5), giving
 //! a dense model of exactly the target shape that computes what the masked model computes.
 //!
 //! Folding (a kept entry's value is sigmoid(1.2·log-α), not 1):

@@ -1,4 +1,4 @@
-//! Targeted structured pruning (spec §2–5): hard-concrete masks over layers, KV groups, query heads,
+//! Targeted structured pruning (paper §2.1; docs/method.md §1–5): hard-concrete masks over layers, KV groups, query heads,
 //! intermediate dims and hidden dims; the Lagrangian that drives their expected sparsity to a target
 //! shape; and materialization of a dense model with exactly that shape.
 

@@ -37,7 +37,7 @@ fn names(families: &[Family]) -> String {
     families.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
 }
 
-/// The target sparsity of every pruned family over the steps of a run: the linear warm-up of spec §4.
+/// The target sparsity of every pruned family over the steps of a run: the linear warm-up of docs/method.md §3.
 pub fn target_schedule(source: &LlamaConfig, target: &TargetShape, warmup: usize, steps: usize) -> Result<Svg> {
     let families = layouts(source, target).iter().map(|l| (l.family, l.target_sparsity())).collect::<Vec<_>>();
     let lines: Vec<Line> = by_final_target(families)

@@ -1,4 +1,4 @@
-//! Continued pre-training with dynamic batch loading (spec §6, §9.3).
+//! Continued pre-training with dynamic batch loading (paper §2.2; docs/method.md §6, §8).
 //!
 //! One step draws `batch_size × grad_accum` sequences (each sample's domain drawn from the current
 //! proportions), accumulates gradients over the micro-batches, clips the global norm and takes an AdamW
@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::eval::evaluate_corpus;
 use crate::model::{trainable, Llama, TensorMap};
 
-/// RedPajama's proportions, the reference's initial mixture (spec §6.1).
+/// RedPajama's proportions, the reference's initial mixture (docs/method.md §6).
 pub const REDPAJAMA_PROPORTIONS: [(&str, f64); 7] = [
     ("cc", 0.67),
     ("github", 0.045),

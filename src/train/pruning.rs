@@ -1,4 +1,4 @@
-//! The pruning stage (spec §4.5): the source model trained together with its masks, the Lagrangian pulling
+//! The pruning stage (docs/method.md §4): the source model trained together with its masks, the Lagrangian pulling
 //! each mask family to its target sparsity.
 //!
 //! One step: clamp log-α → per micro-batch, draw masks → masked LM loss → backward, accumulated; plus the
@@ -41,7 +41,7 @@ pub struct PruneConfig {
     pub steps: usize,
     /// Sequences per micro-batch (one forward, one mask sample).
     pub batch_size: usize,
-    /// Micro-batches per optimizer step, each with its own mask sample (spec §4.4: the paper's 32
+    /// Micro-batches per optimizer step, each with its own mask sample (docs/method.md §4: the paper's 32
     /// sequences per step are 8 devices × 4, one draw per device).
     #[serde(default = "one")]
     pub grad_accum: usize,
@@ -67,7 +67,7 @@ pub struct PruneConfig {
     #[serde(default)]
     pub save_only_model: bool,
     pub seed: u64,
-    /// With a corpus: how the domain proportions move at each eval (spec §6).
+    /// With a corpus: how the domain proportions move at each eval (docs/method.md §6).
     #[serde(default = "constant_rule")]
     pub update_rule: UpdateRule,
     /// With a corpus: initial proportions (domain order); reference losses for dynamic rules.

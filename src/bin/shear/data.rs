@@ -49,7 +49,7 @@ pub struct MixtureArgs {
     /// Proportion update: doremi (the released code), paper (Algorithm 1) or constant.
     #[arg(long, default_value = "doremi")]
     pub update: String,
-    /// Initial proportions as domain=weight pairs (default: RedPajama's, spec 6.1).
+    /// Initial proportions as domain=weight pairs (default: RedPajama's, docs/method.md §6).
     #[arg(long)]
     pub proportions: Option<String>,
     /// Reference losses from a JSON file {"cc": 2.1, ...}.

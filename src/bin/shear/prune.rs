@@ -186,7 +186,7 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
                 c.reference_losses = if a.mixture.any_reference() {
                     reference_losses(&a.mixture, &corpus, &cfg, per_domain, c.batch_size, a.cpu)?
                 } else {
-                    // The source's own per-domain losses (spec 6.2's alternative to the scaling law).
+                    // The source's own per-domain losses (docs/method.md §6: the alternative to the scaling law).
                     info!("reference losses: the source model on {per_domain} eval sequences per domain");
                     let m = shear::Llama::new(&cfg, &weights)?;
                     eval::evaluate_corpus(&m, &corpus, Some(per_domain), c.batch_size, None, |_, _, _| {})?

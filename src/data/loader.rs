@@ -345,7 +345,8 @@ mod tests {
     #[test]
     fn corrupt_loader_states_are_refused() {
         let l = DynamicLoader::new(vec!["x".into(), "y".into()], &[5, 9], &[0.3, 0.7], 3).unwrap();
-        let cases: [(fn(&mut LoaderState), &str); 4] = [
+        type Corrupt = fn(&mut LoaderState);
+        let cases: [(Corrupt, &str); 4] = [
             (|s| s.cursors[1] = 10, "cursor 10 of domain `y` is past its 9 sequences"),
             (|s| s.wraps.pop().map(drop).unwrap_or(()), "1 wraps for 2 domains"),
             (|s| s.proportions.push(0.0), "3 proportions for 2 domains"),

@@ -78,7 +78,7 @@ pub fn load_weights(dir: &Path, dtype: Option<DType>, device: &Device) -> Result
             path: file.clone(),
             msg: format!("not a readable safetensors file (truncated or corrupt?): {e}"),
         })?;
-        crate::model::check_finite(tensors.iter().map(|(k, v)| (k, v)), &file)?;
+        crate::model::check_finite(tensors.iter(), &file)?;
         for (name, t) in tensors {
             if !t.dtype().is_float() {
                 let msg = format!("tensor `{name}` is stored as {:?}; weights are floating point", t.dtype());

@@ -231,10 +231,10 @@ impl LlamaConfig {
         }
         let theta = self.rope_theta();
         if !(theta.is_finite() && theta > 1.0) {
-            return Err(format!("rope_theta is {theta}; RoPE needs a finite base above 1"));
+            return Err(format!("rope_theta is {theta:?}; RoPE needs a finite base above 1"));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
-            return Err(format!("rms_norm_eps is {}; it must lie in (0, 1)", self.rms_norm_eps));
+            return Err(format!("rms_norm_eps is {:?}; it must lie in (0, 1)", self.rms_norm_eps));
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 pub mod corpus;
 pub mod loader;
+pub mod reference;
 
 use std::path::Path;
 

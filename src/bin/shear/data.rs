@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use tracing::info;
 
-use shear::eval;
 use shear::io::{self, hf};
 
 #[derive(Subcommand)]
@@ -137,6 +136,8 @@ pub fn parse_domain_map(text: &str, domains: &[String], what: &str) -> Result<Ve
     domains.iter().map(|d| map.get(d).copied().with_context(|| format!("{what}: no value for domain `{d}`"))).collect()
 }
 
+/// The reference losses the mixture flags ask for (`--reference-losses`, `--reference-scaling` at `cfg`'s
+/// parameter count, or `--reference-model`), resolved by the library.
 pub fn reference_losses(
     a: &MixtureArgs,
     corpus: &shear::data::corpus::Corpus,
@@ -145,44 +146,16 @@ pub fn reference_losses(
     batch_size: usize,
     cpu: bool,
 ) -> Result<Vec<f64>> {
-    let domains = &corpus.domains;
-    if let Some(f) = &a.reference_losses {
-        let v: serde_json::Value =
-            serde_json::from_str(&io::read_metadata(f)?).with_context(|| format!("{}: invalid JSON", f.display()))?;
-        return domains
-            .iter()
-            .map(|d| v[d].as_f64().with_context(|| format!("{}: no reference loss for `{d}`", f.display())))
-            .collect();
-    }
-    if let Some(f) = &a.reference_scaling {
-        let v: serde_json::Value =
-            serde_json::from_str(&io::read_metadata(f)?).with_context(|| format!("{}: invalid JSON", f.display()))?;
-        let sizes: Vec<f64> =
-            serde_json::from_value(v["sizes"].clone()).with_context(|| format!("{}: sizes", f.display()))?;
-        anyhow::ensure!(sizes.len() == 3, "{}: need exactly three sizes", f.display());
-        let n = cfg.param_counts().total() as f64;
-        return domains
-            .iter()
-            .map(|d| {
-                let l: Vec<f64> = serde_json::from_value(v["losses"][d].clone())
-                    .with_context(|| format!("{}: losses of `{d}`", f.display()))?;
-                anyhow::ensure!(l.len() == 3, "{}: `{d}` needs three losses", f.display());
-                let (pa, pb, pc) =
-                    shear::data::loader::fit_scaling_law([(sizes[0], l[0]), (sizes[1], l[1]), (sizes[2], l[2])])?;
-                Ok(pa * n.powf(-pb) + pc)
-            })
-            .collect();
-    }
-    if let Some(dir) = &a.reference_model {
-        let tj = std::fs::read(dir.join("tokenizer.json")).with_context(|| format!("{}", dir.display()))?;
-        corpus.check_tokenizer(&tj, dir)?;
-        let r = io::load_model(dir, candle_core::DType::F32, &shear::device(cpu)?)?;
-        info!("reference losses: evaluating {} on {eval_sequences} eval sequences per domain", dir.display());
-        let rows = eval::evaluate_corpus(&r.model, corpus, Some(eval_sequences), batch_size, None, |_, _, _| {})?;
-        return Ok(rows.iter().map(|r| r.mean_nll).collect());
-    }
-    bail!(
-        "the `{}` update needs reference losses: --reference-model, --reference-losses or --reference-scaling",
-        a.update
-    )
+    use shear::data::reference::{resolve, EvalBudget, ReferenceSource};
+    let device = shear::device(cpu)?;
+    let source = match (&a.reference_losses, &a.reference_scaling, &a.reference_model) {
+        (Some(f), _, _) => ReferenceSource::File(f),
+        (_, Some(f), _) => ReferenceSource::ScalingLaw { file: f, params: cfg.param_counts().total() },
+        (_, _, Some(dir)) => ReferenceSource::ModelDir { dir, device: &device },
+        _ => bail!(
+            "the `{}` update needs reference losses: --reference-model, --reference-losses or --reference-scaling",
+            a.update
+        ),
+    };
+    Ok(resolve(source, corpus, EvalBudget { sequences_per_domain: eval_sequences, batch_size })?)
 }

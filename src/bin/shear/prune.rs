@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tracing::info;
 
-use shear::eval;
 use shear::io::{self, hf};
 
 use crate::data::{parse_domain_map, reference_losses, MixtureArgs};
@@ -187,12 +186,10 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
                     reference_losses(&a.mixture, &corpus, &cfg, per_domain, c.batch_size, a.cpu)?
                 } else {
                     // The source's own per-domain losses (docs/method.md §6: the alternative to the scaling law).
-                    info!("reference losses: the source model on {per_domain} eval sequences per domain");
+                    use shear::data::reference::{resolve, EvalBudget, ReferenceSource};
                     let m = shear::Llama::new(&cfg, &weights)?;
-                    eval::evaluate_corpus(&m, &corpus, Some(per_domain), c.batch_size, None, |_, _, _| {})?
-                        .iter()
-                        .map(|r| r.mean_nll)
-                        .collect()
+                    let budget = EvalBudget { sequences_per_domain: per_domain, batch_size: c.batch_size };
+                    resolve(ReferenceSource::Model(&m), &corpus, budget)?
                 };
             }
         }

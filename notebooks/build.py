@@ -368,7 +368,7 @@ Needs `02-prune`'s run. CLI equivalent: `shear materialize`, `shear train --upda
     code(r"""
 use std::path::PathBuf;
 use shear::{io, notebook, report};
-use shear::data::{corpus::Corpus, loader::UpdateRule};
+use shear::data::{corpus::Corpus, loader::UpdateRule, reference::{self, EvalBudget, ReferenceSource}};
 use shear::train::continued::{self, TrainConfig, TrainSpec};
 use shear::candle_core::{DType, Device};
 
@@ -393,14 +393,15 @@ with one source model, its own per-domain eval loss is the reference.
     code(r"""
 let corpus = Corpus::open(&corpus_dir)?;
 let eval_seqs = notebook::size(8, 1);
+let budget = EvalBudget { sequences_per_domain: eval_seqs, batch_size: 4 };
 let src_model = io::load_model(&source, DType::F32, &Device::Cpu)?;
-let src_eval = shear::eval::evaluate_corpus(&src_model.model, &corpus, Some(eval_seqs), 4, None, |_, _, _| {})?;
+// What `shear prune` and `shear train` resolve from their flags (here: the source's own losses).
+let reference = reference::resolve(ReferenceSource::Model(&src_model.model), &corpus, budget)?;
 let pruned_model = io::load_model(&pruned, DType::F32, &Device::Cpu)?;
 let pruned_eval = shear::eval::evaluate_corpus(&pruned_model.model, &corpus, Some(eval_seqs), 4, None, |_, _, _| {})?;
-let reference: Vec<f64> = src_eval.iter().map(|r| r.mean_nll).collect();
 println!("{:<14} {:>8} {:>8}", "domain", "source", "pruned");
-for (s, p) in src_eval.iter().zip(&pruned_eval) {
-    println!("{:<14} {:>8.3} {:>8.3}", s.domain, s.mean_nll, p.mean_nll);
+for ((d, s), p) in corpus.domains.iter().zip(&reference).zip(&pruned_eval) {
+    println!("{:<14} {:>8.3} {:>8.3}", d, s, p.mean_nll);
 };
 """),
     md("### Three runs on the same token budget"),

@@ -30,6 +30,10 @@ pub enum Error {
     #[error("{path}: {msg}")]
     Tokenizer { path: PathBuf, msg: String },
 
+    /// A run's checkpoint that is missing, unreadable, or does not fit the run it is resumed into.
+    #[error("{run}: {msg}")]
+    Checkpoint { run: PathBuf, msg: String },
+
     #[error("{path}: not valid UTF-8 text (first bad byte at offset {offset})")]
     NotUtf8 { path: PathBuf, offset: usize },
 

@@ -94,30 +94,32 @@ pub fn load(run: &Path, device: &Device) -> Result<(BTreeMap<String, Tensor>, Va
     let tpath = dir.join(TENSORS);
     let bytes = std::fs::read(&tpath).map_err(|e| Error::io(&tpath, e))?;
     let tensors: BTreeMap<String, Tensor> = candle_core::safetensors::load_buffer(&bytes, device)
-        .map_err(|e| Error::Weights { path: tpath.clone(), msg: format!("corrupt checkpoint: {e}") })?
+        .map_err(|e| corrupt(run, format!("corrupt checkpoint {}: {e}", tpath.display())))?
         .into_iter()
         .collect();
     crate::model::check_finite(&tensors, &tpath)?;
     Ok((tensors, read_state(&dir)?))
 }
 
+/// The error for a checkpoint that cannot be resumed into `run` (the message names the file or field).
+pub fn corrupt(run: &Path, msg: String) -> Error {
+    Error::Checkpoint { run: run.to_path_buf(), msg }
+}
+
 /// Set `var` from the checkpoint tensor `key`, which must be there with the var's shape and dtype.
 pub fn restore_var(saved: &BTreeMap<String, Tensor>, key: &str, var: &Var, run: &Path) -> Result<()> {
-    let file = || run.join(DIR).join(TENSORS);
-    let t = saved
-        .get(key)
-        .ok_or_else(|| Error::Weights { path: file(), msg: format!("checkpoint lacks tensor `{key}`") })?;
+    let t = saved.get(key).ok_or_else(|| corrupt(run, format!("the checkpoint lacks tensor `{key}`")))?;
     if t.dims() != var.dims() || t.dtype() != var.dtype() {
-        return Err(Error::Weights {
-            path: file(),
-            msg: format!(
-                "tensor `{key}` is {:?} {:?}, the run expects {:?} {:?}",
+        return Err(corrupt(
+            run,
+            format!(
+                "checkpoint tensor `{key}` is {:?} {:?}, the run expects {:?} {:?}",
                 t.dtype(),
                 t.dims(),
                 var.dtype(),
                 var.dims()
             ),
-        });
+        ));
     }
     Ok(var.set(t)?)
 }
@@ -125,10 +127,9 @@ pub fn restore_var(saved: &BTreeMap<String, Tensor>, key: &str, var: &Var, run: 
 /// The checkpoint's `step`, which must lie within the run's `steps` (a step past them would resume into
 /// a run that trains nothing).
 pub fn step_of(state: &Value, run: &Path, steps: usize) -> Result<usize> {
-    let bad = |msg: String| Error::Invalid(format!("{}: {msg}", run.join(DIR).join(STATE).display()));
-    let step = state["step"].as_u64().ok_or_else(|| bad("no integer `step`".into()))?;
+    let step = state["step"].as_u64().ok_or_else(|| corrupt(run, format!("{STATE}: no integer `step`")))?;
     if step > steps as u64 {
-        return Err(bad(format!("the checkpoint is at step {step}, past the run's {steps} steps (--steps)")));
+        return Err(corrupt(run, format!("the checkpoint is at step {step}, past the run's {steps} steps (--steps)")));
     }
     Ok(step as usize)
 }
@@ -141,23 +142,26 @@ pub fn ensure_resumable(run: &Path) -> Result<()> {
 }
 
 fn latest_or_error(run: &Path) -> Result<PathBuf> {
-    latest(run).ok_or_else(|| Error::Invalid(format!("{}: no checkpoint found", run.display())))
+    latest(run).ok_or_else(|| corrupt(run, "no checkpoint found".into()))
 }
 
 fn read_state(dir: &Path) -> Result<Value> {
     let spath = dir.join(STATE);
     let text = crate::io::read_metadata(&spath)?;
-    serde_json::from_str(&text)
-        .map_err(|e| Error::Invalid(format!("{}: corrupt checkpoint state: {e}", spath.display())))
+    serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+        run: dir.parent().unwrap_or(dir).to_path_buf(),
+        msg: format!("corrupt checkpoint state {}: {e}", spath.display()),
+    })
 }
 
 fn refuse_model_only(run: &Path, state: &Value) -> Result<()> {
     if state[MODEL_ONLY].as_bool() == Some(true) {
-        return Err(Error::Invalid(format!(
-            "{}: the run was made with save_only_model (--save-only-model), so its checkpoint has no optimizer \
-             state and the run cannot be resumed; materialize or export it, or start a new run from that model",
-            run.display()
-        )));
+        return Err(corrupt(
+            run,
+            "the run was made with save_only_model (--save-only-model), so its checkpoint has no optimizer state \
+             and the run cannot be resumed; materialize or export it, or start a new run from that model"
+                .into(),
+        ));
     }
     Ok(())
 }

@@ -300,7 +300,7 @@ fn restore(run: &Path, st: &mut State, device: &Device, steps: usize) -> Result<
         checkpoint::restore_var(&t, &format!("weights.{k}"), v, run)?;
     }
     st.step = checkpoint::step_of(&state, run, steps)?;
-    let bad = |msg: String| Error::Invalid(format!("{}: checkpoint {msg}", run.display()));
+    let bad = |msg: String| checkpoint::corrupt(run, format!("checkpoint {msg}"));
     let optimizer_steps = state["optimizer_steps"].as_u64().ok_or_else(|| bad("lacks `optimizer_steps`".into()))?;
     if optimizer_steps != st.step as u64 {
         return Err(bad(format!("optimizer_steps {optimizer_steps} differs from its step {}", st.step)));

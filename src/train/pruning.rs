@@ -358,7 +358,7 @@ impl Pruner {
             }
         }
         self.step = checkpoint::step_of(&state, run, steps)?;
-        let bad = |msg: String| Error::Invalid(format!("{}: checkpoint {msg}", run.display()));
+        let bad = |msg: String| checkpoint::corrupt(run, format!("checkpoint {msg}"));
         // Every optimizer takes one step per pruning step; anything else is a corrupt or foreign state.
         let optimizer_steps: Vec<usize> = serde_json::from_value(state["optimizer_steps"].clone())
             .map_err(|e| bad(format!("optimizer_steps: {e}")))?;

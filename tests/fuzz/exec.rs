@@ -33,7 +33,8 @@ pub fn run(shear: &Shear, args: &[String], cwd: Option<&Path>) -> RunResult {
     // `exec` replaces the shell, so the pid we kill on timeout is the binary itself.
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(format!("ulimit -v {}; exec \"$0\" \"$@\"", shear.memory_kib))
+        // A shell that cannot set the limit must not run the binary without it (125: see `fuzz.rs`).
+        .arg(format!("ulimit -v {} || exit 125; exec \"$0\" \"$@\"", shear.memory_kib))
         .arg(&shear.bin)
         .args(args)
         .env("RUST_LOG", "error")

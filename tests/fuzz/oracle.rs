@@ -382,8 +382,9 @@ pub fn usable_checkpoint(run: &Path) -> bool {
 
 /// The snapshot `inspect` reads: `--step`'s, else the newest `masks/step_N.safetensors`.
 pub fn masks_defect(run: &Path, step: Option<usize>, expected: &Signature) -> Option<String> {
-    let mut snapshots: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(run.join("masks"))
-        .ok()?
+    // No snapshot to read is a defect too: a command that reports on it must fail.
+    let Ok(entries) = std::fs::read_dir(run.join("masks")) else { return Some("no masks/ directory".into()) };
+    let mut snapshots: Vec<(usize, std::path::PathBuf)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
@@ -393,8 +394,14 @@ pub fn masks_defect(run: &Path, step: Option<usize>, expected: &Signature) -> Op
         .collect();
     snapshots.sort();
     let path = match step {
-        Some(s) => snapshots.into_iter().find(|(n, _)| *n == s)?.1,
-        None => snapshots.pop()?.1,
+        Some(s) => match snapshots.into_iter().find(|(n, _)| *n == s) {
+            Some((_, p)) => p,
+            None => return Some(format!("no mask snapshot for step {s}")),
+        },
+        None => match snapshots.pop() {
+            Some((_, p)) => p,
+            None => return Some("no mask snapshots".into()),
+        },
     };
     match load_safetensors(&path) {
         Ok(t) => tensors_defect(&t, expected, &["log_alpha."], "mask snapshot"),

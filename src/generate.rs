@@ -41,7 +41,8 @@ pub fn generate(
     if let Sampling::TopP { top_p, temperature, .. } = sampling {
         if !(*top_p > 0.0 && *top_p <= 1.0 && temperature.is_finite() && *temperature >= 0.0) {
             return Err(crate::invalid!(
-                "top-p {top_p} and temperature {temperature}: top-p must lie in (0, 1], the temperature be finite and >= 0"
+                "top-p {top_p} and temperature {temperature}: top-p must lie in (0, 1], the temperature be finite \
+                 and >= 0"
             ));
         }
     }

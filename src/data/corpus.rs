@@ -373,7 +373,8 @@ impl Corpus {
             for (split, ids) in [("train", &self.train[d]), ("eval", &self.eval[d])] {
                 if let Some(&max) = ids.iter().max().filter(|&&m| m as usize >= vocab_size) {
                     return Err(Error::Invalid(format!(
-                        "{}: the `{domain}` {split} shard holds token id {max}, beyond the model's vocab_size                          {vocab_size}",
+                        "{}: the `{domain}` {split} shard holds token id {max}, beyond the model's vocab_size \
+                         {vocab_size}",
                         self.dir.display()
                     )));
                 }

@@ -1,7 +1,7 @@
-//! Dynamic batch loading (paper §2.2, Algorithm 1; docs/method.md §6): each sample's domain is drawn i.i.d. from the current proportions with
-//! the run's seeded RNG, then the domain's next sequence is taken (per-domain cursors over a seeded
-//! permutation). Every eval interval the proportions move by how far each domain's loss is above its
-//! reference loss.
+//! Dynamic batch loading (paper §2.2, Algorithm 1; docs/method.md §6): each sample's domain is drawn
+//! i.i.d. from the current proportions with the run's seeded RNG, then the domain's next sequence is taken
+//! (per-domain cursors over a seeded permutation). Every eval interval the proportions move by how far each
+//! domain's loss is above its reference loss.
 
 use serde::{Deserialize, Serialize};
 
@@ -279,7 +279,8 @@ mod tests {
         assert!(update_proportions(UpdateRule::Doremi, &w, &[f64::NAN, 1.0, 1.0], &reference).is_err());
     }
 
-    /// The released scaling-law notebook's reference losses (docs/method.md §6): LLaMA2 7B/13B/70B losses fitted, predicted for 1.3B and 2.7B.
+    /// The released scaling-law notebook's reference losses (docs/method.md §6): LLaMA2 7B/13B/70B losses
+    /// fitted, predicted for 1.3B and 2.7B.
     #[test]
     fn scaling_law_reproduces_the_reference_losses() {
         let n = [6_738_415_616.0, 13_015_864_320.0, 68_976_648_192.0];

@@ -283,7 +283,8 @@ fn check_layout(content: &Content, file_size: u64) -> std::result::Result<(), St
         let expected = end.div_ceil(alignment) * alignment;
         if offset != expected {
             return Err(format!(
-                "tensor `{name}` starts at data offset {offset}, but the tensors before it end at {end} (alignment                  {alignment}): the header's tensor count, types, offsets or alignment are inconsistent"
+                "tensor `{name}` starts at data offset {offset}, but the tensors before it end at {end} (alignment \
+                 {alignment}): the header's tensor count, types, offsets or alignment are inconsistent"
             ));
         }
         end = offset.saturating_add(bytes);

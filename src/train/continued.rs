@@ -98,9 +98,7 @@ impl TrainConfig {
             reference_losses: vec![],
         }
     }
-}
 
-impl TrainConfig {
     /// Sizes and rates that could not train, checked before any work (they may come from `run.json`).
     pub fn validate(&self) -> Result<()> {
         check_steps(self.steps)?;

@@ -1,5 +1,5 @@
-//! The pruning stage (docs/method.md §4): the source model trained together with its masks, the Lagrangian pulling
-//! each mask family to its target sparsity.
+//! The pruning stage (docs/method.md §4): the source model trained together with its masks, the
+//! Lagrangian pulling each mask family to its target sparsity.
 //!
 //! One step: clamp log-α → per micro-batch, draw masks → masked LM loss → backward, accumulated; plus the
 //! Lagrangian's gradient once → clip the global gradient norm over weights, log-α and λ → AdamW on the

@@ -2,7 +2,7 @@
 //! attention with an explicit `head_dim`, a SwiGLU MLP, and a tied or untied LM head.
 //!
 //! One implementation serves inference and training: [`Kernels`] picks candle's fused kernels (fast, no
-//! backward) or differentiable ones (`fused.rs` on the CPU, composed candle ops elsewhere). Weights are
+//! backward) or differentiable ones (`fused/` on the CPU, composed candle ops elsewhere). Weights are
 //! plain tensors keyed by their HF names; to train them, build the model from `Var`-backed tensors
 //! ([`crate::train`]) and gradients flow to those vars. On the CPU in f32 the training and pruning steps
 //! skip autograd for the model: `backward.rs` writes the backward pass out by hand, masks included

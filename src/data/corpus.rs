@@ -297,6 +297,9 @@ pub struct Corpus {
     pub domains: Vec<String>,
     pub train: Vec<Vec<u32>>,
     pub eval: Vec<Vec<u32>>,
+    /// The largest stored id and where it is (domain index, split), found once at open: every model the
+    /// corpus meets is checked against it.
+    largest_id: (u32, usize, &'static str),
 }
 
 impl Corpus {
@@ -363,22 +366,24 @@ impl Corpus {
             train.push(load(&st.train, d)?);
             eval.push(load(&st.eval, d)?);
         }
-        Ok(Self { dir: dir.to_path_buf(), manifest, domains, train, eval })
+        let largest_id = (0..domains.len())
+            .flat_map(|d| [(&train[d], d, "train"), (&eval[d], d, "eval")])
+            .map(|(ids, d, split)| (ids.iter().copied().max().unwrap_or(0), d, split))
+            .max_by_key(|&(id, _, _)| id)
+            .expect("at least one domain");
+        Ok(Self { dir: dir.to_path_buf(), manifest, domains, train, eval, largest_id })
     }
 
     /// Refuse a model whose embedding does not cover every stored id (a shard can be rewritten with a
     /// matching checksum; the ids themselves are what the model will index).
     pub fn check_vocab(&self, vocab_size: usize) -> Result<()> {
-        for (d, domain) in self.domains.iter().enumerate() {
-            for (split, ids) in [("train", &self.train[d]), ("eval", &self.eval[d])] {
-                if let Some(&max) = ids.iter().max().filter(|&&m| m as usize >= vocab_size) {
-                    return Err(Error::Invalid(format!(
-                        "{}: the `{domain}` {split} shard holds token id {max}, beyond the model's vocab_size \
-                         {vocab_size}",
-                        self.dir.display()
-                    )));
-                }
-            }
+        let (max, d, split) = self.largest_id;
+        if max as usize >= vocab_size {
+            return Err(Error::Invalid(format!(
+                "{}: the `{}` {split} shard holds token id {max}, beyond the model's vocab_size {vocab_size}",
+                self.dir.display(),
+                self.domains[d]
+            )));
         }
         Ok(())
     }

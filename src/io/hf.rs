@@ -78,21 +78,24 @@ pub fn load_weights(dir: &Path, dtype: Option<DType>, device: &Device) -> Result
             path: file.clone(),
             msg: format!("not a readable safetensors file (truncated or corrupt?): {e}"),
         })?;
-        crate::model::check_finite(tensors.iter(), &file)?;
         for (name, t) in tensors {
             if !t.dtype().is_float() {
                 let msg = format!("tensor `{name}` is stored as {:?}; weights are floating point", t.dtype());
                 return Err(Error::Weights { path: file.clone(), msg });
             }
+            // Checked once, as it will be used: a cast keeps NaN and ±inf, and can only add some (f16 tops
+            // out at 65504).
             let t = match dtype {
                 Some(dt) if t.dtype() != dt => {
                     let cast = t.to_dtype(dt)?;
-                    // f16 tops out at 65504: a cast can overflow where the stored value was finite.
                     crate::model::check_finite([(&name, &cast)], &file)
-                        .map_err(|e| invalid!("{e} after casting to {dt:?}"))?;
+                        .map_err(|e| invalid!("{e} (as {dt:?}, cast from the stored {:?})", t.dtype()))?;
                     cast
                 }
-                _ => t,
+                _ => {
+                    crate::model::check_finite([(&name, &t)], &file)?;
+                    t
+                }
             };
             if out.insert(name.clone(), t).is_some() {
                 return Err(Error::Weights {

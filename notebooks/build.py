@@ -278,7 +278,7 @@ CLI equivalent: `shear inspect --run RUN --charts DIR`.
     code(r"""
 use std::path::PathBuf;
 use shear::{notebook, report};
-use shear::prune::masks::Family;
+use shear::family::Family;
 
 let run = std::env::var("RUN").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("../data/runs/prune-smollm2-default"));
 let (step, masks) = report::run_masks(&run, None)?;

@@ -7,6 +7,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`config`] | the HF-shaped `LlamaConfig` and parameter counting |
+//! | [`family`] | the five mask families, a map with a value per family, mask values and scores |
 //! | [`model`] | the LLaMA (RMSNorm, RoPE, GQA, SwiGLU), fused and differentiable kernels |
 //! | [`io`] | HF directories (sharded safetensors, config, tokenizer), GGUF import |
 //! | [`prune`] | hard-concrete masks, the Lagrangian constraint, materialization |
@@ -23,6 +24,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod family;
 pub mod generate;
 pub mod io;
 pub mod model;

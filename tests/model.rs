@@ -185,15 +185,17 @@ fn hand_written_backward_matches_autograd() {
 /// layer-only and hidden-only output scales are both exercised). Masks carry exact zeros.
 #[test]
 fn hand_written_masked_backward_matches_autograd() {
-    use shear::model::MaskValues;
+    use shear::family::{Family, MaskValues};
     for (name, cfg) in tiny_configs() {
         let (vars, tensors) = trainable(random_model(&cfg, 13)).unwrap();
         let model = Llama::new(&cfg, &tensors).unwrap();
         let ids = random_ids(3, 10, cfg.vocab_size, 5);
         let (z, all) = mask_vars(&cfg);
-        let layer_and_intermediate =
-            MaskValues { layer: all.layer.clone(), intermediate: all.intermediate.clone(), ..Default::default() };
-        let hidden_and_head = MaskValues { hidden: all.hidden.clone(), head: all.head.clone(), ..Default::default() };
+        let subset = |families: [Family; 2]| -> MaskValues {
+            all.iter().filter(|(f, _)| families.contains(f)).map(|(f, t)| (f, t.clone())).collect()
+        };
+        let layer_and_intermediate = subset([Family::Layer, Family::Intermediate]);
+        let hidden_and_head = subset([Family::Hidden, Family::Head]);
         for (set, masks) in
             [("all", &all), ("layer+intermediate", &layer_and_intermediate), ("hidden+head", &hidden_and_head)]
         {
@@ -250,12 +252,8 @@ fn mask_vars(cfg: &shear::LlamaConfig) -> ([candle_core::Var; 5], shear::model::
         candle_core::Var::from_vec(v, n, &Device::Cpu).unwrap()
     };
     let z = [mask(l, 1), mask(l * kv, 2), mask(l * h, 3), mask(l * m, 4), mask(d, 5)];
-    let masks = shear::model::MaskValues {
-        layer: Some(z[0].as_tensor().clone()),
-        kv_group: Some(z[1].as_tensor().reshape((l, kv)).unwrap()),
-        head: Some(z[2].as_tensor().reshape((l, h)).unwrap()),
-        intermediate: Some(z[3].as_tensor().reshape((l, m)).unwrap()),
-        hidden: Some(z[4].as_tensor().clone()),
-    };
+    use shear::family::Family;
+    let masks =
+        Family::ALL.into_iter().zip(&z).map(|(f, v)| (f, v.as_tensor().reshape(f.shape(cfg)).unwrap())).collect();
     (z, masks)
 }

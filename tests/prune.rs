@@ -60,7 +60,7 @@ fn folding_the_hidden_mask_twice_is_detected() {
     let weights = random_model(&cfg, 5);
     let masks = random_target_masks(&cfg, &target, 1).unwrap();
     let (small_cfg, mut small) = materialize(&cfg, &weights, &masks, &target).unwrap();
-    let z: Vec<f32> = masks.hidden.as_ref().unwrap().to_vec1().unwrap();
+    let z: Vec<f32> = masks.get(shear::family::Family::Hidden).unwrap().to_vec1().unwrap();
     let kept: Vec<f32> = z.into_iter().filter(|v| *v != 0.0).collect();
     let zt = candle_core::Tensor::new(kept.as_slice(), &candle_core::Device::Cpu).unwrap();
     let head = small["lm_head.weight"].broadcast_mul(&zt.unsqueeze(0).unwrap()).unwrap();

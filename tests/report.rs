@@ -35,7 +35,7 @@ fn shipped_run_keeps_exactly_the_target_in_every_layer() {
     // GQA: materialization keeps the heads the masks chose (the per-(layer, KV group) constraint), at most
     // 2% of the kept heads below P(z>0) = 0.5 and every kept group with exactly its count of likely heads.
     // The first 800-step run, with the per-layer head term, had 23 of 144 and 42 of 72 groups unbalanced.
-    let head = masks.decisions().unwrap().into_iter().find(|d| d.family == shear::prune::masks::Family::Head).unwrap();
+    let head = masks.decisions().unwrap().into_iter().find(|d| d.family == shear::family::Family::Head).unwrap();
     assert_eq!((head.rows, head.kept), (t.layers * t.kv_heads, t.layers * t.heads));
     assert!(head.kept_below_half * 50 <= head.kept, "{head:?}");
     assert_eq!(head.unbalanced_rows, 0, "{head:?}");

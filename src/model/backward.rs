@@ -17,6 +17,7 @@ use candle_core::Tensor;
 
 use super::{fused, Llama, MaskValues};
 use crate::error::{Error, Result};
+use crate::family::Family;
 
 /// What [`Llama::lm_loss_grads`] returns.
 pub struct LossGrads {
@@ -92,16 +93,16 @@ impl Llama {
         // Detached views of the weights and masks: the fused ops then record no graph.
         let w = |t: &Tensor| t.detach();
         let masks = masks.map(MaskValues::detach).unwrap_or_default();
-        self.check_mask_shapes(&masks)?;
-        let zh = masks.hidden.as_ref().map(|z| z.to_dtype(candle_core::DType::F32)).transpose()?;
+        masks.check_shapes(&self.cfg)?;
+        let zh = masks.get(Family::Hidden).map(|z| z.to_dtype(candle_core::DType::F32)).transpose()?;
         let zh = zh.as_ref();
-        let layer_z: Option<Vec<f32>> = masks.layer.as_ref().map(|z| z.to_vec1()).transpose()?;
+        let layer_z: Option<Vec<f32>> = masks.get(Family::Layer).map(|z| z.to_vec1()).transpose()?;
         let head_dims = self.head_scales(&masks)?;
         let block_z = |i: usize| -> Result<BlockZ> {
             Ok(BlockZ {
                 layer: layer_z.as_ref().map(|z| z[i]),
                 head_dims: head_dims.as_ref().map(|z| z.get(i)).transpose()?,
-                intermediate: masks.intermediate.as_ref().map(|z| z.get(i)).transpose()?,
+                intermediate: masks.get(Family::Intermediate).map(|z| z.get(i)).transpose()?,
             })
         };
         // What a sub-layer's output is multiplied by before the residual add: layer ⊙ hidden.
@@ -238,7 +239,7 @@ impl Llama {
             Ok(Some(Tensor::stack(&rows, 0)?))
         };
         let mask_grads = MaskGrads {
-            layer: masks.layer.as_ref().map(|_| Tensor::from_vec(acc.layer, n_layers, &dev)).transpose()?,
+            layer: masks.get(Family::Layer).map(|_| Tensor::from_vec(acc.layer, n_layers, &dev)).transpose()?,
             head_dims: stack(acc.head_dims)?,
             intermediate: stack(acc.intermediate)?,
             hidden: acc.hidden,
@@ -252,10 +253,10 @@ impl Llama {
     pub fn mask_surrogate(&self, masks: &MaskValues, grads: &MaskGrads) -> Result<Tensor> {
         let head_dims = self.head_scales(masks)?;
         let pairs = [
-            (masks.layer.as_ref(), grads.layer.as_ref()),
+            (masks.get(Family::Layer), grads.layer.as_ref()),
             (head_dims.as_ref(), grads.head_dims.as_ref()),
-            (masks.intermediate.as_ref(), grads.intermediate.as_ref()),
-            (masks.hidden.as_ref(), grads.hidden.as_ref()),
+            (masks.get(Family::Intermediate), grads.intermediate.as_ref()),
+            (masks.get(Family::Hidden), grads.hidden.as_ref()),
         ];
         let mut total = Tensor::zeros((), candle_core::DType::F32, self.device())?;
         for (z, dz) in pairs {

@@ -22,6 +22,8 @@ pub use ops::{Kernels, Linear};
 
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
+use crate::family::Family;
+pub use crate::family::MaskValues;
 
 /// Tensors keyed by HF parameter name (`model.layers.0.self_attn.q_proj.weight`, ...).
 pub type TensorMap = BTreeMap<String, Tensor>;
@@ -127,37 +129,6 @@ impl KvCache {
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// Mask values for one forward pass (Sheared-LLaMA's `zs`), each family shaped like its log-alphas.
-/// An absent family is all ones. Where each one multiplies (docs/method.md §1):
-/// - `hidden` `[d]`: the embeddings, every RMSNorm output (which also normalizes over the kept dims only)
-///   and both residual contributions of every block;
-/// - `layer` `[L]`: the attention and the MLP output of the whole block;
-/// - `kv_group` `[L, KV]` and `head` `[L, H]`: each query head's context before `o_proj` (a head of
-///   group `g` is scaled by `head[l, h] * kv_group[l, g]`);
-/// - `intermediate` `[L, m]`: the `up_proj` activations (not `gate_proj`).
-#[derive(Clone, Default, Debug)]
-pub struct MaskValues {
-    pub layer: Option<Tensor>,
-    pub kv_group: Option<Tensor>,
-    pub head: Option<Tensor>,
-    pub intermediate: Option<Tensor>,
-    pub hidden: Option<Tensor>,
-}
-
-impl MaskValues {
-    /// The same values cut from the graph that produced them.
-    pub fn detach(&self) -> MaskValues {
-        let d = |t: &Option<Tensor>| t.as_ref().map(|t| t.detach());
-        MaskValues {
-            layer: d(&self.layer),
-            kv_group: d(&self.kv_group),
-            head: d(&self.head),
-            intermediate: d(&self.intermediate),
-            hidden: d(&self.hidden),
-        }
     }
 }
 
@@ -294,8 +265,8 @@ impl Llama {
             c.layers.resize(self.blocks.len(), None);
         }
         let masks = masks.cloned().unwrap_or_default();
-        self.check_mask_shapes(&masks)?;
-        let hidden = match &masks.hidden {
+        masks.check_shapes(&self.cfg)?;
+        let hidden = match masks.get(Family::Hidden) {
             Some(z) => {
                 let kept = z.ne(0f64)?.to_dtype(DType::F32)?;
                 let kept_count = kept.sum_all()?;
@@ -311,8 +282,8 @@ impl Llama {
             x = x.broadcast_mul(&h.z)?;
         }
         // Per-layer masks in the compute dtype, cast once; row `i` is layer `i`'s.
-        let in_dtype = |t: &Option<Tensor>| t.as_ref().map(|z| z.to_dtype(self.dtype())).transpose();
-        let (layer_z, int_z) = (in_dtype(&masks.layer)?, in_dtype(&masks.intermediate)?);
+        let in_dtype = |f: Family| masks.get(f).map(|z| z.to_dtype(self.dtype())).transpose();
+        let (layer_z, int_z) = (in_dtype(Family::Layer)?, in_dtype(Family::Intermediate)?);
         let row = |t: &Option<Tensor>, i: usize| t.as_ref().map(|z| z.get(i)).transpose();
         for (i, block) in self.blocks.iter().enumerate() {
             let bm = BlockMasks {
@@ -327,37 +298,15 @@ impl Llama {
         Ok(self.norm(&x, &self.norm, kernels, hidden.as_ref())?)
     }
 
-    fn check_mask_shapes(&self, m: &MaskValues) -> Result<()> {
-        let c = &self.cfg;
-        let (l, h, kv) = (c.num_hidden_layers, c.num_attention_heads, c.num_kv_heads());
-        let expected: [(&str, &Option<Tensor>, Vec<usize>); 5] = [
-            ("layer", &m.layer, vec![l]),
-            ("kv_group", &m.kv_group, vec![l, kv]),
-            ("head", &m.head, vec![l, h]),
-            ("intermediate", &m.intermediate, vec![l, c.intermediate_size]),
-            ("hidden", &m.hidden, vec![c.hidden_size]),
-        ];
-        for (name, t, shape) in expected {
-            if let Some(t) = t {
-                if t.dims() != shape.as_slice() {
-                    return Err(Error::Shape {
-                        name: format!("{name} mask"),
-                        expected: shape,
-                        found: t.dims().to_vec(),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// `[L, H * head_dim]`: each query head's combined head and KV-group mask, repeated over its dims.
     fn head_scales(&self, m: &MaskValues) -> Result<Option<Tensor>> {
         let (l, h, kv, hd) =
             (self.cfg.num_hidden_layers, self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
-        let group =
-            m.kv_group.as_ref().map(|g| g.unsqueeze(2)?.broadcast_as((l, kv, h / kv))?.reshape((l, h))).transpose()?;
-        let per_head = match (&m.head, group) {
+        let group = m
+            .get(Family::KvGroup)
+            .map(|g| g.unsqueeze(2)?.broadcast_as((l, kv, h / kv))?.reshape((l, h)))
+            .transpose()?;
+        let per_head = match (m.get(Family::Head), group) {
             (Some(a), Some(b)) => Some((a * b)?),
             (Some(a), None) => Some(a.clone()),
             (None, Some(b)) => Some(b),

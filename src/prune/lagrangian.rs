@@ -9,8 +9,9 @@
 use candle_core::{Device, Tensor, Var};
 use serde::Serialize;
 
-use super::masks::{weighted_mean, ExpectedSparsity, Family, FamilyLayout};
+use super::masks::{weighted_mean, ExpectedSparsity, FamilyLayout};
 use crate::error::Result;
+use crate::family::Family;
 
 pub struct Multipliers {
     pub family: Family,

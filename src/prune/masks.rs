@@ -1,4 +1,4 @@
-//! Mask families: one log-α tensor per structure that the target prunes, GQA-aware.
+//! The learnable masks: one log-α tensor per family the target prunes ([`crate::family`]), GQA-aware.
 //!
 //! | family | log-α shape | a row (where counts are enforced) | kept per row at materialization |
 //! |---|---|---|---|
@@ -31,42 +31,14 @@
 //! cannot push a group out to escape its own term.
 
 use candle_core::{DType, Device, Tensor, Var};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::hard_concrete as hc;
 use super::target::TargetShape;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::model::MaskValues;
+use crate::family::{Family, MaskScores, MaskValues};
 use crate::rng::Rng;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Family {
-    Layer,
-    KvGroup,
-    Head,
-    Intermediate,
-    Hidden,
-}
-
-impl Family {
-    pub const ALL: [Family; 5] = [Family::Layer, Family::KvGroup, Family::Head, Family::Intermediate, Family::Hidden];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::Layer => "layer",
-            Family::KvGroup => "kv_group",
-            Family::Head => "head",
-            Family::Intermediate => "intermediate",
-            Family::Hidden => "hidden",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.name() == s)
-    }
-}
 
 /// How a deterministic mask decides how many entries of a row are zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,19 +74,20 @@ impl FamilyLayout {
 /// The families needed to cut `target` out of `source`.
 pub fn layouts(source: &LlamaConfig, target: &TargetShape) -> Vec<FamilyLayout> {
     let (l, d, m) = (source.num_hidden_layers, source.hidden_size, source.intermediate_size);
-    let (h, kv, g) = (source.num_attention_heads, source.num_kv_heads(), source.group_size());
+    let (kv, g) = (source.num_kv_heads(), source.group_size());
     let t_group = target.heads / target.kv_heads;
     let mut out = vec![];
-    let mut add = |family, shape: Vec<usize>, rows, row_len, target_kept, rows_per_element, prunes: bool| {
+    let mut add = |family: Family, rows, row_len, target_kept, rows_per_element, prunes: bool| {
         if prunes {
+            let shape = family.shape(source);
             out.push(FamilyLayout { family, shape, rows, row_len, target_kept, rows_per_element });
         }
     };
-    add(Family::Layer, vec![l], 1, l, target.layers, 1, target.layers < l);
-    add(Family::KvGroup, vec![l, kv], l, kv, target.kv_heads, 1, target.kv_heads < kv);
-    add(Family::Head, vec![l, h], l * kv, g, t_group, 1, t_group < g);
-    add(Family::Intermediate, vec![l, m], l, m, target.intermediate, 1, target.intermediate < m);
-    add(Family::Hidden, vec![d], 1, d, target.hidden, 1, target.hidden < d);
+    add(Family::Layer, 1, l, target.layers, 1, target.layers < l);
+    add(Family::KvGroup, l, kv, target.kv_heads, 1, target.kv_heads < kv);
+    add(Family::Head, l * kv, g, t_group, 1, t_group < g);
+    add(Family::Intermediate, l, m, target.intermediate, 1, target.intermediate < m);
+    add(Family::Hidden, 1, d, target.hidden, 1, target.hidden < d);
     out
 }
 
@@ -263,7 +236,7 @@ impl MaskSet {
             let n = la.elem_count();
             let u: Vec<f32> = (0..n).map(|_| rng.uniform() as f32).collect();
             let u = Tensor::from_vec(u, la.shape(), la.device())?;
-            set(&mut out, f.layout.family, hc::sample_tensor(la, &u)?);
+            out.insert(f.layout.family, hc::sample_tensor(la, &u)?);
         }
         Ok(out)
     }
@@ -275,7 +248,7 @@ impl MaskSet {
         for f in &self.families {
             let values = f.deterministic(mode)?;
             let device = f.log_alpha.device();
-            set(&mut out, f.layout.family, Tensor::from_vec(values, f.layout.shape.clone(), device)?);
+            out.insert(f.layout.family, Tensor::from_vec(values, f.layout.shape.clone(), device)?);
         }
         Ok(out)
     }
@@ -370,69 +343,7 @@ impl MaskSet {
     }
 }
 
-fn set(m: &mut MaskValues, family: Family, t: Tensor) {
-    match family {
-        Family::Layer => m.layer = Some(t),
-        Family::KvGroup => m.kv_group = Some(t),
-        Family::Head => m.head = Some(t),
-        Family::Intermediate => m.intermediate = Some(t),
-        Family::Hidden => m.hidden = Some(t),
-    }
-}
-
-/// Per-entry keep probabilities (or 0/1 indicators) of every family, flattened row-major; absent
-/// families are all ones. Feeds the GQA-aware parameter accounting.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MaskScores {
-    pub layer: Vec<f64>,
-    pub kv_group: Vec<f64>,
-    pub head: Vec<f64>,
-    pub intermediate: Vec<f64>,
-    pub hidden: Vec<f64>,
-}
-
 impl MaskScores {
-    pub fn ones(cfg: &LlamaConfig) -> Self {
-        let (l, h, kv) = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_kv_heads());
-        Self {
-            layer: vec![1.0; l],
-            kv_group: vec![1.0; l * kv],
-            head: vec![1.0; l * h],
-            intermediate: vec![1.0; l * cfg.intermediate_size],
-            hidden: vec![1.0; cfg.hidden_size],
-        }
-    }
-
-    fn set(&mut self, family: Family, v: Vec<f64>) {
-        match family {
-            Family::Layer => self.layer = v,
-            Family::KvGroup => self.kv_group = v,
-            Family::Head => self.head = v,
-            Family::Intermediate => self.intermediate = v,
-            Family::Hidden => self.hidden = v,
-        }
-    }
-
-    /// 0/1 indicators of the non-zero entries of deterministic masks.
-    pub fn indicators(cfg: &LlamaConfig, m: &MaskValues) -> Result<Self> {
-        let mut s = Self::ones(cfg);
-        let ind = |t: &Tensor| -> Result<Vec<f64>> {
-            Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|&x| if x != 0.0 { 1.0 } else { 0.0 }).collect())
-        };
-        for (family, t) in [
-            (Family::Layer, &m.layer),
-            (Family::KvGroup, &m.kv_group),
-            (Family::Head, &m.head),
-            (Family::Intermediate, &m.intermediate),
-            (Family::Hidden, &m.hidden),
-        ] {
-            if let Some(t) = t {
-                s.set(family, ind(t)?);
-            }
-        }
-        Ok(s)
-    }
-
     /// Expected number of attention + MLP parameters (the prunable part: no embeddings, norms or LM head),
     /// GQA-aware: a query head costs its `q_proj` rows and `o_proj` columns (2·d·head_dim), a KV group its
     /// `k_proj` and `v_proj` rows (2·d·head_dim), an intermediate dim 3·d; `d` is the expected number of kept
@@ -441,18 +352,20 @@ impl MaskScores {
         let (l, h, kv, hd, m) =
             (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_kv_heads(), cfg.head_dim(), cfg.intermediate_size);
         let g = h / kv;
-        let d: f64 = self.hidden.iter().sum();
+        let (layer, kv_group, head) = (self.of(Family::Layer), self.of(Family::KvGroup), self.of(Family::Head));
+        let intermediate = self.of(Family::Intermediate);
+        let d: f64 = self.of(Family::Hidden).iter().sum();
         let costs = ParamCosts::new(d, hd);
         (0..l)
-            .map(|layer| {
+            .map(|l_i| {
                 let attention: f64 = (0..kv)
                     .map(|group| {
-                        let heads: f64 = (0..g).map(|i| self.head[layer * h + group * g + i]).sum();
-                        self.kv_group[layer * kv + group] * (costs.kv_group + costs.query_head * heads)
+                        let heads: f64 = (0..g).map(|i| head[l_i * h + group * g + i]).sum();
+                        kv_group[l_i * kv + group] * (costs.kv_group + costs.query_head * heads)
                     })
                     .sum();
-                let mlp: f64 = self.intermediate[layer * m..(layer + 1) * m].iter().sum::<f64>() * costs.intermediate;
-                self.layer[layer] * (attention + mlp)
+                let mlp: f64 = intermediate[l_i * m..(l_i + 1) * m].iter().sum::<f64>() * costs.intermediate;
+                layer[l_i] * (attention + mlp)
             })
             .sum()
     }
@@ -518,13 +431,13 @@ mod tests {
         let det = masks.deterministic(Deterministic::Target).unwrap();
         let ind = MaskScores::indicators(&src, &det).unwrap();
         assert_eq!(ind.expected_params(&src), prunable_params(&target.config(&src)));
-        assert_eq!(ind.hidden.iter().sum::<f64>(), 256.0);
+        assert_eq!(ind.of(Family::Hidden).iter().sum::<f64>(), 256.0);
         // Every kept group keeps 2 heads; exactly 2 groups per layer are kept.
         for layer in 0..30 {
-            let kept_groups = (0..3).filter(|g| ind.kv_group[layer * 3 + g] == 1.0).count();
+            let kept_groups = (0..3).filter(|g| ind.of(Family::KvGroup)[layer * 3 + g] == 1.0).count();
             assert_eq!(kept_groups, 2);
             for g in 0..3 {
-                assert_eq!((0..3).filter(|i| ind.head[layer * 9 + g * 3 + i] == 1.0).count(), 2);
+                assert_eq!((0..3).filter(|i| ind.of(Family::Head)[layer * 9 + g * 3 + i] == 1.0).count(), 2);
             }
         }
     }

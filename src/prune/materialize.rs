@@ -11,22 +11,16 @@
 //!   shared embedding matrix (tied; the final norm then stays unscaled). The reference folds it into both
 //!   the final norm and the LM head, applying it twice (its documented bug); we do not.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::target::TargetShape;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::model::{check_weights, MaskValues, TensorMap};
+use crate::family::{Family, MaskValues};
+use crate::model::{check_weights, TensorMap};
 
 fn kept(values: &[f32]) -> Vec<u32> {
     values.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(i, _)| i as u32).collect()
-}
-
-fn values_or_ones(t: &Option<Tensor>, n: usize) -> Result<Vec<f32>> {
-    match t {
-        Some(t) => Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?),
-        None => Ok(vec![1.0; n]),
-    }
 }
 
 fn select(t: &Tensor, dim: usize, idx: &[u32]) -> Result<Tensor> {
@@ -67,11 +61,11 @@ pub fn materialize(
         source.hidden_size,
     );
     let g = h / kv;
-    let z_layer = values_or_ones(&masks.layer, l)?;
-    let z_group = values_or_ones(&masks.kv_group, l * kv)?;
-    let z_head = values_or_ones(&masks.head, l * h)?;
-    let z_int = values_or_ones(&masks.intermediate, l * m)?;
-    let z_hid = values_or_ones(&masks.hidden, d)?;
+    let z_layer = masks.values_or_ones(Family::Layer, l)?;
+    let z_group = masks.values_or_ones(Family::KvGroup, l * kv)?;
+    let z_head = masks.values_or_ones(Family::Head, l * h)?;
+    let z_int = masks.values_or_ones(Family::Intermediate, l * m)?;
+    let z_hid = masks.values_or_ones(Family::Hidden, d)?;
     let hid_idx = kept(&z_hid);
     let layers_kept = kept(&z_layer);
 

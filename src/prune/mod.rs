@@ -9,6 +9,6 @@ pub mod materialize;
 pub mod target;
 
 pub use lagrangian::{FamilyStat, Lagrangian};
-pub use masks::{Deterministic, Family, MaskScores, MaskSet};
+pub use masks::{Deterministic, MaskSet};
 pub use materialize::materialize;
 pub use target::TargetShape;

@@ -10,9 +10,10 @@ use std::path::Path;
 use polars::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::family::Family;
 use crate::io::hf::load_config;
 use crate::prune::hard_concrete as hc;
-use crate::prune::masks::{layouts, Deterministic, Family, MaskSet};
+use crate::prune::masks::{layouts, Deterministic, MaskSet};
 use crate::train::pruning::{load_log_alphas, read_run_spec};
 
 pub(crate) fn polars_err(e: PolarsError) -> Error {
@@ -27,13 +28,6 @@ pub fn run_masks(run: &Path, step: Option<usize>) -> Result<(usize, MaskSet)> {
     let masks = MaskSet::from_log_alphas(&cfg, &spec.target, log_alphas)?;
     masks.clamp_in_place()?; // snapshots are taken after an optimizer step, which may leave the range
     Ok((n, masks))
-}
-
-fn values(t: &Option<candle_core::Tensor>, n: usize) -> Result<Vec<f32>> {
-    match t {
-        Some(t) => Ok(t.flatten_all()?.to_vec1()?),
-        None => Ok(vec![1.0; n]),
-    }
 }
 
 /// Mean P(z > 0) of each row of `family` (per layer), or ones when the family is not pruned.
@@ -58,8 +52,8 @@ pub fn kept_heads(masks: &MaskSet) -> Result<Vec<Vec<bool>>> {
     let (l, h, kv) = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_kv_heads());
     let g = h / kv;
     let det = masks.deterministic(Deterministic::Target)?;
-    let z_group = values(&det.kv_group, l * kv)?;
-    let z_head = values(&det.head, l * h)?;
+    let z_group = det.values_or_ones(Family::KvGroup, l * kv)?;
+    let z_head = det.values_or_ones(Family::Head, l * h)?;
     Ok((0..l)
         .map(|layer| (0..h).map(|i| z_group[layer * kv + i / g] != 0.0 && z_head[layer * h + i] != 0.0).collect())
         .collect())
@@ -81,9 +75,9 @@ pub fn layer_table(masks: &MaskSet) -> Result<DataFrame> {
     let cfg = masks.source();
     let (l, m) = (cfg.num_hidden_layers, cfg.intermediate_size);
     let det = masks.deterministic(Deterministic::Target)?;
-    let z_layer = values(&det.layer, l)?;
-    let z_int = values(&det.intermediate, l * m)?;
-    let hidden_kept = values(&det.hidden, cfg.hidden_size)?.iter().filter(|v| **v != 0.0).count() as u32;
+    let z_layer = det.values_or_ones(Family::Layer, l)?;
+    let z_int = det.values_or_ones(Family::Intermediate, l * m)?;
+    let hidden_kept = det.values_or_ones(Family::Hidden, cfg.hidden_size)?.iter().filter(|v| **v != 0.0).count() as u32;
     let layer_score: Vec<f64> = match masks.get(Family::Layer) {
         Some(f) => f.log_alpha.as_tensor().to_vec1::<f32>()?.iter().map(|&x| hc::score(x as f64)).collect(),
         None => vec![1.0; l],

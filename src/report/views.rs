@@ -9,12 +9,11 @@ use super::charts::{bar_chart, heatmap, histogram, line_chart, Axes, Grid, Line,
 use super::runs::{prune_evals, prune_metrics, train_evals, train_metrics, xy};
 use super::{polars_err, run_masks};
 use crate::error::{Error, Result};
+use crate::family::{Family, MaskScores};
 use crate::prune::hard_concrete as hc;
-use crate::prune::masks::{layouts, prunable_params, Deterministic, Family, MaskScores, MaskSet};
+use crate::prune::masks::{layouts, prunable_params, Deterministic, MaskSet};
 use crate::prune::TargetShape;
 use crate::LlamaConfig;
-
-const FAMILIES: [Family; 5] = [Family::Layer, Family::KvGroup, Family::Head, Family::Intermediate, Family::Hidden];
 
 fn has(df: &DataFrame, col: &str) -> bool {
     df.column(col).is_ok()
@@ -61,7 +60,7 @@ pub fn target_schedule(source: &LlamaConfig, target: &TargetShape, warmup: usize
 /// Expected sparsity per family (solid, one colour each) against the warmed-up targets (dashed; one line
 /// per distinct target, grey when families share it). `title` names the run.
 pub fn sparsity_chart(metrics: &DataFrame, title: &str) -> Result<Svg> {
-    let present: Vec<(usize, Family)> = FAMILIES
+    let present: Vec<(usize, Family)> = Family::ALL
         .iter()
         .copied()
         .enumerate()
@@ -118,7 +117,7 @@ pub fn lagrangian_chart(metrics: &DataFrame) -> Result<Svg> {
 /// λ1 (solid) and λ2 (dashed) per family, over steps.
 pub fn lambda_chart(metrics: &DataFrame) -> Result<Svg> {
     let mut lines = vec![];
-    for (i, f) in FAMILIES.iter().enumerate() {
+    for (i, f) in Family::ALL.iter().enumerate() {
         let (l1, l2) = (format!("{}_lambda1", f.name()), format!("{}_lambda2", f.name()));
         if has(metrics, &l1) {
             lines.push(Line::new(format!("{} λ1", f.name()), xy(metrics, "step", &l1)?).color(i));
@@ -150,9 +149,10 @@ pub fn heads_heatmap(masks: &MaskSet) -> Result<Svg> {
     let (l, h, g) = (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.group_size());
     let scores = masks.scores()?;
     let target = MaskScores::indicators(cfg, &masks.deterministic(Deterministic::Target)?)?;
-    let layer_on: Vec<bool> = target.layer.iter().map(|&v| v != 0.0).collect();
+    let layer_on: Vec<bool> = target.of(Family::Layer).iter().map(|&v| v != 0.0).collect();
     let kept = super::kept_heads(masks)?;
-    let values: Vec<Vec<f64>> = (0..l).map(|layer| scores.head[layer * h..(layer + 1) * h].to_vec()).collect();
+    let values: Vec<Vec<f64>> =
+        (0..l).map(|layer| scores.of(Family::Head)[layer * h..(layer + 1) * h].to_vec()).collect();
     let marked: Vec<Vec<bool>> =
         kept.iter().zip(&layer_on).map(|(heads, &on)| heads.iter().map(|&k| on && k).collect()).collect();
     let decision = masks.decisions()?.into_iter().find(|d| d.family == Family::Head);
@@ -228,10 +228,7 @@ pub fn layer_chart(masks: &MaskSet) -> Result<Svg> {
 pub fn hidden_chart(masks: &MaskSet, block: usize) -> Result<Svg> {
     let cfg = masks.source();
     let det = masks.deterministic(Deterministic::Target)?;
-    let z: Vec<f32> = match &det.hidden {
-        Some(t) => t.flatten_all()?.to_vec1()?,
-        None => vec![1.0; cfg.hidden_size],
-    };
+    let z = det.values_or_ones(Family::Hidden, cfg.hidden_size)?;
     let kept_total = z.iter().filter(|v| **v != 0.0).count();
     let values: Vec<f64> = z.chunks(block).map(|c| c.iter().filter(|v| **v != 0.0).count() as f64).collect();
     let labels: Vec<String> = (0..values.len()).map(|i| format!("{}", i * block)).collect();
@@ -331,7 +328,7 @@ pub fn run_charts(run: &Path, step: Option<usize>) -> Result<Vec<(String, Svg)>>
         out.push(("intermediate".into(), intermediate_chart(&masks)?));
         out.push(("layers".into(), layer_chart(&masks)?));
         out.push(("hidden".into(), hidden_chart(&masks, 32)?));
-        for f in FAMILIES {
+        for f in Family::ALL {
             if masks.get(f).is_some() {
                 out.push((format!("scores-{}", f.name()), score_histogram(&masks, f)?));
             }

@@ -30,8 +30,9 @@ use crate::data::loader::{LoaderState, UpdateRule};
 use crate::data::{CorpusFeed, TextData};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate_corpus, evaluate_ids};
+use crate::family::{Family, MaskScores};
 use crate::model::{trainable, Kernels, Llama, MaskValues, TensorMap};
-use crate::prune::masks::{layouts, prunable_params, Deterministic, Family, MaskScores, MaskSet};
+use crate::prune::masks::{layouts, prunable_params, Deterministic, MaskSet};
 use crate::prune::{FamilyStat, Lagrangian, TargetShape};
 use crate::rng::Rng;
 
@@ -531,29 +532,16 @@ fn save_mask_snapshot(run: &Path, step: usize, masks: &MaskSet, det: &MaskValues
     for f in &masks.families {
         t.insert(format!("log_alpha.{}", f.layout.family.name()), f.log_alpha.as_tensor().clone());
     }
-    for (family, v) in mask_values_by_family(det) {
-        t.insert(format!("z_target.{}", family.name()), v);
+    for (family, v) in det.iter() {
+        t.insert(format!("z_target.{}", family.name()), v.clone());
     }
-    for (family, v) in mask_values_by_family(expected) {
-        t.insert(format!("z_expected.{}", family.name()), v);
+    for (family, v) in expected.iter() {
+        t.insert(format!("z_expected.{}", family.name()), v.clone());
     }
     let path = run.join("masks").join(format!("step_{step:06}.safetensors"));
     let views: Vec<(&str, &Tensor)> = t.iter().map(|(k, v)| (k.as_str(), v)).collect();
     safetensors::serialize_to_file(views, None, &path)
         .map_err(|e| Error::Weights { path: path.clone(), msg: format!("cannot write masks: {e}") })
-}
-
-pub fn mask_values_by_family(m: &MaskValues) -> Vec<(Family, Tensor)> {
-    [
-        (Family::Layer, &m.layer),
-        (Family::KvGroup, &m.kv_group),
-        (Family::Head, &m.head),
-        (Family::Intermediate, &m.intermediate),
-        (Family::Hidden, &m.hidden),
-    ]
-    .into_iter()
-    .filter_map(|(f, t)| t.clone().map(|t| (f, t)))
-    .collect()
 }
 
 /// The newest mask snapshot of a run (or the one at `step`), as learned log-α per family.

@@ -307,7 +307,7 @@ pub fn report_cmd(a: ReportArgs) -> Result<()> {
 
 /// Whether materialization keeps the heads the masks chose, in one line.
 fn print_head_decision(masks: &shear::prune::masks::MaskSet) -> Result<()> {
-    if let Some(d) = masks.decisions()?.into_iter().find(|d| d.family == shear::prune::masks::Family::Head) {
+    if let Some(d) = masks.decisions()?.into_iter().find(|d| d.family == shear::family::Family::Head) {
         println!(
             "query heads: {} kept in kept layers; kept with P(z>0) < 0.5: {} ({:.1}%); dropped with P(z>0) > 0.5: {}; \
              KV groups whose likely heads are not the target count: {} of {}",

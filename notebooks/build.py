@@ -148,7 +148,8 @@ CLI equivalent: `shear prune --model models/smollm2-135m --target data/targets/d
     code(r"""
 use std::path::PathBuf;
 use shear::{io, notebook, report, prune::TargetShape};
-use shear::train::pruning::{self, PruneConfig, PruneData, RunSpec};
+use shear::run::pruning::{PruneConfig, PruneSpec};
+use shear::train::pruning::{self, PruneData};
 use shear::candle_core::{DType, Device};
 
 let root = PathBuf::from("..");
@@ -209,11 +210,11 @@ std::fs::create_dir_all(&run)?;
 let weights = io::hf::load_weights(&source, Some(DType::F32), &Device::Cpu)?;
 let tok: io::Tokenizer = io::load_tokenizer(&source)?;
 let mut data = PruneData::Text(shear::data::TextData::from_file(&text, &tok, 0.05, config.seq_len)?);
-let spec = RunSpec { source_model: source.clone(), data: std::fs::canonicalize(&text)?, target: target.clone(), config: config.clone() };
+let spec = PruneSpec { source_model: source.clone(), data: std::fs::canonicalize(&text)?, target: target.clone(), config: config.clone() };
 let summary = pruning::prune(&run, &spec, &cfg, weights, &mut data, false, |r| {
-    if let (Some(nll), Some(nll_expected)) = (r.eval_nll, r.eval_nll_expected) {
+    if let Some(e) = &r.eval {
         println!("step {:3}: lm loss {:.3}, held-out NLL {:.3} (target counts; expected counts {:.3}), E[attention+MLP params] {:.1}M",
-            r.step, r.lm_loss, nll, nll_expected, r.expected_params / 1e6);
+            r.metrics.step, r.metrics.lm_loss, e.eval_nll, e.eval_nll_expected, r.metrics.expected_params / 1e6);
     }
     std::ops::ControlFlow::Continue(())
 })?;
@@ -369,7 +370,8 @@ Needs `02-prune`'s run. CLI equivalent: `shear materialize`, `shear train --upda
 use std::path::PathBuf;
 use shear::{io, notebook, report};
 use shear::data::{corpus::Corpus, loader::UpdateRule, reference::{self, EvalBudget, ReferenceSource}};
-use shear::train::continued::{self, TrainConfig, TrainSpec};
+use shear::run::training::{TrainConfig, TrainSpec};
+use shear::train::continued;
 use shear::candle_core::{DType, Device};
 
 let root = PathBuf::from("..");
@@ -378,7 +380,7 @@ let corpus_dir = std::fs::canonicalize(root.join("data/corpus"))?;
 let work = notebook::workdir();
 let pruned = work.join("pruned");
 if pruned.exists() { std::fs::remove_dir_all(&pruned)?; }
-shear::train::pruning::materialize_run(&work.join("prune"), &pruned)?;
+shear::run::pruning::materialize(&work.join("prune"), &pruned)?;
 let pcfg = io::hf::load_config(&pruned)?;
 println!("materialized: {} layers, hidden {}, {} heads / {} KV heads, intermediate {}: {:.2}M parameters",
     pcfg.num_hidden_layers, pcfg.hidden_size, pcfg.num_attention_heads, pcfg.num_kv_heads(), pcfg.intermediate_size,
@@ -416,8 +418,8 @@ let mk = |rule: UpdateRule| {
     c.eval_sequences = eval_seqs;
     c.checkpoint_interval = steps;
     c.save_only_model = true; // weights only, no AdamW moments: these runs are exported, never resumed
-    c.update_rule = rule;
-    c.reference_losses = reference.clone();
+    c.mixture.update_rule = rule;
+    c.mixture.reference_losses = reference.clone();
     c
 };
 // From scratch: the target architecture with random weights (`shear init`).
@@ -513,7 +515,7 @@ use shear::candle_core::{DType, Device, Tensor};
 let root = PathBuf::from("..");
 let work = notebook::workdir();
 let source = root.join("models/smollm2-135m");
-let (masked, masks) = shear::train::pruning::masked_model(&work.join("prune"))?;
+let (masked, masks) = shear::run::pruning::masked_model(&work.join("prune"))?;
 let materialized = io::load_model(&work.join("pruned"), DType::F32, &Device::Cpu)?;
 // Re-export the materialized model and load it back, as a user of the files would.
 let exported = work.join("export-pruned");
@@ -550,15 +552,15 @@ takes it).
 """),
     code(r"""
 {
-let spec = shear::train::pruning::read_run_spec(&work.join("prune"))?;
+let spec = shear::run::pruning::read_spec(&work.join("prune"))?;
 let c = &spec.config;
 let held_out = shear::data::TextData::from_file(&spec.data, &tok, 0.05, c.seq_len)?.eval;
 let e = shear::eval::evaluate_ids(&materialized.model, &held_out[..c.eval_tokens.min(held_out.len())], c.seq_len, c.batch_size, None, |_, _| {})?;
-let evals = shear::train::metrics::read_jsonl(&work.join("prune").join("evals.jsonl"))?;
+let evals: Vec<shear::run::records::PruneEvalRecord> = shear::run::jsonl::read_records(&work.join("prune").join("evals.jsonl"))?;
 let last = evals.last().expect("the run evaluated");
-let logged = last["eval_nll"].as_f64().unwrap();
+let logged = last.eval_nll;
 println!("step {}: logged {logged:.6} (target counts), materialized {:.6} on the same {} tokens: gap {:.1e}; expected counts logged {:.6}",
-    last["step"], e.mean_nll, e.tokens, e.mean_nll - logged, last["eval_nll_expected"].as_f64().unwrap());
+    last.step, e.mean_nll, e.tokens, e.mean_nll - logged, last.eval_nll_expected);
 assert!((e.mean_nll - logged).abs() < 1e-4 * logged);
 }
 """),
@@ -566,7 +568,7 @@ assert!((e.mean_nll - logged).abs() < 1e-4 * logged);
     code(r"""
 let final_dir = work.join("export-cpt-doremi");
 if final_dir.exists() { std::fs::remove_dir_all(&final_dir)?; }
-shear::train::continued::export_run(&work.join("cpt-doremi"), &final_dir)?;
+shear::run::training::export(&work.join("cpt-doremi"), &final_dir)?;
 let finalm = io::load_model(&final_dir, DType::F32, &Device::Cpu)?;
 let n = notebook::size(2048, 128);
 let src = io::load_model(&source, DType::F32, &Device::Cpu)?;

@@ -14,9 +14,10 @@ use crate::error::{Error, Result};
 use crate::generate::{generate, Sampling};
 use crate::model::{trainable, Kernels, Llama, TensorMap};
 use crate::prune::TargetShape;
+use crate::run::pruning::PruneConfig;
 use crate::train::optim::{AdamW, AdamWConfig};
-use crate::train::pruning::{PruneConfig, Pruner};
-use crate::train::step::{micro_batch, update};
+use crate::train::pruning::Pruner;
+use crate::train::step::{micro_batch, update, Backward};
 
 /// What was timed: one row of the benchmark table.
 #[derive(Debug, Clone, Serialize)]
@@ -120,8 +121,9 @@ pub fn bench_train(
     let params = vars.into_iter().collect();
     let mut opt = [AdamW::new("weights", AdamWConfig::sheared(1e-5), params)?];
     let ids = bench_ids(cfg.vocab_size, batch, seq_len, model.device())?;
+    let backward = Backward::for_model(&model);
     let (runs, secs) = time(reps, || {
-        let (_, grads) = micro_batch(&model, &ids, batch)?;
+        let (_, grads) = micro_batch(&model, backward, &ids, batch)?;
         update(&mut opt, &grads, &all, 1.0, 1.0)?;
         Ok(())
     })?;

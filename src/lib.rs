@@ -12,7 +12,8 @@
 //! | [`io`] | HF directories (sharded safetensors, config, tokenizer), GGUF import |
 //! | [`prune`] | hard-concrete masks, the Lagrangian constraint, materialization |
 //! | [`data`] | training text and batches |
-//! | [`train`] | AdamW, schedules, checkpoints, the pruning loop |
+//! | [`train`] | AdamW and schedules, the pruning and continued pre-training stages, the loop that drives them |
+//! | [`run`] | a run's directory: settings (`run.json`), typed log records, checkpoints, mask snapshots, materialize and export |
 //! | [`report`] | polars tables and SVG charts of what pruning kept and how runs went |
 //! | [`notebook`] | quick mode and paths for the evcxr notebooks |
 //! | [`eval`] | the NLL / perplexity protocol |
@@ -32,6 +33,7 @@ pub mod notebook;
 pub mod prune;
 pub mod report;
 pub mod rng;
+pub mod run;
 pub mod train;
 
 pub use config::LlamaConfig;

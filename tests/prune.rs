@@ -96,7 +96,8 @@ fn materialized_model_round_trips_through_hf_format() {
 /// fresh mask sample, the loss is normalized over all sequences, and the Lagrangian counts once.
 #[test]
 fn accumulated_pruning_gradients_average_the_micro_batches() {
-    use shear::train::pruning::{PruneConfig, Pruner};
+    use shear::run::pruning::PruneConfig;
+    use shear::train::pruning::Pruner;
     let (_, cfg) = tiny_configs().into_iter().find(|(n, _)| *n == "gqa_tied").unwrap();
     let target = targets()[2];
     let weights = random_model(&cfg, 8);
@@ -134,10 +135,11 @@ fn accumulated_pruning_gradients_average_the_micro_batches() {
 mod run {
     use super::*;
     use shear::data::TextData;
-    use shear::train::pruning::{prune, PruneConfig, PruneData, RunSpec};
+    use shear::run::pruning::{PruneConfig, PruneSpec};
+    use shear::train::pruning::{prune, PruneData};
     use std::ops::ControlFlow;
 
-    fn setup(root: &std::path::Path) -> (RunSpec, shear::LlamaConfig, shear::TensorMap, PruneData) {
+    fn setup(root: &std::path::Path) -> (PruneSpec, shear::LlamaConfig, shear::TensorMap, PruneData) {
         let g = root.join("tiny.gguf");
         write_tiny_gguf(&g, "llama");
         let model = root.join("model");
@@ -156,11 +158,11 @@ mod run {
         config.checkpoint_interval = 5;
         let target = TargetShape { layers: 1, hidden: 16, heads: 2, kv_heads: 1, intermediate: 24 };
         let data = PruneData::Text(TextData::from_file(&text, &tok, 0.1, config.seq_len).unwrap());
-        (RunSpec { source_model: model, data: text, target, config }, cfg, weights, data)
+        (PruneSpec { source_model: model, data: text, target, config }, cfg, weights, data)
     }
 
     fn final_state(run: &std::path::Path) -> (Vec<(String, Vec<f32>)>, String, String) {
-        let (t, _) = shear::train::checkpoint::load(run, &candle_core::Device::Cpu).unwrap();
+        let (t, _) = shear::run::checkpoint::load(run, &candle_core::Device::Cpu).unwrap();
         let tensors = t.iter().map(|(k, v)| (k.clone(), v.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
         let read = |f: &str| std::fs::read_to_string(run.join(f)).unwrap();
         // Drop the wall-clock field: everything else must match exactly.
@@ -191,7 +193,7 @@ mod run {
         let stopped = tmp.path().join("stopped");
         std::fs::create_dir(&stopped).unwrap();
         prune(&stopped, &spec, &cfg, weights.clone(), &mut data, false, |r| {
-            if r.step == 3 {
+            if r.metrics.step == 3 {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
@@ -207,7 +209,7 @@ mod run {
         std::fs::create_dir(&resumed).unwrap();
         let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             prune(&resumed, &spec, &cfg, weights.clone(), &mut data, false, |r| {
-                assert!(r.step < 7, "simulated crash at step 7");
+                assert!(r.metrics.step < 7, "simulated crash at step 7");
                 ControlFlow::Continue(())
             })
         }));
@@ -225,7 +227,7 @@ mod run {
         assert_eq!(a.2, b.2, "evals differ");
         // The learned masks moved toward the target and materialize to its exact shape.
         let out = tmp.path().join("pruned");
-        shear::train::pruning::materialize_run(&straight, &out).unwrap();
+        shear::run::pruning::materialize(&straight, &out).unwrap();
         let small = hf::load_config(&out).unwrap();
         assert_eq!((small.num_hidden_layers, small.hidden_size, small.num_attention_heads), (1, 16, 2));
         assert_eq!((small.num_kv_heads(), small.intermediate_size), (1, 24));
@@ -247,7 +249,7 @@ mod run {
         assert_eq!(last["step"], 12);
         assert!(last["eval_nll_expected"].as_f64().unwrap().is_finite());
         let out = tmp.path().join("pruned");
-        shear::train::pruning::materialize_run(&run, &out).unwrap();
+        shear::run::pruning::materialize(&run, &out).unwrap();
         let small = shear::io::load_model(&out, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
         let PruneData::Text(text) = &data else { unreachable!() };
         let c = &spec.config;
@@ -280,8 +282,8 @@ mod run {
         assert!(size(&lean) * 2 < size(&full), "{} vs {} bytes", size(&lean), size(&full));
 
         let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-        shear::train::pruning::materialize_run(&full, &a).unwrap();
-        shear::train::pruning::materialize_run(&lean, &b).unwrap();
+        shear::run::pruning::materialize(&full, &a).unwrap();
+        shear::run::pruning::materialize(&lean, &b).unwrap();
         assert_eq!(
             std::fs::read(a.join("model.safetensors")).unwrap(),
             std::fs::read(b.join("model.safetensors")).unwrap()
@@ -299,7 +301,8 @@ mod run {
 fn pruning_on_a_corpus_with_dynamic_loading_resumes_exactly() {
     use shear::data::corpus::{build, BuildOptions, Corpus, DOMAINS};
     use shear::data::{loader::UpdateRule, CorpusFeed};
-    use shear::train::pruning::{prune, PruneConfig, PruneData, RunSpec};
+    use shear::run::pruning::{PruneConfig, PruneSpec};
+    use shear::train::pruning::{prune, PruneData};
     use std::ops::ControlFlow;
     let tmp = tempfile::tempdir().unwrap();
     let g = tmp.path().join("tiny.gguf");
@@ -338,28 +341,28 @@ fn pruning_on_a_corpus_with_dynamic_loading_resumes_exactly() {
     config.eval_interval = 2;
     config.eval_tokens = 7 * 32;
     config.checkpoint_interval = 4;
-    config.update_rule = UpdateRule::Doremi;
-    config.proportions = vec![1.0; 7];
+    config.mixture.update_rule = UpdateRule::Doremi;
+    config.mixture.proportions = vec![1.0; 7];
     // The source's own losses as reference, as `shear prune` does by default.
     let corpus = Corpus::open(&corpus_dir).unwrap();
     let source = Llama::new(&cfg, &weights).unwrap();
-    config.reference_losses = shear::eval::evaluate_corpus(&source, &corpus, Some(2), 3, None, |_, _, _| {})
+    config.mixture.reference_losses = shear::eval::evaluate_corpus(&source, &corpus, Some(2), 3, None, |_, _, _| {})
         .unwrap()
         .iter()
         .map(|r| r.mean_nll)
         .collect();
     let target = TargetShape { layers: 1, hidden: 16, heads: 2, kv_heads: 1, intermediate: 24 };
-    let spec = RunSpec { source_model: model.clone(), data: corpus_dir.clone(), target, config: config.clone() };
+    let spec = PruneSpec { source_model: model.clone(), data: corpus_dir.clone(), target, config: config.clone() };
     let feed = || {
         let c = Corpus::open(&corpus_dir).unwrap();
-        let feed = CorpusFeed::new(c, &config.proportions, config.update_rule, config.reference_losses.clone(), 17);
+        let feed = CorpusFeed::new(c, &config.mixture, 17);
         PruneData::Corpus(Box::new(feed.unwrap()))
     };
     let a = tmp.path().join("a");
     prune(&a, &spec, &cfg, weights.clone(), &mut feed(), false, |_| ControlFlow::Continue(())).unwrap();
     let b = tmp.path().join("b");
     prune(&b, &spec, &cfg, weights.clone(), &mut feed(), false, |r| {
-        if r.step == 3 {
+        if r.metrics.step == 3 {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
@@ -367,10 +370,10 @@ fn pruning_on_a_corpus_with_dynamic_loading_resumes_exactly() {
     })
     .unwrap();
     prune(&b, &spec, &cfg, weights.clone(), &mut feed(), true, |_| ControlFlow::Continue(())).unwrap();
-    let read = |run: &std::path::Path| shear::train::metrics::read_jsonl(&run.join("evals.jsonl")).unwrap();
+    let read = |run: &std::path::Path| shear::run::jsonl::read_jsonl(&run.join("evals.jsonl")).unwrap();
     assert_eq!(read(&a), read(&b));
-    let (ta, _) = shear::train::checkpoint::load(&a, &candle_core::Device::Cpu).unwrap();
-    let (tb, sb) = shear::train::checkpoint::load(&b, &candle_core::Device::Cpu).unwrap();
+    let (ta, _) = shear::run::checkpoint::load(&a, &candle_core::Device::Cpu).unwrap();
+    let (tb, sb) = shear::run::checkpoint::load(&b, &candle_core::Device::Cpu).unwrap();
     for (k, v) in &ta {
         assert_eq!(
             v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
@@ -378,7 +381,7 @@ fn pruning_on_a_corpus_with_dynamic_loading_resumes_exactly() {
             "{k}"
         );
     }
-    assert!(sb["loader"]["proportions"].is_array());
+    assert_eq!(sb.loader.expect("a corpus run checkpoints its loader").proportions.len(), 7);
     let evals = read(&a);
     assert_eq!(evals.len(), 4);
     assert_ne!(evals[3]["proportions"], evals[0]["proportions_before"], "doremi moved the mixture");

@@ -61,3 +61,35 @@ fn every_chart_of_the_shipped_run_draws() {
     let metrics = runs::prune_metrics(Path::new(RUN)).unwrap();
     assert_eq!(runs::floats(&metrics, "step").unwrap().last().copied(), Some(800.0));
 }
+
+/// The shipped run's logs read as the typed records every writer and reader shares, and nothing is lost:
+/// each record written back gives the line's every key and value (the writers' order, not the file's
+/// spacing).
+#[test]
+fn the_shipped_run_logs_read_as_typed_records_without_loss() {
+    use shear::run::jsonl::{read_jsonl, read_records};
+    use shear::run::records::{PruneEvalRecord, PruneStepRecord};
+    let run = Path::new(RUN);
+    let metrics: Vec<PruneStepRecord> = read_records(&run.join("metrics.jsonl")).unwrap();
+    let evals: Vec<PruneEvalRecord> = read_records(&run.join("evals.jsonl")).unwrap();
+    assert_eq!((metrics.len(), evals.len()), (201, 8));
+    let (first, last) = (&metrics[0], metrics.last().unwrap());
+    assert_eq!((first.step, first.lm_loss, first.tokens), (1, 4.18265, 512));
+    assert_eq!(last.step, 800);
+    let head = last.decisions.get(shear::family::Family::Head).unwrap();
+    assert_eq!((head.kept_below_half, head.unbalanced_rows), (0, 0), "README: 0 of 144, every group balanced");
+    assert_eq!(evals.last().unwrap().step, 800);
+    for (file, typed) in [
+        ("metrics.jsonl", metrics.iter().map(|r| serde_json::to_value(r).unwrap()).collect::<Vec<_>>()),
+        ("evals.jsonl", evals.iter().map(|r| serde_json::to_value(r).unwrap()).collect()),
+    ] {
+        let raw = read_jsonl(&run.join(file)).unwrap();
+        assert_eq!(typed.len(), raw.len());
+        for (t, r) in typed.iter().zip(&raw) {
+            assert_eq!(t, r, "{file}: a record does not give back its line");
+        }
+    }
+    // And the run's settings: `run.json` with its mixture fields flat beside the others.
+    let spec = shear::run::pruning::read_spec(run).unwrap();
+    assert_eq!((spec.config.steps, spec.config.mixture.update_rule), (800, shear::data::loader::UpdateRule::Doremi));
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shear::data::corpus::{build, BuildOptions, DOMAINS};
-use shear::train::metrics::read_jsonl;
+use shear::run::jsonl::read_jsonl;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_shear"));
@@ -89,7 +89,7 @@ fn without_timing(path: &Path) -> Vec<serde_json::Value> {
 }
 
 fn checkpoint_tensors(run: &Path) -> Vec<(String, Vec<f32>)> {
-    let (t, _) = shear::train::checkpoint::load(run, &candle_core::Device::Cpu).unwrap();
+    let (t, _) = shear::run::checkpoint::load(run, &candle_core::Device::Cpu).unwrap();
     t.into_iter().map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect()
 }
 
@@ -150,9 +150,9 @@ fn killed_or_interrupted_then_resumed_equals_uninterrupted() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     let logged = read_jsonl(&interrupted.join("metrics.jsonl")).unwrap().len();
-    let (_, state) = shear::train::checkpoint::load(&interrupted, &candle_core::Device::Cpu).unwrap();
+    let (_, state) = shear::run::checkpoint::load(&interrupted, &candle_core::Device::Cpu).unwrap();
     assert!(logged < 8, "interrupted before the end");
-    assert_eq!(state["step"].as_u64(), Some(logged as u64), "the checkpoint holds every logged step");
+    assert_eq!(state.step, logged, "the checkpoint holds every logged step");
     assert!(stderr.contains("shear train --resume --out"), "{stderr}");
     let out = bin().args(["train", "--resume", "--out", s(&interrupted)]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

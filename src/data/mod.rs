@@ -3,6 +3,7 @@
 
 pub mod corpus;
 pub mod loader;
+pub mod mixture;
 pub mod reference;
 
 use std::path::Path;
@@ -15,7 +16,7 @@ use crate::io::{read_utf8, tokenizer::encode};
 use crate::rng::Rng;
 use corpus::Corpus;
 use loader::{DynamicLoader, LoaderState, UpdateRule};
-use serde_json::{json, Value};
+use mixture::{DomainValues, MixtureConfig, ProportionUpdate};
 
 pub struct TextData {
     pub train: Vec<u32>,
@@ -78,7 +79,8 @@ pub struct CorpusFeed {
 }
 
 impl CorpusFeed {
-    pub fn new(corpus: Corpus, proportions: &[f64], rule: UpdateRule, reference: Vec<f64>, seed: u64) -> Result<Self> {
+    pub fn new(corpus: Corpus, mixture: &MixtureConfig, seed: u64) -> Result<Self> {
+        let (rule, reference) = (mixture.update_rule, mixture.reference_losses.clone());
         if rule != UpdateRule::Constant && reference.len() != corpus.domains.len() {
             return Err(Error::Invalid(format!(
                 "the `{rule:?}` rule needs one reference loss per domain ({}), got {}",
@@ -92,7 +94,7 @@ impl CorpusFeed {
             )));
         }
         let sizes: Vec<usize> = (0..corpus.domains.len()).map(|d| corpus.sequences(true, d)).collect();
-        let loader = DynamicLoader::new(corpus.domains.clone(), &sizes, proportions, seed)?;
+        let loader = DynamicLoader::new(corpus.domains.clone(), &sizes, &mixture.proportions, seed)?;
         Ok(Self { corpus, loader, rule, reference })
     }
 
@@ -113,21 +115,19 @@ impl CorpusFeed {
     }
 
     /// Update the proportions from per-domain eval losses; returns the record for `evals.jsonl`.
-    pub fn update(&mut self, losses: &[f64]) -> Result<Value> {
+    pub fn update(&mut self, losses: &[f64]) -> Result<ProportionUpdate> {
         let before = self.loader.state.proportions.clone();
         if self.rule != UpdateRule::Constant {
             self.loader.update(self.rule, losses, &self.reference)?;
         }
-        let named = |v: &[f64]| -> serde_json::Map<String, Value> {
-            self.corpus.domains.iter().zip(v).map(|(d, x)| (d.clone(), Value::from(*x))).collect()
-        };
-        Ok(json!({
-            "eval_loss": named(losses),
-            "reference_loss": if self.reference.is_empty() { Value::Null } else { Value::Object(named(&self.reference)) },
-            "proportions_before": named(&before),
-            "proportions": named(&self.loader.state.proportions),
-            "rule": self.rule,
-        }))
+        let named = |v: &[f64]| DomainValues::named(&self.corpus.domains, v);
+        Ok(ProportionUpdate {
+            eval_loss: named(losses),
+            reference_loss: (!self.reference.is_empty()).then(|| named(&self.reference)),
+            proportions_before: named(&before),
+            proportions: named(&self.loader.state.proportions),
+            rule: self.rule,
+        })
     }
 
     /// Continue from a checkpoint's loader state, which must be this corpus's (same domains, in order).

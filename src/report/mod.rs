@@ -14,7 +14,7 @@ use crate::family::Family;
 use crate::io::hf::load_config;
 use crate::prune::hard_concrete as hc;
 use crate::prune::masks::{layouts, Deterministic, MaskSet};
-use crate::train::pruning::{load_log_alphas, read_run_spec};
+use crate::run::pruning::{load_log_alphas, read_spec};
 
 pub(crate) fn polars_err(e: PolarsError) -> Error {
     Error::Invalid(format!("building a table: {e}"))
@@ -22,7 +22,7 @@ pub(crate) fn polars_err(e: PolarsError) -> Error {
 
 /// The masks of a run at a snapshot (`None`: the newest), with the step they were saved at.
 pub fn run_masks(run: &Path, step: Option<usize>) -> Result<(usize, MaskSet)> {
-    let spec = read_run_spec(run)?;
+    let spec = read_spec(run)?;
     let cfg = load_config(&spec.source_model)?;
     let (n, log_alphas) = load_log_alphas(run, step)?;
     let masks = MaskSet::from_log_alphas(&cfg, &spec.target, log_alphas)?;

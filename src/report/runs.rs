@@ -9,7 +9,9 @@ use serde_json::Value;
 use super::polars_err;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::train::metrics::read_jsonl;
+use crate::run::jsonl::read_records;
+use crate::run::records::{PruneEvalRecord, PruneStepRecord, TrainEvalRecord, TrainStepRecord};
+use crate::run::{EVALS, METRICS};
 
 /// Every numeric top-level field of a JSONL log as an f64 column (missing values are null), in the order
 /// the fields first appear. Nested objects and arrays are left out.
@@ -34,60 +36,63 @@ fn numeric_frame(rows: &[Value]) -> Result<DataFrame> {
     DataFrame::new(rows.len(), columns).map_err(polars_err)
 }
 
-fn log(run: &Path, file: &str) -> Result<Vec<Value>> {
+/// A run's log as typed records (the shared schema of [`crate::run::records`]).
+fn log<T: serde::de::DeserializeOwned>(run: &Path, file: &str) -> Result<Vec<T>> {
     let path = run.join(file);
     if !path.exists() {
         return Err(Error::Invalid(format!("{}: no {file} (is this a run directory?)", run.display())));
     }
-    read_jsonl(&path)
+    read_records(&path)
 }
 
-/// A pruning run's per-step log: `step`, `lm_loss`, `lagrangian`, `expected_params`, and per family
-/// `<family>_expected_sparsity`, `<family>_target_sparsity`, `<family>_lambda1`, `<family>_lambda2`.
+/// Records as rows of their numeric fields.
+fn frame_of<T: serde::Serialize>(records: &[T]) -> Result<DataFrame> {
+    let rows: Vec<Value> = records.iter().map(|r| serde_json::to_value(r).expect("a record serializes")).collect();
+    numeric_frame(&rows)
+}
+
+/// A pruning run's per-step log ([`PruneStepRecord`]): `step`, `lm_loss`, `lagrangian`, `expected_params`,
+/// and per family `<family>_expected_sparsity`, `<family>_target_sparsity`, `<family>_lambda1`,
+/// `<family>_lambda2`, `<family>_kept_below_half`, ...
 pub fn prune_metrics(run: &Path) -> Result<DataFrame> {
-    numeric_frame(&log(run, "metrics.jsonl")?)
+    frame_of(&log::<PruneStepRecord>(run, METRICS)?)
 }
 
-/// A pruning run's evaluations of the deterministic masks: `step`, `eval_nll` and `deterministic_params` (target
-/// counts), `eval_nll_expected` and `expected_count_params` (expected counts).
+/// A pruning run's evaluations of the deterministic masks ([`PruneEvalRecord`]): `step`, `eval_nll` and
+/// `deterministic_params` (target counts), `eval_nll_expected` and `expected_count_params` (expected counts).
 pub fn prune_evals(run: &Path) -> Result<DataFrame> {
-    numeric_frame(&log(run, "evals.jsonl")?)
+    frame_of(&log::<PruneEvalRecord>(run, EVALS)?)
 }
 
-/// A continued pre-training run's per-step log: `step`, `loss`, `lr`, `grad_norm`, `tokens`,
-/// `tokens_per_s`, `seconds`.
+/// A continued pre-training run's per-step log ([`TrainStepRecord`]): `step`, `loss`, `lr`, `grad_norm`,
+/// `tokens`, `tokens_per_s`, `seconds`.
 pub fn train_metrics(run: &Path) -> Result<DataFrame> {
-    numeric_frame(&log(run, "metrics.jsonl")?)
+    frame_of(&log::<TrainStepRecord>(run, METRICS)?)
 }
 
 /// Per-domain evaluations in long form: `step`, `domain`, `eval_loss`, `reference_loss`, `excess`
 /// (eval − reference), `proportion` (after that eval's update). A row at step 0 carries the initial
 /// proportions (no losses).
 pub fn train_evals(run: &Path) -> Result<DataFrame> {
-    let rows = log(run, "evals.jsonl")?;
+    let rows: Vec<TrainEvalRecord> = log(run, EVALS)?;
     let (mut step, mut domain, mut loss, mut reference, mut proportion) = (vec![], vec![], vec![], vec![], vec![]);
-    let num = |v: &Value, key: &str, d: &str| v.get(key).and_then(|m| m.get(d)).and_then(Value::as_f64);
+    let reference_of = |r: &TrainEvalRecord, d: &str| r.mixture.reference_loss.as_ref().and_then(|v| v.get(d));
     if let Some(first) = rows.first() {
-        if let Some(Value::Object(before)) = first.get("proportions_before") {
-            for (d, p) in before {
-                step.push(0u32);
-                domain.push(d.clone());
-                loss.push(None);
-                reference.push(num(first, "reference_loss", d));
-                proportion.push(p.as_f64());
-            }
+        for (d, p) in &first.mixture.proportions_before.0 {
+            step.push(0u32);
+            domain.push(d.clone());
+            loss.push(None);
+            reference.push(reference_of(first, d));
+            proportion.push(Some(*p));
         }
     }
     for r in &rows {
-        let s = r.get("step").and_then(Value::as_u64).unwrap_or(0) as u32;
-        if let Some(Value::Object(losses)) = r.get("eval_loss") {
-            for d in losses.keys() {
-                step.push(s);
-                domain.push(d.clone());
-                loss.push(num(r, "eval_loss", d));
-                reference.push(num(r, "reference_loss", d));
-                proportion.push(num(r, "proportions", d));
-            }
+        for (d, l) in &r.mixture.eval_loss.0 {
+            step.push(r.step as u32);
+            domain.push(d.clone());
+            loss.push(Some(*l));
+            reference.push(reference_of(r, d));
+            proportion.push(r.mixture.proportions.get(d));
         }
     }
     let excess: Vec<Option<f64>> = loss.iter().zip(&reference).map(|(l, r)| Some((*l)? - (*r)?)).collect();

@@ -312,7 +312,7 @@ pub fn train_loss_chart(metrics: &DataFrame, title: &str) -> Result<Svg> {
 /// Every chart of a run directory (pruning or continued pre-training), named for files. `step` picks a
 /// pruning run's mask snapshot (`None`: the newest).
 pub fn run_charts(run: &Path, step: Option<usize>) -> Result<Vec<(String, Svg)>> {
-    let spec: serde_json::Value = crate::train::run::read_spec(run)?;
+    let spec: serde_json::Value = crate::run::read_spec(run)?;
     let mut out = vec![];
     if spec.get("target").is_some() {
         let metrics = prune_metrics(run)?;

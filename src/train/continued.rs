@@ -2,142 +2,154 @@
 //!
 //! One step draws `batch_size × grad_accum` sequences (each sample's domain drawn from the current
 //! proportions), accumulates gradients over the micro-batches, clips the global norm and takes an AdamW
-//! step under a cosine-with-warmup schedule. Every `eval_interval` steps each domain's eval loss is
-//! measured and the proportions are updated from the gap to the reference losses. A run directory holds
-//! `run.json`, `metrics.jsonl` (per step), `evals.jsonl` (per eval) and `checkpoint/` (weights, AdamW
-//! moments, step, loader state with its RNG and cursors), so a killed run resumes bit-for-bit. With
-//! `save_only_model` the checkpoint leaves out the moments: it can be exported, not resumed.
+//! step under a cosine-with-warmup schedule. At each eval every domain's eval loss is measured and the
+//! proportions are updated from the gap to the reference losses. The checkpoint holds the weights, the
+//! AdamW moments, the step and the loader state with its RNG and cursors, so a killed run resumes
+//! bit-for-bit; with `save_only_model` it leaves out the moments and can be exported, not resumed. The
+//! run directory is [`crate::run::training`]'s.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Var};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use candle_core::{DType, Device, Tensor, Var};
 
-use super::checkpoint;
+use super::driver::{drive, Cadence, Stage};
 use super::optim::{AdamW, AdamWConfig, CosineSchedule};
-use super::run::{read_spec, RunLogs, RunSummary};
-use super::step::{accumulate, check_batch, check_loss, check_rates, check_steps, micro_batch, update};
+use super::step::{accumulate, check_loss, micro_batch, update, Backward};
 use crate::config::LlamaConfig;
 use crate::data::corpus::Corpus;
-use crate::data::loader::{LoaderState, UpdateRule};
+use crate::data::mixture::DomainValues;
 use crate::data::CorpusFeed;
 use crate::error::{Error, Result};
 use crate::eval::evaluate_corpus;
 use crate::model::{trainable, Llama, TensorMap};
+use crate::run::checkpoint::{self, CheckpointState, OptimizerSteps};
+use crate::run::records::{TrainEvalRecord, TrainStepRecord};
+use crate::run::training::{TrainConfig, TrainSpec};
+use crate::run::{RunLogs, RunSummary};
 
-/// RedPajama's proportions, the reference's initial mixture (docs/method.md §6).
-pub const REDPAJAMA_PROPORTIONS: [(&str, f64); 7] = [
-    ("cc", 0.67),
-    ("github", 0.045),
-    ("book", 0.045),
-    ("stackexchange", 0.02),
-    ("wiki", 0.045),
-    ("arxiv", 0.025),
-    ("c4", 0.15),
-];
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TrainConfig {
-    pub steps: usize,
-    /// Sequences per micro-batch.
-    pub batch_size: usize,
-    /// Micro-batches per optimizer step.
-    pub grad_accum: usize,
-    pub lr: f64,
-    pub warmup_steps: usize,
-    pub alpha_f: f64,
-    pub max_grad_norm: f64,
-    pub weight_decay: f64,
-    pub eval_interval: usize,
-    /// Eval sequences per domain at each eval.
-    pub eval_sequences: usize,
-    pub checkpoint_interval: usize,
-    /// Checkpoints hold the weights but not the AdamW moments (a third of the size); such a run can be
-    /// exported but not resumed.
-    #[serde(default)]
-    pub save_only_model: bool,
-    pub seed: u64,
-    /// Compute forward and backward in bf16 (weights and optimizer state stay f32).
-    pub bf16: bool,
-    pub update_rule: UpdateRule,
-    /// Initial proportions, in the corpus's domain order.
-    pub proportions: Vec<f64>,
-    /// Reference losses, in the corpus's domain order (unused by `constant`).
-    pub reference_losses: Vec<f64>,
+/// What `on_step` sees: the step's `metrics.jsonl` line, and on eval steps its `evals.jsonl` line.
+pub struct TrainProgress {
+    pub metrics: TrainStepRecord,
+    pub eval: Option<TrainEvalRecord>,
 }
 
-impl TrainConfig {
-    /// The paper's continued pre-training recipe scaled to `steps`: LR 1e-4, warm-up 3%, cosine to 10%.
-    pub fn for_steps(steps: usize, domains: &[String]) -> Self {
-        let proportions = domains
-            .iter()
-            .map(|d| REDPAJAMA_PROPORTIONS.iter().find(|(n, _)| n == d).map(|(_, p)| *p).unwrap_or(1.0 / 7.0))
-            .collect();
-        Self {
-            steps,
-            batch_size: 4,
-            grad_accum: 1,
-            lr: 1e-4,
-            warmup_steps: (steps * 3).div_ceil(100),
-            alpha_f: 0.1,
-            max_grad_norm: 1.0,
-            weight_decay: 0.0,
-            eval_interval: 50,
-            eval_sequences: 16,
-            checkpoint_interval: 50,
-            save_only_model: false,
-            seed: 17,
-            bf16: false,
-            update_rule: UpdateRule::Doremi,
-            proportions,
-            reference_losses: vec![],
-        }
-    }
-
-    /// Sizes and rates that could not train, checked before any work (they may come from `run.json`).
-    pub fn validate(&self) -> Result<()> {
-        check_steps(self.steps)?;
-        check_batch(self.batch_size, self.grad_accum)?;
-        check_rates(&[
-            ("lr", self.lr),
-            ("alpha_f", self.alpha_f),
-            ("max_grad_norm", self.max_grad_norm),
-            ("weight_decay", self.weight_decay),
-        ])
-    }
-}
-
-/// What a run was asked to do (`run.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainSpec {
-    pub model: PathBuf,
-    pub data: PathBuf,
-    pub domains: Vec<String>,
-    pub config: TrainConfig,
-}
-
-pub fn read_train_spec(run: &Path) -> Result<TrainSpec> {
-    read_spec(run)
-}
-
-pub struct StepReport<'a> {
-    pub step: usize,
-    pub loss: f64,
-    pub tokens_per_s: f64,
-    /// Per-domain eval losses and the proportions after the update, on eval steps.
-    pub eval: Option<(&'a [f64], &'a [f64])>,
-}
-
-struct State {
+/// Everything trained in a continued pre-training run, and its optimizer step (shared by [`train`] and
+/// the same shape as [`super::pruning::Pruner`]).
+pub struct Trainer {
     vars: BTreeMap<String, Var>,
+    /// Every var, in the order the gradient norm is taken over.
+    all_vars: Vec<Var>,
+    cfg: LlamaConfig,
+    /// In f32 the model holds the vars themselves; a bf16 model is a fresh copy every step.
+    f32_model: Option<Llama>,
+    compute: DType,
     optimizer: AdamW,
-    feed: CorpusFeed,
+    schedule: CosineSchedule,
+    max_grad_norm: f64,
+    backward: Backward,
     step: usize,
+}
+
+/// What one training step did.
+pub struct TrainStep {
+    /// Per-sample mean losses, in batch order.
+    pub losses: Vec<f32>,
+    pub grad_norm: f64,
+    pub lr_factor: f64,
+}
+
+impl Trainer {
+    /// The model's weights as trainable vars, fresh AdamW state.
+    pub fn new(cfg: &LlamaConfig, weights: TensorMap, c: &TrainConfig) -> Result<Self> {
+        let (vars, _) = trainable(weights)?;
+        let params: Vec<(String, Var)> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let adam = AdamWConfig { weight_decay: c.weight_decay, ..AdamWConfig::sheared(c.lr) };
+        let compute = if c.bf16 { DType::BF16 } else { DType::F32 };
+        let f32_model = if c.bf16 { None } else { Some(model_of(cfg, &vars, DType::F32, false)?) };
+        // The hand-written backward needs f32 weights on the CPU; a bf16 run always takes autograd.
+        let backward = f32_model.as_ref().map(Backward::for_model).unwrap_or(Backward::Autograd);
+        Ok(Self {
+            all_vars: vars.values().cloned().collect(),
+            vars,
+            cfg: cfg.clone(),
+            f32_model,
+            compute,
+            optimizer: AdamW::new("weights", adam, params)?,
+            schedule: CosineSchedule { warmup: c.warmup_steps, total: c.steps, alpha_f: c.alpha_f },
+            max_grad_norm: c.max_grad_norm,
+            backward,
+            step: 0,
+        })
+    }
+
+    /// One optimizer step on `batch: [n, seq]`, split into micro-batches of `micro` sequences: the
+    /// gradients of the batch's mean loss accumulated over them, the global norm clipped, AdamW stepped.
+    pub fn step(&mut self, batch: &Tensor, micro: usize) -> Result<TrainStep> {
+        let n_samples = batch.dim(0)?;
+        let bf16_model;
+        let model = match &self.f32_model {
+            Some(m) => m,
+            None => {
+                bf16_model = model_of(&self.cfg, &self.vars, self.compute, false)?;
+                &bf16_model
+            }
+        };
+        let mut acc: Option<GradStore> = None;
+        let mut losses = Vec::with_capacity(n_samples);
+        for start in (0..n_samples).step_by(micro) {
+            let ids = batch.narrow(0, start, micro.min(n_samples - start))?;
+            let (values, grads) = micro_batch(model, self.backward, &ids, n_samples)?;
+            if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+                check_loss(*bad as f64, self.step + 1, "--lr")?;
+            }
+            losses.extend(values);
+            acc = Some(accumulate(acc, grads, &self.all_vars)?);
+        }
+        let grads = acc.expect("at least one micro-batch");
+        let lr_factor = self.schedule.factor(self.step);
+        let opt = std::slice::from_mut(&mut self.optimizer);
+        let grad_norm = update(opt, &grads, &self.all_vars, lr_factor, self.max_grad_norm)?;
+        self.step += 1;
+        Ok(TrainStep { losses, grad_norm, lr_factor })
+    }
+
+    /// An inference-only copy of the current weights, in f32.
+    pub fn eval_model(&self) -> Result<Llama> {
+        model_of(&self.cfg, &self.vars, DType::F32, true)
+    }
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    /// Checkpoint into `run`: weights, the loader's state and (unless `model_only`) the AdamW moments.
+    pub fn save(&self, run: &Path, feed: &CorpusFeed, model_only: bool) -> Result<()> {
+        let weights = self.vars.iter().map(|(k, v)| (format!("weights.{k}"), v.as_tensor().clone())).collect();
+        let state = CheckpointState {
+            step: self.step,
+            rng: None,
+            optimizer_steps: OptimizerSteps::PerOptimizer(vec![self.optimizer.steps]),
+            loader: Some(feed.loader.state.clone()),
+            model_only,
+        };
+        checkpoint::save_run(run, weights, &state, |t| self.optimizer.save_moments(t, ""))
+    }
+
+    /// Continue from `run`'s checkpoint, in a run of `steps` steps.
+    pub fn restore(&mut self, run: &Path, device: &Device, feed: &mut CorpusFeed, steps: usize) -> Result<()> {
+        let (t, state) = checkpoint::load(run, device)?;
+        for (k, v) in &self.vars {
+            checkpoint::restore_var(&t, &format!("weights.{k}"), v, run)?;
+        }
+        self.step = state.checked_step(run, steps, 1)?;
+        self.optimizer.restore_moments(&t, "", self.step)?;
+        let bad = |msg: String| checkpoint::corrupt(run, format!("checkpoint {msg}"));
+        let loader = state.loader.ok_or_else(|| bad("state has no `loader`".into()))?;
+        feed.restore(loader).map_err(|e| bad(e.to_string()))
+    }
 }
 
 /// A model over the current values of `vars`, in `dtype` (a bf16 copy stays connected to the f32 vars
@@ -159,7 +171,7 @@ pub fn train(
     weights: TensorMap,
     corpus: Corpus,
     resume: bool,
-    mut on_step: impl FnMut(&StepReport) -> ControlFlow<()>,
+    on_step: impl FnMut(&TrainProgress) -> ControlFlow<()>,
 ) -> Result<RunSummary> {
     let c = &spec.config;
     let k = corpus.domains.len();
@@ -169,8 +181,8 @@ pub fn train(
             spec.domains, corpus.domains
         )));
     }
-    if c.proportions.len() != k {
-        return Err(Error::Invalid(format!("{} initial proportions for {k} domains", c.proportions.len())));
+    if c.mixture.proportions.len() != k {
+        return Err(Error::Invalid(format!("{} initial proportions for {k} domains", c.mixture.proportions.len())));
     }
     c.validate()?;
     corpus.check_vocab(cfg.vocab_size)?;
@@ -178,144 +190,90 @@ pub fn train(
         checkpoint::ensure_resumable(run)?;
     }
     let device = weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
-    let (vars, _) = trainable(weights)?;
-    let params: Vec<(String, Var)> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let adam = AdamWConfig { weight_decay: c.weight_decay, ..AdamWConfig::sheared(c.lr) };
-    let feed = CorpusFeed::new(corpus, &c.proportions, c.update_rule, c.reference_losses.clone(), c.seed)?;
-    let mut st = State { optimizer: AdamW::new("weights", adam, params)?, feed, vars, step: 0 };
+    let mut trainer = Trainer::new(cfg, weights, c)?;
+    let mut feed = CorpusFeed::new(corpus, &c.mixture, c.seed)?;
     if resume {
-        restore(run, &mut st, &device, c.steps)?;
+        trainer.restore(run, &device, &mut feed, c.steps)?;
     }
-    let mut logs = RunLogs::open(run, spec, resume.then_some(st.step))?;
-    let compute = if c.bf16 { DType::BF16 } else { DType::F32 };
-    let schedule = CosineSchedule { warmup: c.warmup_steps, total: c.steps, alpha_f: c.alpha_f };
-    let all_vars: Vec<Var> = st.vars.values().cloned().collect();
-    let seq = st.feed.corpus.seq_len();
-    let domains = st.feed.corpus.domains.clone();
-    // In f32 the model can hold the vars themselves; a bf16 model is a fresh copy every step.
-    let f32_model = if c.bf16 { None } else { Some(model_of(cfg, &st.vars, DType::F32, false)?) };
+    let logs = RunLogs::open(run, spec, resume.then_some(trainer.step))?;
+    let mut stage = TrainingStage { trainer, feed, c, device };
+    let cadence =
+        Cadence { steps: c.steps, eval_interval: c.eval_interval, checkpoint_interval: c.checkpoint_interval };
+    drive(&mut stage, run, logs, cadence, on_step)
+}
 
-    while st.step < c.steps {
+/// A continued pre-training run in progress: the [`Trainer`] and its corpus.
+struct TrainingStage<'a> {
+    trainer: Trainer,
+    feed: CorpusFeed,
+    c: &'a TrainConfig,
+    device: Device,
+}
+
+impl Stage for TrainingStage<'_> {
+    type Progress = TrainProgress;
+
+    fn steps_done(&self) -> usize {
+        self.trainer.step
+    }
+    fn backward(&self) -> Backward {
+        self.trainer.backward
+    }
+
+    fn step(&mut self, logs: &mut RunLogs) -> Result<TrainProgress> {
+        let c = self.c;
         let t0 = Instant::now();
         let n_samples = c.batch_size * c.grad_accum;
-        let (batch, sample_domains) = st.feed.next_batch(n_samples, &device)?;
-        let bf16_model;
-        let model = match &f32_model {
-            Some(m) => m,
-            None => {
-                bf16_model = model_of(cfg, &st.vars, compute, false)?;
-                &bf16_model
-            }
-        };
-        let mut acc: Option<GradStore> = None;
-        let mut domain_loss = vec![(0f64, 0usize); k];
-        for (m, micro) in sample_domains.chunks(c.batch_size).enumerate() {
-            let ids = batch.narrow(0, m * c.batch_size, micro.len())?;
-            let (values, grads) = micro_batch(model, &ids, n_samples)?;
-            if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-                check_loss(*bad as f64, st.step + 1, "--lr")?;
-            }
-            for (&d, v) in micro.iter().zip(&values) {
-                domain_loss[d].0 += *v as f64;
-                domain_loss[d].1 += 1;
-            }
-            acc = Some(accumulate(acc, grads, &all_vars)?);
+        let (batch, sample_domains) = self.feed.next_batch(n_samples, &self.device)?;
+        let TrainStep { losses, grad_norm, lr_factor } = self.trainer.step(&batch, c.batch_size)?;
+        let domains = &self.feed.corpus.domains;
+        let mut domain_loss = vec![(0f64, 0usize); domains.len()];
+        for (&d, &v) in sample_domains.iter().zip(&losses) {
+            domain_loss[d].0 += v as f64;
+            domain_loss[d].1 += 1;
         }
-        let grads = acc.expect("at least one micro-batch");
-        let factor = schedule.factor(st.step);
-        let norm = update(std::slice::from_mut(&mut st.optimizer), &grads, &all_vars, factor, c.max_grad_norm)?;
-        st.step += 1;
-
         let loss = domain_loss.iter().map(|(s, _)| s).sum::<f64>() / n_samples as f64;
         let seconds = t0.elapsed().as_secs_f64();
-        let tokens = n_samples * seq;
-        let mut m = Map::new();
-        m.insert("step".into(), st.step.into());
-        m.insert("loss".into(), loss.into());
-        // Only domains that appeared in this batch have a train loss (never 0/0).
-        let mut per_domain = Map::new();
-        for (d, (sum, n)) in domain_loss.iter().enumerate() {
-            if *n > 0 {
-                per_domain.insert(domains[d].clone(), (sum / *n as f64).into());
-            }
-        }
-        m.insert("domain_loss".into(), Value::Object(per_domain));
-        m.insert("lr".into(), (c.lr * factor).into());
-        m.insert("grad_norm".into(), norm.into());
-        m.insert("tokens".into(), (st.step * tokens).into());
-        m.insert("proportions".into(), json!(st.feed.loader.state.proportions));
-        // Cumulative wrap-arounds per domain: repeated data is visible, never silent.
-        m.insert("wraps".into(), json!(st.feed.loader.state.wraps));
-        m.insert("seconds".into(), seconds.into());
-        m.insert("tokens_per_s".into(), (tokens as f64 / seconds).into());
-        logs.metrics.write(&Value::Object(m))?;
-
-        let last = st.step == c.steps;
-        let mut eval_losses = None;
-        if c.eval_interval > 0 && (st.step.is_multiple_of(c.eval_interval) || last) {
-            let eval_model = model_of(cfg, &st.vars, DType::F32, true)?;
-            let rows = evaluate_corpus(
-                &eval_model,
-                &st.feed.corpus,
-                Some(c.eval_sequences),
-                c.batch_size,
-                None,
-                |_, _, _| {},
-            )?;
-            let losses: Vec<f64> = rows.iter().map(|r| r.mean_nll).collect();
-            let mut record = st.feed.update(&losses)?;
-            record["step"] = st.step.into();
-            logs.evals.write(&record)?;
-            eval_losses = Some(losses);
-        }
-        let props = st.feed.loader.state.proportions.clone();
-        let report = StepReport {
-            step: st.step,
+        let tokens = n_samples * self.feed.corpus.seq_len();
+        let step = self.trainer.step;
+        let state = &self.feed.loader.state;
+        let metrics = TrainStepRecord {
+            step,
             loss,
+            // Only domains that appeared in this batch have a train loss (never 0/0).
+            domain_loss: DomainValues(
+                domains
+                    .iter()
+                    .zip(&domain_loss)
+                    .filter(|(_, (_, n))| *n > 0)
+                    .map(|(d, (sum, n))| (d.clone(), sum / *n as f64))
+                    .collect(),
+            ),
+            lr: c.lr * lr_factor,
+            grad_norm,
+            tokens: step * tokens,
+            proportions: state.proportions.clone(),
+            wraps: state.wraps.clone(),
+            seconds,
             tokens_per_s: tokens as f64 / seconds,
-            eval: eval_losses.as_deref().map(|l| (l, props.as_slice())),
         };
-        let stop = on_step(&report).is_break();
-        if last || stop || (c.checkpoint_interval > 0 && st.step.is_multiple_of(c.checkpoint_interval)) {
-            save(run, &st, c.save_only_model)?;
-        }
-        if stop {
-            break;
-        }
+        logs.metrics.write(&metrics)?;
+        Ok(TrainProgress { metrics, eval: None })
     }
-    Ok(logs.summary(st.step))
-}
 
-fn save(run: &Path, st: &State, model_only: bool) -> Result<()> {
-    let weights = st.vars.iter().map(|(k, v)| (format!("weights.{k}"), v.as_tensor().clone())).collect();
-    let state = json!({"step": st.step, "optimizer_steps": st.optimizer.steps, "loader": st.feed.loader.state});
-    checkpoint::save_run(run, weights, state, model_only, |t| st.optimizer.save_moments(t, ""))
-}
-
-fn restore(run: &Path, st: &mut State, device: &Device, steps: usize) -> Result<()> {
-    let (t, state) = checkpoint::load(run, device)?;
-    for (k, v) in &st.vars {
-        checkpoint::restore_var(&t, &format!("weights.{k}"), v, run)?;
+    fn evaluate(&mut self, progress: &mut TrainProgress, logs: &mut RunLogs) -> Result<()> {
+        let c = self.c;
+        let model = self.trainer.eval_model()?;
+        let rows =
+            evaluate_corpus(&model, &self.feed.corpus, Some(c.eval_sequences), c.batch_size, None, |_, _, _| {})?;
+        let losses: Vec<f64> = rows.iter().map(|r| r.mean_nll).collect();
+        let record = TrainEvalRecord { mixture: self.feed.update(&losses)?, step: self.trainer.step };
+        logs.evals.write(&record)?;
+        progress.eval = Some(record);
+        Ok(())
     }
-    st.step = checkpoint::step_of(&state, run, steps)?;
-    let bad = |msg: String| checkpoint::corrupt(run, format!("checkpoint {msg}"));
-    let optimizer_steps = state["optimizer_steps"].as_u64().ok_or_else(|| bad("lacks `optimizer_steps`".into()))?;
-    if optimizer_steps != st.step as u64 {
-        return Err(bad(format!("optimizer_steps {optimizer_steps} differs from its step {}", st.step)));
-    }
-    st.optimizer.restore_moments(&t, "", st.step)?;
-    let loader: LoaderState =
-        serde_json::from_value(state["loader"].clone()).map_err(|e| bad(format!("loader state: {e}")))?;
-    st.feed.restore(loader).map_err(|e| bad(e.to_string()))
-}
 
-/// Export the latest checkpoint of a training run as an HF directory (tokenizer copied from the model).
-pub fn export_run(run: &Path, out: &Path) -> Result<PathBuf> {
-    crate::io::check_writable_destination(out)?;
-    let spec = read_train_spec(run)?;
-    let cfg = crate::io::hf::load_config(&spec.model)?;
-    let (t, _) = checkpoint::load(run, &Device::Cpu)?;
-    let weights = checkpoint::take_prefixed(&t, "weights");
-    let opts = crate::io::SaveOptions { companions_from: Some(spec.model.clone()), ..Default::default() };
-    crate::io::save_model(out, &cfg, &weights, &opts)
+    fn checkpoint(&self, run: &Path) -> Result<()> {
+        self.trainer.save(run, &self.feed, self.c.save_only_model)
+    }
 }

@@ -7,39 +7,7 @@ use candle_core::{Tensor, Var};
 use super::optim::{clip_factor, global_grad_norm, AdamW};
 use crate::error::{Error, Result};
 use crate::model::{nll_from_logits, Kernels, Llama};
-
-/// The most sequences in a micro-batch, and micro-batches in a step: far beyond what fits on any one
-/// device at these model sizes, low enough that a corrupt `run.json` cannot ask for a 2^31-row batch.
-pub const MAX_BATCH: usize = 1 << 16;
-
-/// A run of no steps would write nothing to resume, materialize or export.
-pub fn check_steps(steps: usize) -> Result<()> {
-    if steps == 0 {
-        return Err(Error::Invalid("--steps must be at least 1".into()));
-    }
-    Ok(())
-}
-
-/// Batch sizes that leave nothing to train on, or that no device could hold, refused before any work starts.
-pub fn check_batch(batch_size: usize, grad_accum: usize) -> Result<()> {
-    if batch_size == 0 || grad_accum == 0 {
-        return Err(Error::Invalid("batch size and gradient accumulation must be positive".into()));
-    }
-    if batch_size > MAX_BATCH || grad_accum > MAX_BATCH {
-        return Err(Error::Invalid(format!(
-            "batch size {batch_size} x gradient accumulation {grad_accum}: each must be at most {MAX_BATCH}"
-        )));
-    }
-    Ok(())
-}
-
-/// Learning rates, clipping norms, decays and the like: finite and non-negative (`name` = `value`).
-pub fn check_rates(rates: &[(&str, f64)]) -> Result<()> {
-    match rates.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
-        Some((name, v)) => Err(Error::Invalid(format!("{name} is {v}; it must be finite and >= 0"))),
-        None => Ok(()),
-    }
-}
+use crate::run::checks::check_seq_len;
 
 /// A non-finite loss stops the run. At step 1 nothing has been updated yet, so the model or its data are
 /// at fault, not the learning rate; later, the usual cause is a step too large (`lr_flags` to lower).
@@ -56,27 +24,39 @@ pub fn check_loss(loss: f64, step: usize, lr_flags: &str) -> Result<()> {
     Err(Error::Invalid(format!("non-finite loss ({loss}) at step {step}; lower {lr_flags}")))
 }
 
-/// A sequence predicts its tokens from the ones before: it needs two at least.
-pub fn check_seq_len(seq: usize) -> Result<()> {
-    if seq < 2 {
-        return Err(Error::Invalid(format!("a training sequence needs at least 2 tokens, got {seq}")));
+/// How a step's gradients are computed: decided once, when a stage is built, and logged once per run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backward {
+    /// The model's hand-written backward ([`Llama::lm_loss_grads`], masks included): f32 on the CPU.
+    Hand,
+    /// candle's autograd through the training path's ops: other devices and dtypes.
+    Autograd,
+}
+
+impl Backward {
+    pub fn for_model(model: &Llama) -> Self {
+        if model.hand_backward_applies() {
+            Backward::Hand
+        } else {
+            Backward::Autograd
+        }
     }
-    if seq > crate::config::LIMITS.positions {
-        return Err(Error::Invalid(format!(
-            "a sequence of {seq} tokens is longer than any model's context (at most {})",
-            crate::config::LIMITS.positions
-        )));
+}
+
+impl std::fmt::Display for Backward {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Backward::Hand => "hand-written (f32 on the CPU)",
+            Backward::Autograd => "candle autograd",
+        })
     }
-    Ok(())
 }
 
 /// Forward and backward of one micro-batch `ids: [b, seq]` (positions `0..seq-1` predict `1..seq`).
 /// The loss differentiated is `Σ per-sample mean NLL / n_samples`, so gradients summed over the
 /// micro-batches of a step are those of the step's mean loss. Returns the per-sample losses and gradients.
-/// On the CPU in f32 the backward is the model's hand-written one ([`Llama::lm_loss_grads`]); elsewhere
-/// candle's autograd.
-pub fn micro_batch(model: &Llama, ids: &Tensor, n_samples: usize) -> Result<(Vec<f32>, GradStore)> {
-    if model.hand_backward_applies() {
+pub fn micro_batch(model: &Llama, backward: Backward, ids: &Tensor, n_samples: usize) -> Result<(Vec<f32>, GradStore)> {
+    if backward == Backward::Hand {
         let out = model.lm_loss_grads(ids, n_samples, None)?;
         return Ok((out.per_sample, out.weights));
     }

@@ -67,6 +67,32 @@ impl MixtureArgs {
     pub fn any_reference(&self) -> bool {
         self.reference_losses.is_some() || self.reference_model.is_some() || self.reference_scaling.is_some()
     }
+
+    /// The mixture these flags ask for on `corpus`: the update rule, the initial proportions (default:
+    /// RedPajama's) and, for a dynamic rule, the reference losses from the flags or else from
+    /// `default_reference` (evaluated with `budget`, on `cpu` if asked).
+    pub fn resolve(
+        &self,
+        corpus: &shear::data::corpus::Corpus,
+        cfg: &shear::LlamaConfig,
+        budget: shear::data::reference::EvalBudget,
+        cpu: bool,
+        default_reference: impl FnOnce() -> Result<Vec<f64>>,
+    ) -> Result<shear::data::mixture::MixtureConfig> {
+        use shear::data::loader::UpdateRule;
+        let mut mixture = shear::data::mixture::MixtureConfig::redpajama(&corpus.domains, self.update.parse()?);
+        if let Some(p) = &self.proportions {
+            mixture.proportions = parse_domain_map(p, &corpus.domains, "--proportions")?;
+        }
+        if mixture.update_rule != UpdateRule::Constant {
+            mixture.reference_losses = if self.any_reference() {
+                reference_losses(self, corpus, cfg, budget, cpu)?
+            } else {
+                default_reference()?
+            };
+        }
+        Ok(mixture)
+    }
 }
 
 pub fn corpus_build(a: CorpusBuildArgs) -> Result<()> {
@@ -138,24 +164,20 @@ pub fn parse_domain_map(text: &str, domains: &[String], what: &str) -> Result<Ve
 
 /// The reference losses the mixture flags ask for (`--reference-losses`, `--reference-scaling` at `cfg`'s
 /// parameter count, or `--reference-model`), resolved by the library.
-pub fn reference_losses(
+fn reference_losses(
     a: &MixtureArgs,
     corpus: &shear::data::corpus::Corpus,
     cfg: &shear::LlamaConfig,
-    eval_sequences: usize,
-    batch_size: usize,
+    budget: shear::data::reference::EvalBudget,
     cpu: bool,
 ) -> Result<Vec<f64>> {
-    use shear::data::reference::{resolve, EvalBudget, ReferenceSource};
+    use shear::data::reference::{resolve, ReferenceSource};
     let device = shear::device(cpu)?;
     let source = match (&a.reference_losses, &a.reference_scaling, &a.reference_model) {
         (Some(f), _, _) => ReferenceSource::File(f),
         (_, Some(f), _) => ReferenceSource::ScalingLaw { file: f, params: cfg.param_counts().total() },
         (_, _, Some(dir)) => ReferenceSource::ModelDir { dir, device: &device },
-        _ => bail!(
-            "the `{}` update needs reference losses: --reference-model, --reference-losses or --reference-scaling",
-            a.update
-        ),
+        _ => bail!("no reference-loss flag given"),
     };
-    Ok(resolve(source, corpus, EvalBudget { sequences_per_domain: eval_sequences, batch_size })?)
+    Ok(resolve(source, corpus, budget)?)
 }

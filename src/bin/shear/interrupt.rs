@@ -1,7 +1,7 @@
 //! Ctrl-C (SIGINT) or SIGTERM during `shear prune` / `shear train`: the run finishes the step it is in,
 //! writes a checkpoint and exits with status 130, so that `--resume` continues without losing a step (with
 //! `--save-only-model` the saved model is all there is: such a run cannot be resumed). A second signal ends
-//! the process at once; the checkpoint rotation (`shear::train::checkpoint`) keeps the previous checkpoint
+//! the process at once; the checkpoint rotation (`shear::run::checkpoint`) keeps the previous checkpoint
 //! complete even then.
 
 use std::ops::ControlFlow;

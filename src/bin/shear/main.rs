@@ -14,6 +14,7 @@ mod bench;
 mod data;
 mod interrupt;
 mod model;
+mod overrides;
 mod progress;
 mod prune;
 mod train;
@@ -115,7 +116,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => report_cmd(a),
         Command::Train(a) => train_cmd(a),
         Command::Export(a) => {
-            let out = shear::train::continued::export_run(&a.run, &a.out)?;
+            let out = shear::run::training::export(&a.run, &a.out)?;
             info!("wrote {}", out.display());
             Ok(())
         }

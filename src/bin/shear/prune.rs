@@ -8,8 +8,9 @@ use tracing::info;
 
 use shear::io::{self, hf};
 
-use crate::data::{parse_domain_map, reference_losses, MixtureArgs};
+use crate::data::MixtureArgs;
 use crate::interrupt::StopRequest;
+use crate::overrides::{refuse_on_resume, PruneOverrides};
 use crate::progress::Progress;
 
 #[derive(Args)]
@@ -36,52 +37,11 @@ pub struct PruneArgs {
     /// Optimizer steps.
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Sequences per micro-batch (one forward and one mask sample each).
-    #[arg(long, default_value_t = 4)]
-    pub batch_size: usize,
-    /// Micro-batches per optimizer step (gradient accumulation; a fresh mask sample for each).
-    #[arg(long, default_value_t = 1)]
-    pub grad_accum: usize,
-    #[arg(long, default_value_t = 256)]
-    pub seq_len: usize,
-    /// Learning rate of the model weights.
-    #[arg(long, default_value_t = 1e-4)]
-    pub lr: f64,
-    /// Learning rate of the mask log-alphas.
-    #[arg(long, default_value_t = 1.0)]
-    pub mask_lr: f64,
-    /// Learning rate of the Lagrange multipliers (gradient ascent).
-    #[arg(long, default_value_t = 1.0)]
-    pub lambda_lr: f64,
-    /// LR warm-up steps (default: 10% of --steps, but at least min(50%, 80 steps): the min-max's start-up
-    /// transient at full learning rate wrecks the sampled masks of a short run).
-    #[arg(long)]
-    pub lr_warmup_steps: Option<usize>,
-    /// Steps over which the target sparsity rises linearly from 0 (default: max(20%, min(50%, 640 steps)) of
-    /// --steps, and at least 100 steps or the whole run; shorter warm-ups let the sparsity oscillate around
-    /// the target).
-    #[arg(long)]
-    pub lagrangian_warmup_steps: Option<usize>,
-    /// Evaluate the deterministic masks (target counts, and expected counts beside) and save them every N
-    /// steps.
-    #[arg(long, default_value_t = 50)]
-    pub eval_interval: usize,
-    /// Held-out tokens per evaluation.
-    #[arg(long, default_value_t = 8192)]
-    pub eval_tokens: usize,
-    /// Fraction of the data's tokens held out for evaluation.
+    #[command(flatten)]
+    pub hyper: PruneOverrides,
+    /// Fraction of a text file's tokens held out for evaluation.
     #[arg(long, default_value_t = 0.05)]
     pub eval_fraction: f64,
-    #[arg(long, default_value_t = 100)]
-    pub checkpoint_interval: usize,
-    /// Checkpoints without the AdamW moments: a third of the disk (pruning SmolLM2-135M: 0.54 GB instead of
-    /// 1.6 GB), but the run can then not be resumed (like transformers' `save_only_model`).
-    #[arg(long)]
-    pub save_only_model: bool,
-    #[arg(long, default_value_t = 17)]
-    pub seed: u64,
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f64,
     /// Run on the CPU even when a CUDA GPU is available.
     #[arg(long)]
     pub cpu: bool,
@@ -121,40 +81,26 @@ pub struct ReportArgs {
 }
 
 pub fn prune_cmd(a: PruneArgs) -> Result<()> {
-    use shear::train::pruning::{self, PruneConfig, RunSpec};
+    use shear::run::pruning::{self as run, PruneConfig, PruneSpec};
+    use shear::train::pruning::{self, PruneData};
     let device = shear::device(a.cpu)?;
-    let spec = if a.resume {
-        let mut spec = pruning::read_run_spec(&a.out).context("--resume needs an existing run in --out")?;
-        shear::train::checkpoint::ensure_resumable(&a.out)?;
+    let mut spec = if a.resume {
+        refuse_on_resume(a.hyper.given())?;
+        let mut spec = run::read_spec(&a.out).context("--resume needs an existing run in --out")?;
+        shear::run::checkpoint::ensure_resumable(&a.out)?;
         if let Some(s) = a.steps {
             spec.config.steps = s;
         }
         spec
     } else {
-        let (model, target, data) = (a.model.unwrap(), a.target.unwrap(), a.data.unwrap());
+        let (model, target, data) = (a.model.clone().unwrap(), a.target.clone().unwrap(), a.data.clone().unwrap());
         io::check_writable_destination(&a.out)?;
-        let steps = a.steps.context("--steps is required")?;
+        let mut config = PruneConfig::for_steps(a.steps.context("--steps is required")?);
+        a.hyper.apply(&mut config);
         let target = shear::prune::TargetShape::load(&target)?;
-        let mut config = PruneConfig::for_steps(steps);
-        config.batch_size = a.batch_size;
-        config.grad_accum = a.grad_accum;
-        config.seq_len = a.seq_len;
-        config.lr = a.lr;
-        config.mask_lr = a.mask_lr;
-        config.lambda_lr = a.lambda_lr;
-        config.lr_warmup_steps = a.lr_warmup_steps.unwrap_or(config.lr_warmup_steps);
-        config.lagrangian_warmup_steps = a.lagrangian_warmup_steps.unwrap_or(config.lagrangian_warmup_steps);
-        config.eval_interval = a.eval_interval;
-        config.eval_tokens = a.eval_tokens;
-        config.checkpoint_interval = a.checkpoint_interval;
-        config.save_only_model = a.save_only_model;
-        config.seed = a.seed;
-        config.max_grad_norm = a.max_grad_norm;
-        config.update_rule = a.mixture.update.parse()?;
         let abs = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
-        RunSpec { source_model: abs(model)?, data: abs(data)?, target, config }
+        PruneSpec { source_model: abs(model)?, data: abs(data)?, target, config }
     };
-    let mut spec = spec;
     // Check everything before any work starts.
     spec.config.validate()?;
     let cfg = hf::load_config(&spec.source_model)?;
@@ -163,7 +109,7 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
     let weights = hf::load_weights(&spec.source_model, Some(candle_core::DType::F32), &device)?;
     shear::model::check_weights(&cfg, &weights)?;
     let mut data = if spec.data.is_dir() {
-        use shear::data::{corpus::Corpus, loader::UpdateRule, CorpusFeed};
+        use shear::data::{corpus::Corpus, reference, CorpusFeed};
         let corpus = Corpus::open(&spec.data)?;
         let tj = std::fs::read(spec.source_model.join("tokenizer.json"))?;
         corpus.check_tokenizer(&tj, &spec.source_model)?;
@@ -176,32 +122,20 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
         );
         let c = &mut spec.config;
         if !a.resume {
-            c.proportions = match &a.mixture.proportions {
-                Some(p) => parse_domain_map(p, &corpus.domains, "--proportions")?,
-                None => shear::train::continued::TrainConfig::for_steps(1, &corpus.domains).proportions,
+            // The eval budget is shared by the domains, as at the run's own evals.
+            let per_domain = (c.eval_tokens / c.seq_len / corpus.domains.len()).max(1);
+            let budget = reference::EvalBudget { sequences_per_domain: per_domain, batch_size: c.batch_size };
+            // By default the source's own per-domain losses (docs/method.md §6: the alternative to the
+            // scaling law).
+            let source_losses = || {
+                let m = shear::Llama::new(&cfg, &weights)?;
+                Ok(reference::resolve(reference::ReferenceSource::Model(&m), &corpus, budget)?)
             };
-            if c.update_rule != UpdateRule::Constant {
-                let per_domain = (c.eval_tokens / c.seq_len / corpus.domains.len()).max(1);
-                c.reference_losses = if a.mixture.any_reference() {
-                    reference_losses(&a.mixture, &corpus, &cfg, per_domain, c.batch_size, a.cpu)?
-                } else {
-                    // The source's own per-domain losses (docs/method.md §6: the alternative to the scaling law).
-                    use shear::data::reference::{resolve, EvalBudget, ReferenceSource};
-                    let m = shear::Llama::new(&cfg, &weights)?;
-                    let budget = EvalBudget { sequences_per_domain: per_domain, batch_size: c.batch_size };
-                    resolve(ReferenceSource::Model(&m), &corpus, budget)?
-                };
-            }
+            c.mixture = a.mixture.resolve(&corpus, &cfg, budget, a.cpu, source_losses)?;
         }
-        let feed = CorpusFeed::new(corpus, &c.proportions, c.update_rule, c.reference_losses.clone(), c.seed)?;
-        pruning::PruneData::Corpus(Box::new(feed))
+        PruneData::Corpus(Box::new(CorpusFeed::new(corpus, &c.mixture, c.seed)?))
     } else {
-        pruning::PruneData::Text(shear::data::TextData::from_file(
-            &spec.data,
-            &tok,
-            a.eval_fraction,
-            spec.config.seq_len,
-        )?)
+        PruneData::Text(shear::data::TextData::from_file(&spec.data, &tok, a.eval_fraction, spec.config.seq_len)?)
     };
     let target_cfg = spec.target.config(&cfg);
     info!(
@@ -219,26 +153,29 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
     let pb = Progress::new(spec.config.steps, "prune");
     let stop = StopRequest::install()?;
     let summary = pruning::prune(&a.out, &spec, &cfg, weights, &mut data, a.resume, |r| {
-        pb.update(r.step, spec.config.steps, Some(&format_args!("loss {:.3}", r.lm_loss)));
+        let m = &r.metrics;
+        pb.update(m.step, spec.config.steps, Some(&format_args!("loss {:.3}", m.lm_loss)));
         tracing::debug!(
             "step {} lm {:.4} lag {:.4} E[attention+MLP params] {:.2}M",
-            r.step,
-            r.lm_loss,
-            r.lagrangian,
-            r.expected_params / 1e6
+            m.step,
+            m.lm_loss,
+            m.lagrangian,
+            m.expected_params / 1e6
         );
-        if let (Some(nll), Some(nll_expected)) = (r.eval_nll, r.eval_nll_expected) {
-            let count = |k: &str| r.metrics.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        if let Some(e) = &r.eval {
+            let heads = m.decisions.get(shear::family::Family::Head);
             pb.println(format!(
-                "step {}: eval NLL {nll:.4} (target counts: what materialize keeps; expected counts {nll_expected:.4}), \
+                "step {}: eval NLL {:.4} (target counts: what materialize keeps; expected counts {:.4}), \
                  E[attention+MLP params] {:.2}M, kept heads with P(z>0) < 0.5: {}, dropped heads with P > 0.5: {}",
-                r.step,
-                r.expected_params / 1e6,
-                count("head_kept_below_half"),
-                count("head_dropped_above_half"),
+                m.step,
+                e.eval_nll,
+                e.eval_nll_expected,
+                m.expected_params / 1e6,
+                heads.map_or(0, |d| d.kept_below_half),
+                heads.map_or(0, |d| d.dropped_above_half),
             ));
         }
-        stop.control(r.step, "prune", &a.out, spec.config.save_only_model, |m| pb.warn(m))
+        stop.control(m.step, "prune", &a.out, spec.config.save_only_model, |m| pb.warn(m))
     })?;
     pb.finish();
     info!(
@@ -253,7 +190,7 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
 }
 
 pub fn materialize_cmd(a: MaterializeArgs) -> Result<()> {
-    let out = shear::train::pruning::materialize_run(&a.run, &a.out)?;
+    let out = shear::run::pruning::materialize(&a.run, &a.out)?;
     let cfg = hf::load_config(&out)?;
     info!(
         "wrote {}: {} layers, hidden {}, {} heads / {} KV heads (head_dim {}), intermediate {}, {:.2}M parameters",

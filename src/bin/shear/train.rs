@@ -8,8 +8,9 @@ use tracing::info;
 
 use shear::io::{self, hf, SaveOptions};
 
-use crate::data::{parse_domain_map, reference_losses, MixtureArgs};
+use crate::data::MixtureArgs;
 use crate::interrupt::StopRequest;
+use crate::overrides::{refuse_on_resume, TrainOverrides};
 use crate::progress::Progress;
 
 #[derive(Args)]
@@ -28,38 +29,8 @@ pub struct TrainArgs {
     pub resume: bool,
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 4)]
-    pub batch_size: usize,
-    /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
-    pub grad_accum: usize,
-    #[arg(long, default_value_t = 1e-4)]
-    pub lr: f64,
-    /// LR warm-up steps (default: 3% of --steps).
-    #[arg(long)]
-    pub warmup_steps: Option<usize>,
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f64,
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f64,
-    /// Evaluate every domain and update the proportions every N steps.
-    #[arg(long, default_value_t = 50)]
-    pub eval_interval: usize,
-    /// Eval sequences per domain at each evaluation.
-    #[arg(long, default_value_t = 16)]
-    pub eval_sequences: usize,
-    #[arg(long, default_value_t = 50)]
-    pub checkpoint_interval: usize,
-    /// Checkpoints without the AdamW moments: a third of the disk (the pruned 57.8M model: 0.23 GB instead
-    /// of 0.69 GB), but the run can then not be resumed (like transformers' `save_only_model`).
-    #[arg(long)]
-    pub save_only_model: bool,
-    #[arg(long, default_value_t = 17)]
-    pub seed: u64,
-    /// Compute in bf16 (weights and AdamW state stay f32).
-    #[arg(long)]
-    pub bf16: bool,
+    #[command(flatten)]
+    pub hyper: TrainOverrides,
     #[command(flatten)]
     pub mixture: MixtureArgs,
     /// Testing aid: sleep after every step (lets a test kill the process mid-run).
@@ -94,11 +65,13 @@ pub struct InitArgs {
 }
 
 pub fn train_cmd(a: TrainArgs) -> Result<()> {
-    use shear::train::continued::{self, TrainConfig, TrainSpec};
+    use shear::run::training::{self as run, TrainConfig, TrainSpec};
+    use shear::train::continued;
     let device = shear::device(a.cpu)?;
     let spec = if a.resume {
-        let mut spec = continued::read_train_spec(&a.out).context("--resume needs an existing run in --out")?;
-        shear::train::checkpoint::ensure_resumable(&a.out)?;
+        refuse_on_resume(a.hyper.given())?;
+        let mut spec = run::read_spec(&a.out).context("--resume needs an existing run in --out")?;
+        shear::run::checkpoint::ensure_resumable(&a.out)?;
         if let Some(s) = a.steps {
             spec.config.steps = s;
         }
@@ -108,27 +81,17 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
         io::check_writable_destination(&a.out)?;
         let corpus = shear::data::corpus::Corpus::open(&data)?;
         let cfg = hf::load_config(&model)?;
-        let steps = a.steps.context("--steps is required")?;
-        let mut c = TrainConfig::for_steps(steps, &corpus.domains);
-        c.batch_size = a.batch_size;
-        c.grad_accum = a.grad_accum;
-        c.lr = a.lr;
-        c.warmup_steps = a.warmup_steps.unwrap_or(c.warmup_steps);
-        c.weight_decay = a.weight_decay;
-        c.max_grad_norm = a.max_grad_norm;
-        c.eval_interval = a.eval_interval;
-        c.eval_sequences = a.eval_sequences;
-        c.checkpoint_interval = a.checkpoint_interval;
-        c.save_only_model = a.save_only_model;
-        c.seed = a.seed;
-        c.bf16 = a.bf16;
-        c.update_rule = a.mixture.update.parse()?;
-        if let Some(p) = &a.mixture.proportions {
-            c.proportions = parse_domain_map(p, &corpus.domains, "--proportions")?;
-        }
-        if c.update_rule != shear::data::loader::UpdateRule::Constant {
-            c.reference_losses = reference_losses(&a.mixture, &corpus, &cfg, a.eval_sequences, a.batch_size, a.cpu)?;
-        }
+        let mut c = TrainConfig::for_steps(a.steps.context("--steps is required")?, &corpus.domains);
+        a.hyper.apply(&mut c);
+        let budget =
+            shear::data::reference::EvalBudget { sequences_per_domain: c.eval_sequences, batch_size: c.batch_size };
+        let update = &a.mixture.update;
+        c.mixture = a.mixture.resolve(&corpus, &cfg, budget, a.cpu, || {
+            anyhow::bail!(
+                "the `{update}` update needs reference losses: --reference-model, --reference-losses or \
+                 --reference-scaling"
+            )
+        })?;
         let abs = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
         TrainSpec { model: abs(model)?, data: abs(data)?, domains: corpus.domains.clone(), config: c }
     };
@@ -147,25 +110,25 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
         spec.config.grad_accum,
         spec.config.batch_size,
         corpus.seq_len(),
-        spec.config.update_rule
+        spec.config.mixture.update_rule
     );
     let pb = Progress::new(spec.config.steps, "train");
     let delay = std::time::Duration::from_millis(a.step_delay_ms);
-    let domains = corpus.domains.clone();
     let stop = StopRequest::install()?;
     let summary = continued::train(&a.out, &spec, &cfg, weights, corpus, a.resume, |r| {
-        pb.update(r.step, spec.config.steps, Some(&format_args!("loss {:.3}", r.loss)));
-        if let Some((losses, props)) = r.eval {
-            let fmt = |v: &[f64], p: usize| {
-                domains.iter().zip(v).map(|(d, x)| format!("{d} {x:.p$}")).collect::<Vec<_>>().join(", ")
+        let step = r.metrics.step;
+        pb.update(step, spec.config.steps, Some(&format_args!("loss {:.3}", r.metrics.loss)));
+        if let Some(e) = &r.eval {
+            let fmt = |v: &shear::data::mixture::DomainValues| {
+                v.0.iter().map(|(d, x)| format!("{d} {x:.3}")).collect::<Vec<_>>().join(", ")
             };
-            pb.println(format!("step {}: eval loss {}", r.step, fmt(losses, 3)));
-            pb.println(format!("step {}: proportions {}", r.step, fmt(props, 3)));
+            pb.println(format!("step {step}: eval loss {}", fmt(&e.mixture.eval_loss)));
+            pb.println(format!("step {step}: proportions {}", fmt(&e.mixture.proportions)));
         }
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        stop.control(r.step, "train", &a.out, spec.config.save_only_model, |m| pb.warn(m))
+        stop.control(step, "train", &a.out, spec.config.save_only_model, |m| pb.warn(m))
     })?;
     pb.finish();
     info!("{} steps at {:.2}s/step; run in {}", summary.steps_run, summary.mean_step_seconds, a.out.display());

@@ -1,13 +1,30 @@
-//! The run directory shared by `shear prune` and `shear train`: `run.json` (what was asked), `metrics.jsonl`
-//! (per step), `evals.jsonl` (per eval) and `checkpoint/`.
+//! A run's directory, shared by `shear prune` and `shear train`, and everything that reads or writes one:
+//! the loops in [`crate::train`] write it, [`crate::report`] and materialization/export read it.
+//!
+//! | path | holds | written by |
+//! |---|---|---|
+//! | `run.json` | what was asked: [`pruning::PruneSpec`] or [`training::TrainSpec`] | [`RunLogs::open`] |
+//! | `metrics.jsonl` | one [`records`] line per step | the loop |
+//! | `evals.jsonl` | one line per evaluation | the loop |
+//! | `checkpoint/` | weights, optimizer moments, [`checkpoint::CheckpointState`] | [`checkpoint`] |
+//! | `target.toml`, `masks/step_NNNNNN.safetensors` | a pruning run's target and mask snapshots | [`pruning`] |
+//!
+//! Logs are JSON Lines ([`jsonl`]), flushed line by line, truncated to the checkpoint's step on resume.
+
+pub mod checkpoint;
+pub mod checks;
+pub mod jsonl;
+pub mod pruning;
+pub mod records;
+pub mod training;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::metrics::{truncate_jsonl, JsonlWriter};
 use crate::error::{Error, Result};
+use jsonl::{truncate_jsonl, JsonlWriter};
 
 pub const RUN_FILE: &str = "run.json";
 pub const METRICS: &str = "metrics.jsonl";
@@ -80,7 +97,7 @@ impl RunLogs {
 impl Drop for RunLogs {
     fn drop(&mut self) {
         let Some(fresh) = &self.fresh else { return };
-        if super::checkpoint::latest(&fresh.dir).is_some() {
+        if checkpoint::latest(&fresh.dir).is_some() {
             return;
         }
         // Best effort, like `StagingDir`: the error that ended the run is the one to report.

@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -23,10 +24,11 @@ impl JsonlWriter {
         Ok(Self { path: path.to_path_buf(), file })
     }
 
-    pub fn write(&mut self, v: &Value) -> Result<()> {
+    pub fn write(&mut self, record: &impl Serialize) -> Result<()> {
         // One buffer, one write: `writeln!` on the file would issue a write per formatted piece, and a reader
         // (or a kill) between them sees half a line.
-        let mut line = v.to_string();
+        let mut line =
+            serde_json::to_string(record).map_err(|e| Error::Invalid(format!("{}: {e}", self.path.display())))?;
         line.push('\n');
         self.file.write_all(line.as_bytes()).and_then(|_| self.file.flush()).map_err(|e| Error::io(&self.path, e))
     }
@@ -78,6 +80,18 @@ pub fn truncate_jsonl(path: &Path, step: usize) -> Result<()> {
 pub fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     Ok(parse_lines(path, &text)?.into_iter().map(|(_, _, v)| v).collect())
+}
+
+/// Read a JSONL file as records of type `T` ([`super::records`]); a line that is not one is an error
+/// naming its line number.
+pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_lines(path, &text)?
+        .into_iter()
+        .map(|(number, _, v)| {
+            serde_json::from_value(v).map_err(|e| Error::Invalid(format!("{}:{number}: {e}", path.display())))
+        })
+        .collect()
 }
 
 #[cfg(test)]

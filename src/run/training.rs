@@ -1,0 +1,108 @@
+//! A continued pre-training run's directory (paper §2.2; docs/method.md §6, §8): the common files
+//! ([`super`]) only. Its checkpoint exports as an HF model directory.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint;
+use super::checks::{check_batch, check_rates, check_steps};
+use crate::data::loader::UpdateRule;
+use crate::data::mixture::MixtureConfig;
+use crate::error::Result;
+
+/// Hyperparameters of a continued pre-training run (defaults: the paper's recipe, scaled to the step count).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub steps: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub alpha_f: f64,
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    pub eval_interval: usize,
+    /// Eval sequences per domain at each eval.
+    pub eval_sequences: usize,
+    pub checkpoint_interval: usize,
+    /// Checkpoints hold the weights but not the AdamW moments (a third of the size); such a run can be
+    /// exported but not resumed.
+    #[serde(default)]
+    pub save_only_model: bool,
+    pub seed: u64,
+    /// Compute forward and backward in bf16 (weights and optimizer state stay f32).
+    pub bf16: bool,
+    /// The domain mixture and how it moves at each eval (docs/method.md §6).
+    #[serde(flatten)]
+    pub mixture: MixtureConfig,
+}
+
+impl TrainConfig {
+    /// The paper's continued pre-training recipe scaled to `steps`: LR 1e-4, warm-up 3%, cosine to 10%.
+    pub fn for_steps(steps: usize, domains: &[String]) -> Self {
+        Self {
+            steps,
+            batch_size: 4,
+            grad_accum: 1,
+            lr: 1e-4,
+            warmup_steps: (steps * 3).div_ceil(100),
+            alpha_f: 0.1,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            eval_interval: 50,
+            eval_sequences: 16,
+            checkpoint_interval: 50,
+            save_only_model: false,
+            seed: 17,
+            bf16: false,
+            mixture: MixtureConfig::redpajama(domains, UpdateRule::Doremi),
+        }
+    }
+
+    /// Sizes and rates that could not train, checked before any work (they may come from `run.json`).
+    pub fn validate(&self) -> Result<()> {
+        check_steps(self.steps)?;
+        check_batch(self.batch_size, self.grad_accum)?;
+        check_rates(&[
+            ("lr", self.lr),
+            ("alpha_f", self.alpha_f),
+            ("max_grad_norm", self.max_grad_norm),
+            ("weight_decay", self.weight_decay),
+        ])
+    }
+}
+
+/// What a run was asked to do (`run.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSpec {
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub domains: Vec<String>,
+    pub config: TrainConfig,
+}
+
+/// A run's `run.json`. Relative model and data paths are relative to the run directory.
+pub fn read_spec(run: &Path) -> Result<TrainSpec> {
+    let mut spec: TrainSpec = super::read_spec(run)?;
+    for p in [&mut spec.model, &mut spec.data] {
+        if p.is_relative() {
+            *p = run.join(&*p);
+        }
+    }
+    Ok(spec)
+}
+
+/// Export the latest checkpoint of a training run as an HF directory (tokenizer copied from the model).
+pub fn export(run: &Path, out: &Path) -> Result<PathBuf> {
+    crate::io::check_writable_destination(out)?;
+    let spec = read_spec(run)?;
+    let cfg = crate::io::hf::load_config(&spec.model)?;
+    let (t, _) = checkpoint::load(run, &Device::Cpu)?;
+    let weights = checkpoint::take_prefixed(&t, "weights");
+    let opts = crate::io::SaveOptions { companions_from: Some(spec.model.clone()), ..Default::default() };
+    crate::io::save_model(out, &cfg, &weights, &opts)
+}

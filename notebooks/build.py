@@ -509,7 +509,7 @@ Needs `02-prune` and `04-continued-pretraining`. CLI equivalent: `shear export -
     DEP,
     code(r"""
 use std::path::PathBuf;
-use shear::{io, notebook, report, Kernels};
+use shear::{io, notebook, report, ExecPath};
 use shear::candle_core::{DType, Device, Tensor};
 
 let root = PathBuf::from("..");
@@ -529,9 +529,9 @@ let text = std::fs::read_to_string(root.join("data/eval/sonnets.txt"))?;
 let ids = io::tokenizer::encode(&tok, &text)?;
 let (b, t) = (2, notebook::size(128, 16));
 let batch = Tensor::from_vec(ids[..b * t].to_vec(), (b, t), &Device::Cpu)?;
-let a = masked.forward_masked(&batch, Kernels::Fused, Some(&masks))?;
-let m = materialized.model.forward(&batch, Kernels::Fused)?;
-let r = reloaded.model.forward(&batch, Kernels::Fused)?;
+let a = masked.forward_masked(&batch, ExecPath::Inference, Some(&masks))?;
+let m = materialized.model.forward(&batch, ExecPath::Inference)?;
+let r = reloaded.model.forward(&batch, ExecPath::Inference)?;
 let masked_vs_materialized = (&a - &m)?.abs()?.max_all()?.to_scalar::<f32>()?;
 let materialized_vs_reloaded = (&m - &r)?.abs()?.max_all()?.to_scalar::<f32>()?;
 println!("logits {:?}", a.shape());

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::generate::{generate, Sampling};
-use crate::model::{trainable, Kernels, Llama, TensorMap};
+use crate::model::{trainable, ExecPath, Llama, TensorMap};
 use crate::prune::TargetShape;
 use crate::run::pruning::PruneConfig;
 use crate::train::optim::{AdamW, AdamWConfig};
@@ -98,7 +98,7 @@ fn row(bench: &'static str, batch: usize, seq_len: usize, runs: usize, secs: f64
 pub fn bench_forward(model: &Llama, batch: usize, seq_len: usize, reps: Repeats) -> Result<BenchRow> {
     let ids = bench_ids(model.config().vocab_size, batch, seq_len, model.device())?;
     let (runs, secs) = time(reps, || {
-        let logits = model.forward(&ids, Kernels::Fused)?;
+        let logits = model.forward(&ids, ExecPath::Inference)?;
         logits.device().synchronize()?;
         Ok(())
     })?;

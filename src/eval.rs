@@ -10,7 +10,7 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::model::{nll_from_logits, Kernels, Llama, MaskValues};
+use crate::model::{nll_from_logits, ExecPath, Llama, MaskValues};
 
 pub const PROTOCOL: &str = "Encode the whole text with the model's tokenizer without special tokens, keep \
 the first N ids (--max-tokens), cut them into consecutive non-overlapping windows of --seq-len tokens (a last \
@@ -69,7 +69,8 @@ pub fn evaluate_ids(
         let batch = Tensor::from_vec(flat, (j - i, len), model.device())?;
         let inputs = batch.narrow(1, 0, len - 1)?;
         let targets = batch.narrow(1, 1, len - 1)?;
-        let nll = nll_from_logits(&model.forward_masked(&inputs, Kernels::Fused, masks)?, &targets)?;
+        let path = ExecPath::Inference;
+        let nll = nll_from_logits(&model.forward_masked(&inputs, path, masks)?, &targets, path)?;
         let nll: Vec<f32> = nll.flatten_all()?.to_vec1()?;
         if let Some(bad) = nll.iter().find(|x| !x.is_finite()) {
             return Err(Error::Invalid(format!("non-finite NLL ({bad}) in window {i}: the model produces NaN/inf")));
@@ -182,7 +183,7 @@ pub fn check_reference_logits(
     let ids = crate::io::tokenizer::encode(tok, &prompt)?;
     let device = model.device();
     let input = Tensor::new(ref_ids.as_slice(), device)?.unsqueeze(0)?;
-    let logits = model.forward(&input, Kernels::Fused)?.squeeze(0)?.to_dtype(candle_core::DType::F32)?;
+    let logits = model.forward(&input, ExecPath::Inference)?.squeeze(0)?.to_dtype(candle_core::DType::F32)?;
     let sampled = logits.index_select(&Tensor::new(cols.as_slice(), device)?, 1)?;
     let diff = (sampled - Tensor::new(expected, device)?)?.abs()?.max_all()?.to_scalar::<f32>()? as f64;
     let ours: Vec<u32> = logits.argmax(1)?.to_vec1()?;

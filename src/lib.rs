@@ -8,7 +8,7 @@
 //! |---|---|
 //! | [`config`] | the HF-shaped `LlamaConfig` and parameter counting |
 //! | [`family`] | the five mask families, a map with a value per family, mask values and scores |
-//! | [`model`] | the LLaMA (RMSNorm, RoPE, GQA, SwiGLU), fused and differentiable kernels |
+//! | [`model`] | the LLaMA (RMSNorm, RoPE, GQA, SwiGLU), its three execution paths, CPU kernels with a backward |
 //! | [`io`] | HF directories (sharded safetensors, config, tokenizer), GGUF import |
 //! | [`prune`] | hard-concrete masks, the Lagrangian constraint, materialization |
 //! | [`data`] | training text and batches |
@@ -38,7 +38,7 @@ pub mod train;
 
 pub use config::LlamaConfig;
 pub use error::{Error, Result};
-pub use model::{Kernels, Llama, TensorMap};
+pub use model::{ExecPath, Llama, TensorMap};
 
 // Re-exported so that a notebook needs one `:dep` and never builds a second version of these crates.
 pub use candle_core;

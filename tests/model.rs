@@ -1,4 +1,4 @@
-//! The model on tiny random configs: save → load round trips, kernel equivalence, the KV cache, and
+//! The model on tiny random configs: save → load round trips, execution-path equivalence, the KV cache, and
 //! gradient coverage of the training forward.
 
 mod common;
@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use common::*;
 use shear::io::{hf, SaveOptions};
 use shear::model::{trainable, KvCache};
-use shear::{Kernels, Llama};
+use shear::{ExecPath, Llama};
 
 fn bits(t: &Tensor) -> Vec<u32> {
     match t.dtype() {
@@ -52,12 +52,12 @@ fn save_load_round_trip_is_bit_identical_sharded_and_unsharded() {
 }
 
 #[test]
-fn fused_and_differentiable_forward_agree() {
+fn inference_and_training_forward_agree() {
     for (name, cfg) in tiny_configs() {
         let model = Llama::new(&cfg, &random_model(&cfg, 1)).unwrap();
         let ids = random_ids(2, 9, cfg.vocab_size, 3);
-        let a = model.forward(&ids, Kernels::Fused).unwrap();
-        let b = model.forward(&ids, Kernels::Differentiable).unwrap();
+        let a = model.forward(&ids, ExecPath::Inference).unwrap();
+        let b = model.forward(&ids, ExecPath::Training).unwrap();
         assert_eq!(a.dims(), &[2, 9, cfg.vocab_size]);
         let d = max_abs_diff(&a, &b);
         assert!(d < 1e-5, "{name}: {d}");
@@ -69,7 +69,7 @@ fn kv_cache_decoding_matches_full_forward() {
     for (name, cfg) in tiny_configs() {
         let model = Llama::new(&cfg, &random_model(&cfg, 2)).unwrap();
         let ids = random_ids(1, 8, cfg.vocab_size, 5);
-        let full = model.forward(&ids, Kernels::Fused).unwrap().squeeze(0).unwrap();
+        let full = model.forward(&ids, ExecPath::Inference).unwrap().squeeze(0).unwrap();
         let mut cache = KvCache::new();
         // A 5-token prompt, then one token at a time.
         let mut last = model.forward_incremental(&ids.narrow(1, 0, 5).unwrap(), &mut cache).unwrap();
@@ -90,7 +90,7 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
         let (vars, tensors) = trainable(random_model(&cfg, 4)).unwrap();
         let model = Llama::new(&cfg, &tensors).unwrap();
         let ids = random_ids(2, 12, cfg.vocab_size, 9);
-        let loss = model.lm_loss(&ids, Kernels::Differentiable, None).unwrap();
+        let loss = model.lm_loss(&ids, ExecPath::Training, None).unwrap();
         let l = loss.to_scalar::<f32>().unwrap();
         // Random init: the loss is close to ln(vocab).
         assert!((l - (cfg.vocab_size as f32).ln()).abs() < 0.5, "{name}: loss {l}");
@@ -105,24 +105,25 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
     }
 }
 
-/// The control for the test above: with candle's fused kernels gradients silently stop, and the
-/// coverage check notices.
+/// The control for the test above: on the inference path gradients silently stop at candle-nn's fused
+/// kernels, and the coverage check notices.
 #[test]
-fn fused_kernels_lose_gradients() {
+fn the_inference_path_loses_gradients() {
     let (_, cfg) = &tiny_configs()[0];
     let (vars, tensors) = trainable(random_model(cfg, 4)).unwrap();
     let model = Llama::new(cfg, &tensors).unwrap();
-    let loss = model.lm_loss(&random_ids(2, 12, cfg.vocab_size, 9), Kernels::Fused, None).unwrap();
+    let loss = model.lm_loss(&random_ids(2, 12, cfg.vocab_size, 9), ExecPath::Inference, None).unwrap();
     let grads = loss.backward().unwrap();
     let missing = vars.values().filter(|v| grads.get(v.as_tensor()).is_none()).count();
-    assert!(missing > 0, "fused kernels unexpectedly propagated every gradient");
+    assert!(missing > 0, "the inference path unexpectedly propagated every gradient");
 }
 
-/// The fused CPU training kernels compute the same loss and the same gradient for every parameter and
-/// every mask family as the composed candle ops (the path CUDA and bf16 take), with pruning masks in
-/// place: soft values, exact zeros (removed heads, dims, a removed hidden dim) and a layer mask.
+/// The training path's CPU kernels compute the same loss and the same gradient for every parameter and
+/// every mask family as the reference path's composed candle ops (what training runs on CUDA and in
+/// bf16), with pruning masks in place: soft values, exact zeros (removed heads, dims, a removed hidden
+/// dim) and a layer mask.
 #[test]
-fn fused_training_kernels_match_composite_ops() {
+fn training_kernels_match_the_reference() {
     for (name, cfg) in tiny_configs() {
         let (vars, tensors) = trainable(random_model(&cfg, 11)).unwrap();
         let model = Llama::new(&cfg, &tensors).unwrap();
@@ -132,16 +133,16 @@ fn fused_training_kernels_match_composite_ops() {
             let loss = model.lm_loss(&ids, kernels, Some(&masks)).unwrap();
             (loss.to_scalar::<f32>().unwrap(), loss.backward().unwrap())
         };
-        let (fused_loss, fused) = run(Kernels::Differentiable);
-        let (composite_loss, composite) = run(Kernels::Composite);
-        assert!((fused_loss - composite_loss).abs() < 1e-5, "{name}: loss {fused_loss} vs {composite_loss}");
+        let (training_loss, training) = run(ExecPath::Training);
+        let (reference_loss, reference) = run(ExecPath::Reference);
+        assert!((training_loss - reference_loss).abs() < 1e-5, "{name}: loss {training_loss} vs {reference_loss}");
         let named = vars
             .iter()
             .map(|(n, v)| (n.clone(), v.clone()))
             .chain(z.iter().enumerate().map(|(i, v)| (format!("mask {i}"), v.clone())));
         for (pname, var) in named {
-            let (a, b) = (fused.get(var.as_tensor()), composite.get(var.as_tensor()));
-            let (a, b) = (a.unwrap_or_else(|| panic!("{name}: fused lost {pname}")), b.expect("composite gradient"));
+            let (a, b) = (training.get(var.as_tensor()), reference.get(var.as_tensor()));
+            let (a, b) = (a.unwrap_or_else(|| panic!("{name}: training lost {pname}")), b.expect("reference gradient"));
             let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-3);
             let d = max_abs_diff(a, b);
             assert!(d < 1e-4 * scale.max(1.0), "{name}: gradient of {pname} differs by {d} (scale {scale})");
@@ -160,7 +161,7 @@ fn hand_written_backward_matches_autograd() {
         let out = model.lm_loss_grads(&ids, 5, None).unwrap();
         let (per_sample, hand) = (out.per_sample, out.weights);
         // The same objective through autograd: Σ per-sample mean NLL / n_samples, composed ops.
-        let logits = model.forward(&ids.narrow(1, 0, 9).unwrap(), Kernels::Composite).unwrap();
+        let logits = model.forward(&ids.narrow(1, 0, 9).unwrap(), ExecPath::Reference).unwrap();
         let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1).unwrap();
         let targets = ids.narrow(1, 1, 9).unwrap().contiguous().unwrap().unsqueeze(2).unwrap();
         let nll = logp.gather(&targets, 2).unwrap().squeeze(2).unwrap().neg().unwrap().mean(1).unwrap();
@@ -204,7 +205,7 @@ fn hand_written_masked_backward_matches_autograd() {
             for var in vars.values() {
                 hand.insert(var.as_tensor(), out.weights.get(var.as_tensor()).unwrap().clone());
             }
-            let logits = model.forward_masked(&ids.narrow(1, 0, 9).unwrap(), Kernels::Composite, Some(masks)).unwrap();
+            let logits = model.forward_masked(&ids.narrow(1, 0, 9).unwrap(), ExecPath::Reference, Some(masks)).unwrap();
             let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1).unwrap();
             let targets = ids.narrow(1, 1, 9).unwrap().contiguous().unwrap().unsqueeze(2).unwrap();
             let nll = logp.gather(&targets, 2).unwrap().squeeze(2).unwrap().neg().unwrap().mean(1).unwrap();

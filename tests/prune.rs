@@ -7,7 +7,7 @@ use common::*;
 use shear::io::{hf, SaveOptions};
 use shear::prune::materialize::{materialize, random_target_masks};
 use shear::prune::TargetShape;
-use shear::{Kernels, Llama};
+use shear::{ExecPath, Llama};
 
 fn targets() -> Vec<TargetShape> {
     let t =
@@ -40,13 +40,13 @@ fn masked_equals_materialized_on_tiny_configs() {
 
             let small = Llama::new(&small_cfg, &small_weights).unwrap();
             let ids = random_ids(2, 11, cfg.vocab_size, seed);
-            let a = source.forward_masked(&ids, Kernels::Fused, Some(&masks)).unwrap();
-            let b = small.forward(&ids, Kernels::Fused).unwrap();
+            let a = source.forward_masked(&ids, ExecPath::Inference, Some(&masks)).unwrap();
+            let b = small.forward(&ids, ExecPath::Inference).unwrap();
             let d = max_abs_diff(&a, &b);
             assert!(d <= 1e-5, "{name} seed {seed}: max |Δ| {d}");
             // The training kernels agree too.
-            let c = source.forward_masked(&ids, Kernels::Differentiable, Some(&masks)).unwrap();
-            assert!(max_abs_diff(&c, &b) <= 1e-5, "{name}: differentiable masked path");
+            let c = source.forward_masked(&ids, ExecPath::Training, Some(&masks)).unwrap();
+            assert!(max_abs_diff(&c, &b) <= 1e-5, "{name}: the training path, masked");
         }
     }
 }
@@ -66,8 +66,8 @@ fn folding_the_hidden_mask_twice_is_detected() {
     let head = small["lm_head.weight"].broadcast_mul(&zt.unsqueeze(0).unwrap()).unwrap();
     small.insert("lm_head.weight".into(), head);
     let ids = random_ids(1, 7, cfg.vocab_size, 2);
-    let a = Llama::new(&cfg, &weights).unwrap().forward_masked(&ids, Kernels::Fused, Some(&masks)).unwrap();
-    let b = Llama::new(&small_cfg, &small).unwrap().forward(&ids, Kernels::Fused).unwrap();
+    let a = Llama::new(&cfg, &weights).unwrap().forward_masked(&ids, ExecPath::Inference, Some(&masks)).unwrap();
+    let b = Llama::new(&small_cfg, &small).unwrap().forward(&ids, ExecPath::Inference).unwrap();
     assert!(max_abs_diff(&a, &b) > 1e-3);
 }
 
@@ -86,8 +86,8 @@ fn materialized_model_round_trips_through_hf_format() {
     assert_eq!(back.config.head_dim(), 10);
     assert_eq!(back.config.hidden_size, 36);
     let ids = random_ids(1, 5, cfg.vocab_size, 1);
-    let a = Llama::new(&small_cfg, &small).unwrap().forward(&ids, Kernels::Fused).unwrap();
-    let b = back.model.forward(&ids, Kernels::Fused).unwrap();
+    let a = Llama::new(&small_cfg, &small).unwrap().forward(&ids, ExecPath::Inference).unwrap();
+    let b = back.model.forward(&ids, ExecPath::Inference).unwrap();
     assert_eq!(max_abs_diff(&a, &b), 0.0);
 }
 

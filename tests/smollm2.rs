@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use shear::io::{self, tokenizer::encode};
-use shear::{eval, Kernels};
+use shear::{eval, ExecPath};
 
 #[test]
 fn tokenizer_ids_match_transformers() {
@@ -35,7 +35,7 @@ fn logits_match_transformers_f32() {
     assert_eq!(ids, expected_ids);
 
     let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let logits = loaded.model.forward(&input, Kernels::Fused).unwrap().squeeze(0).unwrap();
+    let logits = loaded.model.forward(&input, ExecPath::Inference).unwrap().squeeze(0).unwrap();
     let cols: Vec<u32> = serde_json::from_value(fx["vocab_columns"].clone()).unwrap();
     let sampled = logits.index_select(&Tensor::new(cols.as_slice(), &Device::Cpu).unwrap(), 1).unwrap();
     let expected: Vec<Vec<f32>> = serde_json::from_value(fx["logits"].clone()).unwrap();
@@ -53,7 +53,7 @@ fn logits_match_transformers_f32() {
     assert_eq!(logits.argmax(1).unwrap().to_vec1::<u32>().unwrap(), argmax);
 
     // The training kernels compute the same logits.
-    let diff = loaded.model.forward(&input, Kernels::Differentiable).unwrap().squeeze(0).unwrap();
+    let diff = loaded.model.forward(&input, ExecPath::Training).unwrap().squeeze(0).unwrap();
     assert!(max_abs_diff(&diff, &logits) < 1e-3);
 }
 
@@ -118,8 +118,8 @@ fn masked_equals_materialized_on_smollm2() {
     let tok = io::load_tokenizer(&dir).unwrap();
     let ids = encode(&tok, "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.").unwrap();
     let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let a = source.forward_masked(&input, Kernels::Fused, Some(&masks)).unwrap();
-    let b = small.forward(&input, Kernels::Fused).unwrap();
+    let a = source.forward_masked(&input, ExecPath::Inference, Some(&masks)).unwrap();
+    let b = small.forward(&input, ExecPath::Inference).unwrap();
     let d = max_abs_diff(&a, &b);
     println!("masked vs materialized SmolLM2 -> default target: max |Δ logits| {d:e}");
     assert!(d <= 1e-3, "{d}");

@@ -1,11 +1,11 @@
 //! LLaMA as in HF `modeling_llama.py`: pre-norm blocks with RMSNorm, rotate-half RoPE, grouped-query
 //! attention with an explicit `head_dim`, a SwiGLU MLP, and a tied or untied LM head.
 //!
-//! One implementation serves inference and training: [`Kernels`] picks candle's fused kernels (fast, no
-//! backward) or differentiable ones (`fused/` on the CPU, composed candle ops elsewhere). Weights are
-//! plain tensors keyed by their HF names; to train them, build the model from `Var`-backed tensors
-//! ([`crate::train`]) and gradients flow to those vars. On the CPU in f32 the training and pruning steps
-//! skip autograd for the model: `backward.rs` writes the backward pass out by hand, masks included
+//! One implementation serves inference, training and the reference: every forward takes an [`ExecPath`],
+//! and which kernel each op then runs is decided in one place, the "what runs when" table of [`ops`].
+//! Weights are plain tensors keyed by their HF names; to train them, build the model from `Var`-backed
+//! tensors ([`crate::train`]) and gradients flow to those vars. On the CPU in f32 the training and pruning
+//! steps skip autograd for the model: `backward.rs` writes the backward pass out by hand, masks included
 //! ([`Llama::lm_loss_grads`], [`Llama::mask_surrogate`]).
 
 mod backward;
@@ -18,7 +18,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Result as CResult, Tensor, Var, D};
 
 pub use backward::{LossGrads, MaskGrads};
-pub use ops::{Kernels, Linear};
+pub use ops::{ExecPath, Impl, Linear, Op};
 
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
@@ -231,29 +231,30 @@ impl Llama {
     }
 
     /// Logits `[batch, seq, vocab]` for every position of `ids: [batch, seq]` (u32).
-    pub fn forward(&self, ids: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        self.forward_masked(ids, kernels, None)
+    pub fn forward(&self, ids: &Tensor, path: ExecPath) -> Result<Tensor> {
+        self.forward_masked(ids, path, None)
     }
 
     /// [`Llama::forward`] with pruning masks at their insertion points (docs/method.md §1). A hidden mask needs the
-    /// masked RMSNorm, which is always computed with differentiable ops.
-    pub fn forward_masked(&self, ids: &Tensor, kernels: Kernels, masks: Option<&MaskValues>) -> Result<Tensor> {
-        let hidden = self.hidden_states(ids, kernels, None, masks)?;
-        Ok(self.lm_head.forward(&hidden)?)
+    /// masked RMSNorm, which has a backward on every path (candle-nn has no fused one).
+    pub fn forward_masked(&self, ids: &Tensor, path: ExecPath, masks: Option<&MaskValues>) -> Result<Tensor> {
+        let hidden = self.hidden_states(ids, path, None, masks)?;
+        Ok(self.lm_head.forward(&hidden, path)?)
     }
 
     /// Logits `[batch, vocab]` of the last position, reusing and extending `cache`.
     pub fn forward_incremental(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let hidden = self.hidden_states(ids, Kernels::Fused, Some(cache), None)?;
+        let path = ExecPath::Inference;
+        let hidden = self.hidden_states(ids, path, Some(cache), None)?;
         let seq = hidden.dim(1)?;
-        Ok(self.lm_head.forward(&hidden.narrow(1, seq - 1, 1)?)?.squeeze(1)?)
+        Ok(self.lm_head.forward(&hidden.narrow(1, seq - 1, 1)?, path)?.squeeze(1)?)
     }
 
     /// Final-norm hidden states `[batch, seq, hidden]`.
     pub fn hidden_states(
         &self,
         ids: &Tensor,
-        kernels: Kernels,
+        path: ExecPath,
         mut cache: Option<&mut KvCache>,
         masks: Option<&MaskValues>,
     ) -> Result<Tensor> {
@@ -293,9 +294,9 @@ impl Llama {
                 hidden: hidden.as_ref(),
             };
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = self.block_forward(block, &x, &cos, &sin, kernels, layer_cache, &bm)?;
+            x = self.block_forward(block, &x, &cos, &sin, path, layer_cache, &bm)?;
         }
-        Ok(self.norm(&x, &self.norm, kernels, hidden.as_ref())?)
+        Ok(self.norm(&x, &self.norm, path, hidden.as_ref())?)
     }
 
     /// `[L, H * head_dim]`: each query head's combined head and KV-group mask, repeated over its dims.
@@ -319,18 +320,21 @@ impl Llama {
 
     /// RMSNorm, or with a hidden mask the masked RMSNorm of docs/method.md §1: the mean of squares runs over the
     /// kept dims only (those with z != 0), and the output is multiplied by z.
-    fn norm(&self, x: &Tensor, weight: &Tensor, kernels: Kernels, hidden: Option<&HiddenMask>) -> CResult<Tensor> {
+    fn norm(&self, x: &Tensor, weight: &Tensor, path: ExecPath, hidden: Option<&HiddenMask>) -> CResult<Tensor> {
         let Some(h) = hidden else {
-            return ops::rms_norm(x, weight, self.cfg.rms_norm_eps, kernels);
+            return ops::rms_norm(x, weight, self.cfg.rms_norm_eps, path);
         };
-        if kernels != Kernels::Composite && fused::applies(x) {
-            return fused::rms_norm(x, weight, Some(&h.z), self.cfg.rms_norm_eps);
+        match path.implementation(Op::MaskedRmsNorm, &[x]) {
+            Impl::Shear => fused::rms_norm(x, weight, Some(&h.z), self.cfg.rms_norm_eps),
+            Impl::Composed => {
+                let dtype = x.dtype();
+                let x32 = x.to_dtype(DType::F32)?;
+                let var = x32.sqr()?.broadcast_mul(&h.kept)?.sum_keepdim(D::Minus1)?.broadcast_div(&h.kept_count)?;
+                let normed = x32.broadcast_div(&(var + self.cfg.rms_norm_eps)?.sqrt()?)?;
+                normed.to_dtype(dtype)?.broadcast_mul(weight)?.broadcast_mul(&h.z)
+            }
+            imp => ops::not_in_table(Op::MaskedRmsNorm, imp),
         }
-        let dtype = x.dtype();
-        let x32 = x.to_dtype(DType::F32)?;
-        let var = x32.sqr()?.broadcast_mul(&h.kept)?.sum_keepdim(D::Minus1)?.broadcast_div(&h.kept_count)?;
-        let normed = x32.broadcast_div(&(var + self.cfg.rms_norm_eps)?.sqrt()?)?;
-        normed.to_dtype(dtype)?.broadcast_mul(weight)?.broadcast_mul(&h.z)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -340,7 +344,7 @@ impl Llama {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        kernels: Kernels,
+        path: ExecPath,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         m: &BlockMasks,
     ) -> CResult<Tensor> {
@@ -355,22 +359,21 @@ impl Llama {
                 None => Ok(y),
             }
         };
-        let a = self.norm(x, &b.input_norm, kernels, m.hidden)?;
-        let attn = scale_out(self.attention(b, &a, cos, sin, kernels, cache, m.head_dims.as_ref())?)?;
+        let a = self.norm(x, &b.input_norm, path, m.hidden)?;
+        let attn = scale_out(self.attention(b, &a, cos, sin, path, cache, m.head_dims.as_ref())?)?;
         let x = (x + attn)?;
-        let h = self.norm(&x, &b.post_attention_norm, kernels, m.hidden)?;
-        let up = b.up_proj.forward(&h)?;
+        let h = self.norm(&x, &b.post_attention_norm, path, m.hidden)?;
+        let up = b.up_proj.forward(&h, path)?;
         let up = match &m.intermediate {
             Some(z) => up.broadcast_mul(z)?,
             None => up,
         };
-        let mlp = scale_out(b.down_proj.forward(&ops::swiglu(&b.gate_proj.forward(&h)?, &up, kernels)?)?)?;
+        let act = ops::swiglu(&b.gate_proj.forward(&h, path)?, &up, path)?;
+        let mlp = scale_out(b.down_proj.forward(&act, path)?)?;
         x + mlp
     }
 
-    /// Causal GQA attention. Query heads are grouped by the KV head they share (`h / group_size`, as in
-    /// HF's `repeat_kv`), and each group is multiplied against its KV head directly, so K and V are
-    /// never copied `group_size` times.
+    /// Causal GQA attention (shear's kernel, or [`Llama::composed_attention`]), then `o_proj`.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -378,27 +381,48 @@ impl Llama {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        kernels: Kernels,
+        path: ExecPath,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         head_dims: Option<&Tensor>,
+    ) -> CResult<Tensor> {
+        let op = if cache.is_some() { Op::CachedAttention } else { Op::Attention };
+        let ctx = match path.implementation(op, &[x]) {
+            Impl::Shear => {
+                let (q, k, v) = (b.q_proj.forward(x, path)?, b.k_proj.forward(x, path)?, b.v_proj.forward(x, path)?);
+                let (h, kv) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads());
+                fused::attention(&q, &k, &v, cos, sin, h, kv)?
+            }
+            Impl::Composed => self.composed_attention(b, x, cos, sin, path, cache)?,
+            imp => ops::not_in_table(op, imp),
+        };
+        let ctx = match head_dims {
+            Some(z) => ctx.broadcast_mul(z)?,
+            None => ctx,
+        };
+        b.o_proj.forward(&ctx, path)
+    }
+
+    /// The attention context `[b, seq, H * head_dim]` composed from the table's other ops, extending
+    /// `cache` when given. Query heads are grouped by the KV head they share (`h / group_size`, as in HF's
+    /// `repeat_kv`), and each group is multiplied against its KV head directly, so K and V are never
+    /// copied `group_size` times.
+    fn composed_attention(
+        &self,
+        b: &Block,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        path: ExecPath,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> CResult<Tensor> {
         let (bsz, seq, _) = x.dims3()?;
         let (h, kv, hd) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
         let g = h / kv;
-        if cache.is_none() && kernels != Kernels::Composite && fused::applies(x) {
-            let (q, k, v) = (b.q_proj.forward(x)?, b.k_proj.forward(x)?, b.v_proj.forward(x)?);
-            let ctx = fused::attention(&q, &k, &v, cos, sin, h, kv)?;
-            let ctx = match head_dims {
-                Some(z) => ctx.broadcast_mul(z)?,
-                None => ctx,
-            };
-            return b.o_proj.forward(&ctx);
-        }
-        let q = b.q_proj.forward(x)?.reshape((bsz, seq, h, hd))?.transpose(1, 2)?;
-        let k = b.k_proj.forward(x)?.reshape((bsz, seq, kv, hd))?.transpose(1, 2)?;
-        let v = b.v_proj.forward(x)?.reshape((bsz, seq, kv, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = ops::rope(&q.contiguous()?, cos, sin, kernels)?;
-        let k = ops::rope(&k.contiguous()?, cos, sin, kernels)?;
+        let q = b.q_proj.forward(x, path)?.reshape((bsz, seq, h, hd))?.transpose(1, 2)?;
+        let k = b.k_proj.forward(x, path)?.reshape((bsz, seq, kv, hd))?.transpose(1, 2)?;
+        let v = b.v_proj.forward(x, path)?.reshape((bsz, seq, kv, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = ops::rope(&q.contiguous()?, cos, sin, path)?;
+        let k = ops::rope(&k.contiguous()?, cos, sin, path)?;
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {
@@ -415,47 +439,47 @@ impl Llama {
         // stacked over the rows, each row at position (kv_len - seq) + row % seq.
         let scores = q.reshape((bsz, kv, g * seq, hd))?.matmul(&k.t()?)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let probs = ops::causal_softmax(&scores, scale, seq, kv_len - seq, kernels)?;
+        let probs = ops::causal_softmax(&scores, scale, seq, kv_len - seq, path)?;
         let ctx = probs.matmul(&v)?; // [b, kv, g*seq, hd]
-        let ctx = ctx.reshape((bsz, h, seq, hd))?.transpose(1, 2)?.reshape((bsz, seq, h * hd))?;
-        let ctx = match head_dims {
-            Some(z) => ctx.broadcast_mul(z)?,
-            None => ctx,
-        };
-        b.o_proj.forward(&ctx)
+        ctx.reshape((bsz, h, seq, hd))?.transpose(1, 2)?.reshape((bsz, seq, h * hd))
     }
 
     /// Mean next-token cross-entropy of `ids: [batch, seq]`: positions `0..seq-1` predict `1..seq` (the
     /// released code's label roll, with the last position ignored). The training objective.
-    pub fn lm_loss(&self, ids: &Tensor, kernels: Kernels, masks: Option<&MaskValues>) -> Result<Tensor> {
+    pub fn lm_loss(&self, ids: &Tensor, path: ExecPath, masks: Option<&MaskValues>) -> Result<Tensor> {
         let seq = ids.dim(1)?;
         if seq < 2 {
             return Err(Error::Invalid(format!("a training sequence needs at least 2 tokens, got {seq}")));
         }
-        let logits = self.forward_masked(&ids.narrow(1, 0, seq - 1)?, kernels, masks)?;
-        Ok(nll_from_logits(&logits, &ids.narrow(1, 1, seq - 1)?)?.mean_all()?)
+        let logits = self.forward_masked(&ids.narrow(1, 0, seq - 1)?, path, masks)?;
+        Ok(nll_from_logits(&logits, &ids.narrow(1, 1, seq - 1)?, path)?.mean_all()?)
     }
 
     /// Per-position cross-entropy (natural log) of `targets` under the logits of `ids`, both `[batch, seq]`,
     /// computed in f32: `[batch, seq]`.
-    pub fn token_nll(&self, ids: &Tensor, targets: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        nll_from_logits(&self.forward(ids, kernels)?, targets)
+    pub fn token_nll(&self, ids: &Tensor, targets: &Tensor, path: ExecPath) -> Result<Tensor> {
+        nll_from_logits(&self.forward(ids, path)?, targets, path)
     }
 }
 
 /// `-log softmax(logits)[target]` per position, in f32: `[batch, seq, vocab]`, `[batch, seq]` -> `[batch, seq]`.
-pub fn nll_from_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    if fused::applies(logits) {
-        let (b, s, v) = logits.dims3()?;
-        let nll = fused::cross_entropy(&logits.reshape((b * s, v))?, &targets.flatten_all()?)?;
-        return Ok(nll.reshape((b, s))?);
+pub fn nll_from_logits(logits: &Tensor, targets: &Tensor, path: ExecPath) -> Result<Tensor> {
+    match path.implementation(Op::CrossEntropy, &[logits]) {
+        Impl::Shear => {
+            let (b, s, v) = logits.dims3()?;
+            let nll = fused::cross_entropy(&logits.reshape((b * s, v))?, &targets.flatten_all()?)?;
+            Ok(nll.reshape((b, s))?)
+        }
+        Impl::Composed => {
+            let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+            Ok(logp.gather(&targets.contiguous()?.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?.neg()?)
+        }
+        imp => ops::not_in_table(Op::CrossEntropy, imp),
     }
-    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
-    Ok(logp.gather(&targets.contiguous()?.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?.neg()?)
 }
 
 /// Wrap every weight in a `Var` so a model built from the returned map is trainable: gradients of a loss
-/// computed with [`Kernels::Differentiable`] reach these vars. A var is a copy; each source tensor is
+/// computed on [`ExecPath::Training`] reach these vars. A var is a copy; each source tensor is
 /// dropped as soon as it is copied, so a caller that hands over the only reference does not keep a second
 /// copy of the model for the whole run (538 MB for SmolLM2).
 pub fn trainable(weights: TensorMap) -> Result<(BTreeMap<String, Var>, TensorMap)> {

@@ -25,7 +25,7 @@ use crate::data::{CorpusFeed, TextData};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate_corpus, evaluate_ids};
 use crate::family::{FamilyMap, MaskScores, MaskValues};
-use crate::model::{trainable, Kernels, Llama, TensorMap};
+use crate::model::{trainable, ExecPath, Llama, TensorMap};
 use crate::prune::masks::{layouts, prunable_params, Deterministic, MaskSet};
 use crate::prune::{FamilyStat, Lagrangian, TargetShape};
 use crate::rng::Rng;
@@ -162,7 +162,7 @@ impl Pruner {
                 }
                 micro
             } else {
-                let lm = self.model.lm_loss(batch, Kernels::Differentiable, Some(&z))?;
+                let lm = self.model.lm_loss(batch, ExecPath::Training, Some(&z))?;
                 let b = batch.dim(0)?;
                 loss_sum += lm.to_scalar::<f32>()? as f64 * b as f64;
                 (lm * (b as f64 / n_samples as f64))?.backward()?

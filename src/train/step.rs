@@ -6,7 +6,7 @@ use candle_core::{Tensor, Var};
 
 use super::optim::{clip_factor, global_grad_norm, AdamW};
 use crate::error::{Error, Result};
-use crate::model::{nll_from_logits, Kernels, Llama};
+use crate::model::{nll_from_logits, ExecPath, Llama};
 use crate::run::checks::check_seq_len;
 
 /// A non-finite loss stops the run. At step 1 nothing has been updated yet, so the model or its data are
@@ -62,8 +62,8 @@ pub fn micro_batch(model: &Llama, backward: Backward, ids: &Tensor, n_samples: u
     }
     let seq = ids.dim(1)?;
     check_seq_len(seq)?;
-    let logits = model.forward_masked(&ids.narrow(1, 0, seq - 1)?, Kernels::Differentiable, None)?;
-    let per_sample = nll_from_logits(&logits, &ids.narrow(1, 1, seq - 1)?)?.mean(1)?; // [b]
+    let logits = model.forward_masked(&ids.narrow(1, 0, seq - 1)?, ExecPath::Training, None)?;
+    let per_sample = nll_from_logits(&logits, &ids.narrow(1, 1, seq - 1)?, ExecPath::Training)?.mean(1)?; // [b]
     let values: Vec<f32> = per_sample.to_vec1()?;
     let grads = (per_sample.sum_all()? / n_samples as f64)?.backward()?;
     Ok((values, grads))

@@ -7,7 +7,7 @@
 //! Here each piece is one kernel forward and one backward, parallel over rows (or over sequences × KV
 //! groups for attention), with matrix products done by `gemm` on strided views. Each computes the same
 //! function as the composed ops; each kernel's file tests its values and gradients against them. They run
-//! on f32 CPU tensors ([`applies`]); `ops` and the model use the composed ops elsewhere (CUDA, bf16).
+//! on f32 CPU tensors ([`applies`]); the table in [`super::ops`] says where each one runs.
 //!
 //! One file per kernel, its forward and backward side by side: `linear`, `rms_norm`, `softmax` (causal),
 //! `rope`, `swiglu`, `cross_entropy`, `attention`. This file holds what they share: storage access,

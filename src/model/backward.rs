@@ -39,31 +39,103 @@ pub struct MaskGrads {
     pub hidden: Option<Tensor>,
 }
 
-/// What the backward needs of one block's forward.
+/// What the backward needs of one block's forward (`d` hidden, `H`/`KV` query/KV heads of `hd` dims, `m`
+/// intermediate).
 struct Saved {
+    /// `[b, t, d]`: the block's input.
     x: Tensor,
+    /// `[b, t, d]`: the input norm's output, the projections' input.
     a: Tensor,
+    /// `[b, t, H * hd]`, `[b, t, KV * hd]`, `[b, t, KV * hd]`: the projections, before RoPE.
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    /// The attention output before the head mask.
+    /// `[b, t, H * hd]`: the attention output before the head mask.
     ctx: Tensor,
+    /// `[b, t, d]`: the residual stream after the attention.
     x1: Tensor,
+    /// `[b, t, d]`: the post-attention norm's output, the MLP's input.
     h: Tensor,
+    /// `[b, t, m]`: `gate_proj`'s output.
     gate: Tensor,
-    /// `up_proj`'s output before the intermediate mask.
+    /// `[b, t, m]`: `up_proj`'s output before the intermediate mask.
     up: Tensor,
+    /// `[b, t, m]`: the SwiGLU activation, `down_proj`'s input.
     act: Tensor,
-    /// `o_proj`'s and `down_proj`'s outputs before the layer and hidden masks (kept only with either).
+    /// `[b, t, d]` each: `o_proj`'s and `down_proj`'s outputs before the layer and hidden masks (kept only
+    /// with either).
     o: Option<Tensor>,
     down: Option<Tensor>,
+}
+
+/// What the saving forward leaves for the loss and the backward.
+struct Forward {
+    /// One per block, in order.
+    blocks: Vec<Saved>,
+    /// `[b, t, d]`: the last block's output, the final norm's input.
+    x: Tensor,
+    /// `[b, t, d]`: the final norm's output, the LM head's input.
+    hf: Tensor,
+    /// `[b, t, vocab]`.
+    logits: Tensor,
+}
+
+/// What the forward and the backward of one [`Llama::lm_loss_grads`] call share: the RoPE tables and the
+/// detached mask values.
+struct Pass {
+    /// `[t, hd / 2]` each.
+    cos: Tensor,
+    sin: Tensor,
+    /// `[d]`: the hidden mask, f32.
+    hidden: Option<Tensor>,
+    /// `[L]`: the layer mask.
+    layer: Option<Vec<f32>>,
+    /// `[L, H * hd]`: see [`MaskGrads::head_dims`].
+    head_dims: Option<Tensor>,
+    /// `[L, m]`.
+    intermediate: Option<Tensor>,
 }
 
 /// One block's mask values, detached: what multiplies where (see [`MaskValues`]).
 struct BlockZ {
     layer: Option<f32>,
+    /// `[H * hd]`.
     head_dims: Option<Tensor>,
+    /// `[m]`.
     intermediate: Option<Tensor>,
+    /// What a sub-layer's output is multiplied by before the residual add: layer ⊙ hidden (`[1]` or `[d]`).
+    out_scale: Option<Tensor>,
+}
+
+impl Pass {
+    fn block(&self, i: usize, device: &candle_core::Device) -> Result<BlockZ> {
+        let layer = self.layer.as_ref().map(|z| z[i]);
+        let out_scale = match (layer, &self.hidden) {
+            (None, None) => None,
+            (Some(l), None) => Some(Tensor::new(&[l], device)?),
+            (None, Some(h)) => Some(h.clone()),
+            (Some(l), Some(h)) => Some((h * l as f64)?),
+        };
+        Ok(BlockZ {
+            layer,
+            head_dims: self.head_dims.as_ref().map(|z| z.get(i)).transpose()?,
+            intermediate: self.intermediate.as_ref().map(|z| z.get(i)).transpose()?,
+            out_scale,
+        })
+    }
+}
+
+/// `y ⊙ z`, or `y` without a mask.
+fn scaled(y: &Tensor, z: &Option<Tensor>) -> Result<Tensor> {
+    Ok(match z {
+        Some(z) => y.broadcast_mul(z)?,
+        None => y.clone(),
+    })
+}
+
+/// A detached view of a weight: the fused ops then record no graph.
+fn w(t: &Tensor) -> Tensor {
+    t.detach()
 }
 
 impl Llama {
@@ -84,167 +156,165 @@ impl Llama {
             return Err(Error::Invalid(format!("a training sequence needs at least 2 tokens, got {seq}")));
         }
         let t = seq - 1;
-        let c = &self.cfg;
-        let (heads, kv, eps) = (c.num_attention_heads, c.num_kv_heads(), c.rms_norm_eps);
         let inputs = ids.narrow(1, 0, t)?.flatten_all()?;
         let targets = ids.narrow(1, 1, t)?.flatten_all()?;
         let (cos, sin) = self.rope_tables(0, t)?;
         self.check_ids(ids)?;
-        // Detached views of the weights and masks: the fused ops then record no graph.
-        let w = |t: &Tensor| t.detach();
+        // Detached, like the weights (`w`): the fused ops then record no graph.
         let masks = masks.map(MaskValues::detach).unwrap_or_default();
         masks.check_shapes(&self.cfg)?;
-        let zh = masks.get(Family::Hidden).map(|z| z.to_dtype(candle_core::DType::F32)).transpose()?;
-        let zh = zh.as_ref();
-        let layer_z: Option<Vec<f32>> = masks.get(Family::Layer).map(|z| z.to_vec1()).transpose()?;
-        let head_dims = self.head_scales(&masks)?;
-        let block_z = |i: usize| -> Result<BlockZ> {
-            Ok(BlockZ {
-                layer: layer_z.as_ref().map(|z| z[i]),
-                head_dims: head_dims.as_ref().map(|z| z.get(i)).transpose()?,
-                intermediate: masks.get(Family::Intermediate).map(|z| z.get(i)).transpose()?,
-            })
-        };
-        // What a sub-layer's output is multiplied by before the residual add: layer ⊙ hidden.
-        let out_scale = |z: &BlockZ| -> Result<Option<Tensor>> {
-            Ok(match (z.layer, zh) {
-                (None, None) => None,
-                (Some(l), None) => Some(Tensor::new(&[l], self.device())?),
-                (None, Some(h)) => Some(h.clone()),
-                (Some(l), Some(h)) => Some((h * l as f64)?),
-            })
-        };
-        let scaled = |y: &Tensor, z: &Option<Tensor>| -> Result<Tensor> {
-            Ok(match z {
-                Some(z) => y.broadcast_mul(z)?,
-                None => y.clone(),
-            })
+        let pass = Pass {
+            cos,
+            sin,
+            hidden: masks.get(Family::Hidden).map(|z| z.to_dtype(candle_core::DType::F32)).transpose()?,
+            layer: masks.get(Family::Layer).map(|z| z.to_vec1()).transpose()?,
+            head_dims: self.head_scales(&masks)?,
+            intermediate: masks.get(Family::Intermediate).cloned(),
         };
 
-        let mut x = w(&self.embed_tokens).embedding(&inputs)?.reshape((b, t, ()))?;
+        let Forward { blocks, x, hf, logits } = self.forward_saving(&inputs, b, t, &pass)?;
+        // The logits become their own gradient: d loss / d nll is 1 / (t · n_samples) at every position.
+        let dlogits = logits.reshape((b * t, ()))?;
+        drop(logits);
+        let nll = fused::cross_entropy_with_grad_in_place(&dlogits, &targets, 1.0 / (t * n_samples) as f32)?;
+        let per_sample: Vec<f32> = nll.chunks(t).map(|row| row.iter().sum::<f32>() / t as f32).collect();
+
+        let mut grads = GradStore::default();
+        let mut acc = MaskGradAcc::new(self.blocks.len());
+        let (dhf, d_lm_head) = fused::linear_grads(&hf, &w(self.lm_head.weight()), &dlogits.reshape((b, t, ()))?)?;
+        drop(dlogits);
+        let (mut dx, d_norm, dz) =
+            fused::rms_norm_grads(&x, &w(&self.norm), pass.hidden.as_ref(), &dhf, self.cfg.rms_norm_eps)?;
+        acc.add_hidden(dz)?;
+        grads.insert(&self.norm, d_norm);
+        for (i, saved) in blocks.into_iter().enumerate().rev() {
+            dx = self.block_backward(i, saved, &pass, dx, &mut acc, &mut grads)?;
+        }
+        self.embedding_backward(&inputs, dx, d_lm_head, &pass, &mut acc, &mut grads)?;
+        let mask_grads = acc.finish(masks.get(Family::Layer).is_some(), self.device())?;
+        Ok(LossGrads { per_sample, weights: grads, masks: mask_grads })
+    }
+
+    /// The forward of [`Llama::lm_loss_grads`] on `inputs: [b · t]`, keeping what the backward needs.
+    fn forward_saving(&self, inputs: &Tensor, b: usize, t: usize, pass: &Pass) -> Result<Forward> {
+        let (heads, kv, eps) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.rms_norm_eps);
+        let zh = pass.hidden.as_ref();
+        let mut x = w(&self.embed_tokens).embedding(inputs)?.reshape((b, t, ()))?;
         if let Some(h) = zh {
             x = x.broadcast_mul(h)?;
         }
-        let mut saved = Vec::with_capacity(self.blocks.len());
+        let mut blocks = Vec::with_capacity(self.blocks.len());
         for (i, blk) in self.blocks.iter().enumerate() {
-            let z = block_z(i)?;
-            let s = out_scale(&z)?;
+            let z = pass.block(i, self.device())?;
+            let s = &z.out_scale;
             let a = fused::rms_norm(&x, &w(&blk.input_norm), zh, eps)?;
             let q = fused::linear(&a, &w(blk.q_proj.weight()))?;
             let k = fused::linear(&a, &w(blk.k_proj.weight()))?;
             let v = fused::linear(&a, &w(blk.v_proj.weight()))?;
-            let ctx = fused::attention(&q, &k, &v, &cos, &sin, heads, kv)?;
+            let ctx = fused::attention(&q, &k, &v, &pass.cos, &pass.sin, heads, kv)?;
             let o = fused::linear(&scaled(&ctx, &z.head_dims)?, &w(blk.o_proj.weight()))?;
-            let x1 = (&x + scaled(&o, &s)?)?;
+            let x1 = (&x + scaled(&o, s)?)?;
             let h = fused::rms_norm(&x1, &w(&blk.post_attention_norm), zh, eps)?;
             let gate = fused::linear(&h, &w(blk.gate_proj.weight()))?;
             let up = fused::linear(&h, &w(blk.up_proj.weight()))?;
             let act = fused::swiglu(&gate, &scaled(&up, &z.intermediate)?)?;
             let down = fused::linear(&act, &w(blk.down_proj.weight()))?;
-            let x2 = (&x1 + scaled(&down, &s)?)?;
+            let x2 = (&x1 + scaled(&down, s)?)?;
             let (o, down) = if s.is_some() { (Some(o), Some(down)) } else { (None, None) };
-            saved.push(Saved { x, a, q, k, v, ctx, x1, h, gate, up, act, o, down });
+            blocks.push(Saved { x, a, q, k, v, ctx, x1, h, gate, up, act, o, down });
             x = x2;
         }
         let hf = fused::rms_norm(&x, &w(&self.norm), zh, eps)?;
         let logits = fused::linear(&hf, &w(self.lm_head.weight()))?;
-        // The logits become their own gradient: d loss / d nll is 1 / (t · n_samples) at every position.
-        let dlogits = logits.reshape((b * t, ()))?;
-        let nll = fused::cross_entropy_with_grad_in_place(&dlogits, &targets, 1.0 / (t * n_samples) as f32)?;
-        let per_sample: Vec<f32> = nll.chunks(t).map(|row| row.iter().sum::<f32>() / t as f32).collect();
+        Ok(Forward { blocks, x, hf, logits })
+    }
 
-        let mut grads = GradStore::default();
-        let n_layers = self.blocks.len();
-        let mut acc = MaskGradAcc {
-            layer: vec![0f32; n_layers],
-            head_dims: vec![None; n_layers],
-            intermediate: vec![None; n_layers],
-            hidden: None,
-        };
-
-        let (dhf, d_lm_head) = fused::linear_grads(&hf, &w(self.lm_head.weight()), &dlogits.reshape((b, t, ()))?)?;
-        drop(dlogits);
-        let (mut dx, d_norm, dz) = fused::rms_norm_grads(&x, &w(&self.norm), zh, &dhf, eps)?;
-        acc.add_hidden(dz)?;
-        grads.insert(&self.norm, d_norm);
-        for (i, (blk, s)) in self.blocks.iter().zip(saved).enumerate().rev() {
-            let z = block_z(i)?;
-            let scale = out_scale(&z)?;
-            // x2 = x1 + down(swiglu(gate(h), up(h) ⊙ z_int)) ⊙ scale, h = norm(x1)
-            let d_down_out = acc.through_scale(&dx, &s.down, &scale, z.layer, zh, i)?;
-            let (d_act, d_down) = fused::linear_grads(&s.act, &w(blk.down_proj.weight()), &d_down_out)?;
-            let up_m = scaled(&s.up, &z.intermediate)?;
-            let (d_gate, mut d_up) = fused::swiglu_grads(&s.gate, &up_m, &d_act)?;
-            if let Some(zi) = &z.intermediate {
-                acc.intermediate[i] = Some(fused::row_sums_of_product(&d_up, &s.up)?);
-                d_up = d_up.broadcast_mul(zi)?;
-            }
-            let (dh_gate, d_gate_w) = fused::linear_grads(&s.h, &w(blk.gate_proj.weight()), &d_gate)?;
-            let (dh_up, d_up_w) = fused::linear_grads(&s.h, &w(blk.up_proj.weight()), &d_up)?;
-            let (dx1_norm, d_post_norm, dz) =
-                fused::rms_norm_grads(&s.x1, &w(&blk.post_attention_norm), zh, &(dh_gate + dh_up)?, eps)?;
-            acc.add_hidden(dz)?;
-            let dx1 = (dx + dx1_norm)?;
-            // x1 = x + o(attention(q(a), k(a), v(a)) ⊙ z_head) ⊙ scale, a = norm(x)
-            let d_o_out = acc.through_scale(&dx1, &s.o, &scale, z.layer, zh, i)?;
-            let ctx_m = scaled(&s.ctx, &z.head_dims)?;
-            let (mut d_ctx, d_o) = fused::linear_grads(&ctx_m, &w(blk.o_proj.weight()), &d_o_out)?;
-            if let Some(zd) = &z.head_dims {
-                acc.head_dims[i] = Some(fused::row_sums_of_product(&d_ctx, &s.ctx)?);
-                d_ctx = d_ctx.broadcast_mul(zd)?;
-            }
-            let (dq, dk, dv) = fused::attention_grads(&s.q, &s.k, &s.v, &cos, &sin, heads, kv, &d_ctx)?;
-            let (da_q, d_q) = fused::linear_grads(&s.a, &w(blk.q_proj.weight()), &dq)?;
-            let (da_k, d_k) = fused::linear_grads(&s.a, &w(blk.k_proj.weight()), &dk)?;
-            let (da_v, d_v) = fused::linear_grads(&s.a, &w(blk.v_proj.weight()), &dv)?;
-            let (dx_norm, d_in_norm, dz) =
-                fused::rms_norm_grads(&s.x, &w(&blk.input_norm), zh, &((da_q + da_k)? + da_v)?, eps)?;
-            acc.add_hidden(dz)?;
-            dx = (dx1 + dx_norm)?;
-            for (param, g) in [
-                (blk.down_proj.weight(), d_down),
-                (blk.gate_proj.weight(), d_gate_w),
-                (blk.up_proj.weight(), d_up_w),
-                (&blk.post_attention_norm, d_post_norm),
-                (blk.o_proj.weight(), d_o),
-                (blk.q_proj.weight(), d_q),
-                (blk.k_proj.weight(), d_k),
-                (blk.v_proj.weight(), d_v),
-                (&blk.input_norm, d_in_norm),
-            ] {
-                grads.insert(param, g);
-            }
+    /// Block `i`'s backward: from `dx`, the gradient at its output `[b, t, d]`, to the gradient at its
+    /// input; its weights' gradients go into `grads`, its masks' into `acc`.
+    fn block_backward(
+        &self,
+        i: usize,
+        s: Saved,
+        pass: &Pass,
+        dx: Tensor,
+        acc: &mut MaskGradAcc,
+        grads: &mut GradStore,
+    ) -> Result<Tensor> {
+        let (heads, kv, eps) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.rms_norm_eps);
+        let (blk, zh) = (&self.blocks[i], pass.hidden.as_ref());
+        let z = pass.block(i, self.device())?;
+        let scale = &z.out_scale;
+        // x2 = x1 + down(swiglu(gate(h), up(h) ⊙ z_int)) ⊙ scale, h = norm(x1)
+        let d_down_out = acc.through_scale(&dx, &s.down, scale, z.layer, zh, i)?;
+        let (d_act, d_down) = fused::linear_grads(&s.act, &w(blk.down_proj.weight()), &d_down_out)?;
+        let up_m = scaled(&s.up, &z.intermediate)?;
+        let (d_gate, mut d_up) = fused::swiglu_grads(&s.gate, &up_m, &d_act)?;
+        if let Some(zi) = &z.intermediate {
+            acc.intermediate[i] = Some(fused::row_sums_of_product(&d_up, &s.up)?);
+            d_up = d_up.broadcast_mul(zi)?;
         }
+        let (dh_gate, d_gate_w) = fused::linear_grads(&s.h, &w(blk.gate_proj.weight()), &d_gate)?;
+        let (dh_up, d_up_w) = fused::linear_grads(&s.h, &w(blk.up_proj.weight()), &d_up)?;
+        let (dx1_norm, d_post_norm, dz) =
+            fused::rms_norm_grads(&s.x1, &w(&blk.post_attention_norm), zh, &(dh_gate + dh_up)?, eps)?;
+        acc.add_hidden(dz)?;
+        let dx1 = (dx + dx1_norm)?;
+        // x1 = x + o(attention(q(a), k(a), v(a)) ⊙ z_head) ⊙ scale, a = norm(x)
+        let d_o_out = acc.through_scale(&dx1, &s.o, scale, z.layer, zh, i)?;
+        let ctx_m = scaled(&s.ctx, &z.head_dims)?;
+        let (mut d_ctx, d_o) = fused::linear_grads(&ctx_m, &w(blk.o_proj.weight()), &d_o_out)?;
+        if let Some(zd) = &z.head_dims {
+            acc.head_dims[i] = Some(fused::row_sums_of_product(&d_ctx, &s.ctx)?);
+            d_ctx = d_ctx.broadcast_mul(zd)?;
+        }
+        let (dq, dk, dv) = fused::attention_grads(&s.q, &s.k, &s.v, &pass.cos, &pass.sin, heads, kv, &d_ctx)?;
+        let (da_q, d_q) = fused::linear_grads(&s.a, &w(blk.q_proj.weight()), &dq)?;
+        let (da_k, d_k) = fused::linear_grads(&s.a, &w(blk.k_proj.weight()), &dk)?;
+        let (da_v, d_v) = fused::linear_grads(&s.a, &w(blk.v_proj.weight()), &dv)?;
+        let (dx_norm, d_in_norm, dz) =
+            fused::rms_norm_grads(&s.x, &w(&blk.input_norm), zh, &((da_q + da_k)? + da_v)?, eps)?;
+        acc.add_hidden(dz)?;
+        for (param, g) in [
+            (blk.down_proj.weight(), d_down),
+            (blk.gate_proj.weight(), d_gate_w),
+            (blk.up_proj.weight(), d_up_w),
+            (&blk.post_attention_norm, d_post_norm),
+            (blk.o_proj.weight(), d_o),
+            (blk.q_proj.weight(), d_q),
+            (blk.k_proj.weight(), d_k),
+            (blk.v_proj.weight(), d_v),
+            (&blk.input_norm, d_in_norm),
+        ] {
+            grads.insert(param, g);
+        }
+        Ok((dx1 + dx_norm)?)
+    }
+
+    /// The embedding's backward, from `dx: [b, t, d]` at the first block's input: each position's gradient
+    /// added to its token's row (of the LM head's gradient `d_lm_head` when the two share their weights).
+    fn embedding_backward(
+        &self,
+        inputs: &Tensor,
+        dx: Tensor,
+        d_lm_head: Tensor,
+        pass: &Pass,
+        acc: &mut MaskGradAcc,
+        grads: &mut GradStore,
+    ) -> Result<()> {
         // x0 = embedding(inputs) ⊙ z_hidden: the hidden mask's last term, then the rows' gradient.
-        let mut dx = dx.reshape((b * t, ()))?;
-        if let Some(h) = zh {
-            acc.add_hidden(Some(fused::row_sums_of_product(&dx, &w(&self.embed_tokens).embedding(&inputs)?)?))?;
+        let mut dx = dx.reshape((inputs.elem_count(), ()))?;
+        if let Some(h) = &pass.hidden {
+            acc.add_hidden(Some(fused::row_sums_of_product(&dx, &w(&self.embed_tokens).embedding(inputs)?)?))?;
             dx = dx.broadcast_mul(h)?;
         }
-        // The embedding's gradient: each position's dx added to its token's row (of the LM head's gradient
-        // when the two share their weights).
         if self.cfg.tie_word_embeddings {
-            grads.insert(&self.embed_tokens, d_lm_head.index_add(&inputs, &dx, 0)?);
+            grads.insert(&self.embed_tokens, d_lm_head.index_add(inputs, &dx, 0)?);
         } else {
-            let d_embed = self.embed_tokens.zeros_like()?.index_add(&inputs, &dx, 0)?;
+            let d_embed = self.embed_tokens.zeros_like()?.index_add(inputs, &dx, 0)?;
             grads.insert(&self.embed_tokens, d_embed);
             grads.insert(self.lm_head.weight(), d_lm_head);
         }
-        let dev = self.device().clone();
-        let stack = |rows: Vec<Option<Tensor>>| -> Result<Option<Tensor>> {
-            if rows.iter().all(|r| r.is_none()) {
-                return Ok(None);
-            }
-            let rows: Vec<Tensor> = rows.into_iter().map(|r| r.expect("every layer has the mask")).collect();
-            Ok(Some(Tensor::stack(&rows, 0)?))
-        };
-        let mask_grads = MaskGrads {
-            layer: masks.get(Family::Layer).map(|_| Tensor::from_vec(acc.layer, n_layers, &dev)).transpose()?,
-            head_dims: stack(acc.head_dims)?,
-            intermediate: stack(acc.intermediate)?,
-            hidden: acc.hidden,
-        };
-        Ok(LossGrads { per_sample, weights: grads, masks: mask_grads })
+        Ok(())
     }
 
     /// `Σ z · dz` over the masks of `masks` (still attached to whatever graph produced them) with `dz` held
@@ -278,6 +348,33 @@ struct MaskGradAcc {
 }
 
 impl MaskGradAcc {
+    fn new(n_layers: usize) -> Self {
+        Self {
+            layer: vec![0f32; n_layers],
+            head_dims: vec![None; n_layers],
+            intermediate: vec![None; n_layers],
+            hidden: None,
+        }
+    }
+
+    /// The collected gradients, a family's absent where its mask was (`with_layer`: a layer mask was given).
+    fn finish(self, with_layer: bool, device: &candle_core::Device) -> Result<MaskGrads> {
+        let stack = |rows: Vec<Option<Tensor>>| -> Result<Option<Tensor>> {
+            if rows.iter().all(|r| r.is_none()) {
+                return Ok(None);
+            }
+            let rows: Vec<Tensor> = rows.into_iter().map(|r| r.expect("every layer has the mask")).collect();
+            Ok(Some(Tensor::stack(&rows, 0)?))
+        };
+        let n_layers = self.layer.len();
+        Ok(MaskGrads {
+            layer: if with_layer { Some(Tensor::from_vec(self.layer, n_layers, device)?) } else { None },
+            head_dims: stack(self.head_dims)?,
+            intermediate: stack(self.intermediate)?,
+            hidden: self.hidden,
+        })
+    }
+
     fn add_hidden(&mut self, g: Option<Tensor>) -> Result<()> {
         if let Some(g) = g {
             self.hidden = Some(match self.hidden.take() {

@@ -130,6 +130,23 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The same cached positions for a batch of `n` sequences (a batch-1 cache, e.g. a shared prompt,
+    /// repeated): what [`Llama::logits_after`] continues `n` different suffixes from.
+    pub fn repeat_batch(&self, n: usize) -> Result<Self> {
+        let rep = |t: &Tensor| -> Result<Tensor> {
+            if t.dim(0)? != 1 {
+                return Err(Error::Invalid(format!("repeating a KV cache of batch {} (needs 1)", t.dim(0)?)));
+            }
+            Ok(t.repeat((n, 1, 1, 1))?)
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.as_ref().map(|(k, v)| Ok((rep(k)?, rep(v)?))).transpose())
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
 }
 
 /// The per-block slices of [`MaskValues`].
@@ -248,6 +265,14 @@ impl Llama {
         let hidden = self.hidden_states(ids, path, Some(cache), None)?;
         let seq = hidden.dim(1)?;
         Ok(self.lm_head.forward(&hidden.narrow(1, seq - 1, 1)?, path)?.squeeze(1)?)
+    }
+
+    /// Logits `[batch, seq, vocab]` of every position of `ids: [batch, seq]`, which continue the positions
+    /// in `cache` (extended by them): the continuations of a prompt scored once (inference path).
+    pub fn logits_after(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let path = ExecPath::Inference;
+        let hidden = self.hidden_states(ids, path, Some(cache), None)?;
+        Ok(self.lm_head.forward(&hidden, path)?)
     }
 
     /// Final-norm hidden states `[batch, seq, hidden]`.

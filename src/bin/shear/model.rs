@@ -49,11 +49,28 @@ pub struct EvalArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// UTF-8 text file to evaluate on.
-    #[arg(long, conflicts_with = "data", required_unless_present = "data")]
+    #[arg(long, conflicts_with_all = ["data", "tasks"], required_unless_present_any = ["data", "tasks"])]
     pub text: Option<PathBuf>,
     /// A corpus directory (`shear corpus build`): per-domain NLL on its eval split.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tasks")]
     pub data: Option<PathBuf>,
+    /// Downstream accuracy on zero-shot tasks, comma-separated (arc_easy, arc_challenge, hellaswag, piqa,
+    /// winogrande, sciq, boolq, lambada, openbookqa, csqa, socialiqa), or `paper` for the paper's list.
+    #[arg(long)]
+    pub tasks: Option<String>,
+    /// With --tasks: few-shot examples in each context, 0 or 5 (the package's variants).
+    #[arg(long, default_value_t = 0)]
+    pub shots: usize,
+    /// With --tasks: the first N documents of each task only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// With --tasks: where scripts/fetch-eval-tasks.sh put the requests.
+    #[arg(long, default_value = shear::eval::tasks::DEFAULT_DIR)]
+    pub tasks_dir: PathBuf,
+    /// With --tasks: score every request on its own instead of running a document's shared context once
+    /// (the baseline the sharing's speed-up is measured against; the same numbers).
+    #[arg(long)]
+    pub no_shared_context: bool,
     /// With --data: at most N eval sequences per domain.
     #[arg(long)]
     pub max_sequences: Option<usize>,
@@ -135,6 +152,9 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     if let Some(dir) = &a.data {
         return eval_corpus_cmd(&a, dir);
     }
+    if let Some(list) = &a.tasks {
+        return eval_tasks_cmd(&a, list);
+    }
     let text_path = a.text.clone().expect("clap enforces --text or --data");
     let (loaded, tok) = load(&a.model, &a.device)?;
     let mut ids = match a.held_out {
@@ -172,6 +192,71 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
         println!("perplexity  {:.4}", r.perplexity);
         println!("time        {:.1}s ({:.0} tokens/s)", secs, r.tokens as f64 / secs);
     }
+    Ok(())
+}
+
+/// `shear eval --tasks`: accuracy per task, the paper's metric and their average.
+pub fn eval_tasks_cmd(a: &EvalArgs, list: &str) -> Result<()> {
+    use shear::eval::tasks;
+    let infos = tasks::parse_task_list(list)?;
+    // Every task's requests are read (and checked) before the model is loaded.
+    let loaded_tasks = infos
+        .iter()
+        .map(|i| tasks::load_task(&a.tasks_dir, *i, a.shots, a.limit))
+        .collect::<shear::Result<Vec<_>>>()?;
+    let (loaded, tok) = load(&a.model, &a.device)?;
+    let mut results = vec![];
+    for task in &loaded_tasks {
+        let pb = Progress::new(task.docs.len(), task.info.name);
+        let (r, _) = tasks::evaluate_task(&loaded.model, &tok, task, !a.no_shared_context, |done, total| {
+            pb.update(done, total, None)
+        })?;
+        pb.finish();
+        results.push(r);
+    }
+    let average = results.iter().map(|r| r.paper_value).sum::<f64>() / results.len() as f64;
+    if a.json {
+        let by_task: serde_json::Map<String, serde_json::Value> =
+            results.iter().map(|r| (r.task.clone(), serde_json::to_value(r).expect("a result serializes"))).collect();
+        let v = serde_json::json!({"model": a.model, "shots": a.shots, "limit": a.limit, "tasks": by_task,
+            "average": average});
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "model {} ({} shots{})",
+        a.model.display(),
+        a.shots,
+        a.limit.map(|n| format!(", first {n} documents")).unwrap_or_default()
+    );
+    println!(
+        "{:<14} {:>6} {:>15} {:>15} {:>9} {:>14} {:>6} {:>8} {:>7}",
+        "task", "docs", "acc", "acc_norm", "ppl", "paper", "chance", "seconds", "req/s"
+    );
+    let pm = |x: f64, e: f64| format!("{x:.4} ± {e:.4}");
+    for r in &results {
+        let norm = match (r.acc_norm, r.acc_norm_stderr) {
+            (Some(x), Some(e)) => pm(x, e),
+            _ => "-".into(),
+        };
+        let metric = match r.paper_metric {
+            tasks::PaperMetric::Acc => "acc",
+            tasks::PaperMetric::AccNorm => "acc_norm",
+        };
+        println!(
+            "{:<14} {:>6} {:>15} {:>15} {:>9} {:>14} {:>6.3} {:>8.1} {:>7.1}",
+            r.task,
+            r.docs,
+            pm(r.acc, r.acc_stderr),
+            norm,
+            r.perplexity.map(|p| format!("{p:.2}")).unwrap_or_else(|| "-".into()),
+            format!("{:.4} {metric}", r.paper_value),
+            r.chance,
+            r.seconds,
+            r.requests_per_s
+        );
+    }
+    println!("average of the paper's metric over {} tasks: {average:.4}", results.len());
     Ok(())
 }
 

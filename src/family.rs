@@ -85,20 +85,9 @@ impl<T> FamilyMap<T> {
     pub fn insert(&mut self, family: Family, value: T) {
         self.slots[family.index()] = Some(value);
     }
-    pub fn contains(&self, family: Family) -> bool {
-        self.get(family).is_some()
-    }
     /// The families that have a value, with it.
     pub fn iter(&self) -> impl Iterator<Item = (Family, &T)> {
         Family::ALL.into_iter().filter_map(|f| self.get(f).map(|v| (f, v)))
-    }
-    /// The same families, each value mapped (fallibly).
-    pub fn try_map<U>(&self, mut f: impl FnMut(Family, &T) -> Result<U>) -> Result<FamilyMap<U>> {
-        let mut out = FamilyMap::new();
-        for (family, v) in self.iter() {
-            out.insert(family, f(family, v)?);
-        }
-        Ok(out)
     }
 }
 

@@ -104,11 +104,16 @@ fn the_shared_context_batch_scores_what_each_request_alone_scores() {
                 tasks::encode_request(&tok, &req, 8192).unwrap()
             })
             .collect();
-        let shared = tasks::score_requests(&model, &encoded, true).unwrap();
-        let alone = tasks::score_requests(&model, &encoded, false).unwrap();
-        for (a, b) in shared.iter().zip(&alone) {
-            assert!((a.loglik - b.loglik).abs() <= 1e-4 * b.loglik.abs().max(1.0), "{task}: {a:?} vs {b:?}");
-            assert_eq!(a.greedy, b.greedy);
+        // And requests that share no first token (a sentence that starts with its blank).
+        let mut differing = encoded.clone();
+        differing[1].input[0] = if differing[0].input[0] == 13 { 14 } else { 13 };
+        for set in [encoded, differing] {
+            let shared = tasks::score_requests(&model, &set, true).unwrap();
+            let alone = tasks::score_requests(&model, &set, false).unwrap();
+            for (a, b) in shared.iter().zip(&alone) {
+                assert!((a.loglik - b.loglik).abs() <= 1e-4 * b.loglik.abs().max(1.0), "{task}: {a:?} vs {b:?}");
+                assert_eq!(a.greedy, b.greedy);
+            }
         }
     }
 }
@@ -140,9 +145,15 @@ fn bad_task_inputs_get_one_line_errors() {
     let err = msg(tasks::load_task(tmp.path(), info, 0, None).unwrap_err());
     assert!(err.contains("requests.jsonl.gz:2:"), "{err}");
     // A gzip cut short is an error, not a shorter task.
-    let whole = gz(&format!("{good}\n").repeat(200));
+    let lines: String = (0..400).map(|i| good.replace(r#""doc_id": 0"#, &format!(r#""doc_id": {i}"#)) + "\n").collect();
+    let whole = gz(&lines);
     std::fs::write(dir.join("requests.jsonl.gz"), &whole[..whole.len() / 2]).unwrap();
-    msg(tasks::load_task(tmp.path(), info, 0, None).unwrap_err());
+    let err = msg(tasks::load_task(tmp.path(), info, 0, None).unwrap_err());
+    assert!(err.contains("truncated or corrupt gzip"), "{err}");
+    // Two gzip members read as one file, as Python's gzip module reads them.
+    let (a, b) = lines.split_at(lines.len() / 2);
+    std::fs::write(dir.join("requests.jsonl.gz"), [gz(a), gz(b)].concat()).unwrap();
+    assert_eq!(tasks::load_task(tmp.path(), info, 0, None).unwrap().docs.len(), 400);
     // A model whose vocabulary does not cover the requests' tokens.
     let (model, _) = model();
     let e = Encoded { input: vec![1, 2, 60_000], targets: vec![3], start: 2, chars: 1 };

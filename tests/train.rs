@@ -210,6 +210,12 @@ fn model_only_checkpoint_exports_but_does_not_resume() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("--save-only-model") && stderr.contains("cannot be resumed"), "{stderr}");
+    // A resumed run keeps its settings and mixture: a flag that would change them is refused, not ignored.
+    let out =
+        bin().args(["train", "--resume", "--out", s(&lean), "--lr", "1", "--update", "constant"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("only --steps may change"), "{stderr}");
+    assert!(stderr.contains("--lr --update"), "{stderr}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ Run by hand, not in CI (it needs torch, transformers and gguf):
 transformers reads SmolLM2 from the GGUF with its own loader and tokenizer builder, so nothing here comes
 from shear. Each request is scored on its own, the way lm-evaluation-harness scores a causal LM: the
 context's trailing whitespace moves into the continuation, the continuation's tokens are
-encode(context + continuation) after len(encode(context)), the model reads (context + continuation)[:-1],
+encode(context + continuation) after len(encode(context)) (without special tokens), the model reads (context + continuation)[:-1],
 and the log-likelihood is the sum over the continuation's tokens (greedy: each is the argmax).
 
 Writes tests/fixtures/tasks/smollm2.json: for the first DOCS documents of a few tasks, every request's
@@ -70,8 +70,9 @@ def encode_pair(tok, context, continuation):
     if n > 0:
         continuation = context[-n:] + continuation
         context = context[:-n]
-    whole = tok(context + continuation)["input_ids"]
-    ctx = tok(context)["input_ids"]
+    # As lm-evaluation-harness encodes for a causal LM: no special tokens.
+    whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
     return whole[:-1], whole[len(ctx):]
 
 

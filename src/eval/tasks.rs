@@ -7,8 +7,8 @@
 //!
 //! Scoring one request:
 //! - a context's trailing whitespace moves into the continuation;
-//! - the continuation's tokens are `encode(context + continuation)` after the first `len(encode(context))`
-//!   (encoding with the model's tokenizer as it is: it adds special tokens only if its post-processor does);
+//! - the continuation's tokens are `encode(context + continuation)` after the first `len(encode(context))`,
+//!   encoded without special tokens (the harness's default for a causal LM);
 //! - the model reads `(context + continuation)[..-1]` and the continuation's log-likelihood is the sum of
 //!   its tokens' log-probabilities; it is *greedy* when every one of them is the argmax.
 //!
@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -189,7 +189,8 @@ pub fn load_task(dir: &Path, info: TaskInfo, shots: usize, limit: Option<usize>)
         .map_err(|e| Error::Invalid(format!("{}: {e}", config_path.display())))?;
     let uncond = config.task_config.metric_kwargs.uncond_docid_offset.unwrap_or(u64::MAX);
     let file = std::fs::File::open(&requests).map_err(|e| Error::io(&requests, e))?;
-    let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(file));
+    // Every gzip member (a file may be several concatenated), as Python's gzip module reads it.
+    let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file));
     let bad = |n: usize, msg: String| Error::Invalid(format!("{}:{n}: {msg}", requests.display()));
     // Documents in file order, each with its choices by `idx`.
     let mut order: Vec<u64> = vec![];
@@ -258,7 +259,7 @@ pub struct Encoded {
 }
 
 fn encode_text(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
-    tok.encode_fast(text, true)
+    tok.encode_fast(text, false)
         .map(|e| e.get_ids().to_vec())
         .map_err(|e| Error::Invalid(format!("tokenizer failed: {e}")))
 }
@@ -286,13 +287,8 @@ pub fn encode_request(tok: &Tokenizer, r: &Request, max_len: usize) -> Result<En
         )));
     }
     if input.len() > max_len {
+        // The harness keeps the last `max_len` positions; the continuation fits, so only context goes.
         let cut = input.len() - max_len;
-        if cut > start {
-            return Err(Error::Invalid(format!(
-                "a request of {} tokens does not fit the model's context ({max_len}) with its continuation",
-                input.len() + 1
-            )));
-        }
         input.drain(..cut);
         start -= cut;
     }
@@ -314,7 +310,22 @@ pub struct Scored {
 /// the rest as one batch (module doc); without, each request runs on its own (the baseline the sharing is
 /// measured against). Both give the same numbers up to float rounding.
 pub fn score_requests(model: &Llama, reqs: &[Encoded], share_context: bool) -> Result<Vec<Scored>> {
-    if !share_context {
+    if reqs.is_empty() {
+        return Ok(vec![]);
+    }
+    if let Some(r) = reqs.iter().find(|r| r.targets.is_empty() || r.start + r.targets.len() != r.input.len()) {
+        return Err(Error::Invalid(format!(
+            "a request encoding with {} input tokens, {} targets from position {}: the targets must end the input",
+            r.input.len(),
+            r.targets.len(),
+            r.start
+        )));
+    }
+    // Requests that share no first token (a sentence that starts with its blank, or contexts truncated by
+    // different amounts) have nothing to share.
+    let first = reqs.first().and_then(|r| r.input.first());
+    let shareable = reqs.iter().all(|r| r.input.first() == first);
+    if reqs.len() > 1 && (!share_context || !shareable) {
         return reqs.iter().map(|r| score_requests(model, std::slice::from_ref(r), true).map(|v| v[0])).collect();
     }
     let vocab = model.config().vocab_size;
@@ -329,7 +340,7 @@ pub fn score_requests(model: &Llama, reqs: &[Encoded], share_context: bool) -> R
     let common = reqs.iter().skip(1).fold(reqs[0].input.len(), |n, r| {
         n.min(r.input.iter().zip(&reqs[0].input).take_while(|(a, b)| a == b).count())
     });
-    let p = common.min(reqs.iter().map(|r| r.start + 1).min().expect("at least one request")).max(1);
+    let p = common.min(reqs.iter().map(|r| r.start + 1).min().expect("checked non-empty above"));
     let device = model.device().clone();
     let mut cache = KvCache::new();
     let prefix = Tensor::new(&reqs[0].input[..p], &device)?.unsqueeze(0)?;
@@ -480,9 +491,4 @@ pub fn evaluate_task(
     }
     let result = aggregate(task, &scored, &encoded, t0.elapsed().as_secs_f64());
     Ok((result, scored))
-}
-
-/// The request directory: `dir`, or [`DEFAULT_DIR`] under the current directory.
-pub fn tasks_dir(dir: Option<&Path>) -> PathBuf {
-    dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
 }

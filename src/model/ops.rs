@@ -5,8 +5,10 @@
 //! silently stop at it), and the same math composed from differentiable candle primitives. An
 //! [`ExecPath`] names what a caller needs (speed, a backward, or the reference), and
 //! [`ExecPath::implementation`] picks for each op, from the op and its input tensors. No other code
-//! chooses: the op functions below, [`Linear::forward`], the model's norm and attention and
-//! [`super::nll_from_logits`] each match on its answer.
+//! chooses a kernel: the op functions below, [`Linear::forward`], the model's norm and attention and
+//! [`super::nll_from_logits`] each match on its answer. (Whether the training step's backward is the
+//! hand-written one is a separate, whole-model question: `Llama::hand_backward_applies`, read once per
+//! stage by `train::step::Backward::for_model`.)
 //!
 //! What runs when (`shear`: [`super::fused`]; `candle-fused`: candle-nn's no-backward op; `composed`:
 //! candle primitives); "elsewhere" is off the CPU or not f32 (CUDA, bf16):

@@ -47,6 +47,9 @@ pub struct PruneConfig {
     pub eval_interval: usize,
     /// Held-out tokens evaluated at each eval interval.
     pub eval_tokens: usize,
+    /// With a text file: the fraction of its tokens held out for evaluation (its last part).
+    #[serde(default = "default_eval_fraction")]
+    pub eval_fraction: f64,
     pub checkpoint_interval: usize,
     /// Checkpoints hold the weights, log-α and λ but not the AdamW moments (a third of the size); such a
     /// run can be materialized but not resumed.
@@ -60,6 +63,10 @@ pub struct PruneConfig {
 
 fn one() -> usize {
     1
+}
+
+fn default_eval_fraction() -> f64 {
+    0.05
 }
 
 impl PruneConfig {
@@ -90,6 +97,7 @@ impl PruneConfig {
             max_grad_norm: 1.0,
             eval_interval: 50,
             eval_tokens: 8192,
+            eval_fraction: default_eval_fraction(),
             checkpoint_interval: 100,
             save_only_model: false,
             seed: 17,

@@ -3,7 +3,12 @@
 //!
 //! A pruning step line spells its per-family values as `<family>_<field>` (`head_lambda1`,
 //! `hidden_kept_below_half`), flat, so that polars reads every value as a column.
+//!
+//! Reading is lenient where runs of older versions differ: a number a line lacks, or holds as `null`
+//! (JSON's spelling of a non-finite value), reads as NaN, and a count as 0. A line without its `step`, or
+//! with a value of the wrong kind, is an error.
 
+use serde::de::Error as _;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -82,10 +87,8 @@ impl Serialize for PruneStepRecord {
 impl<'de> Deserialize<'de> for PruneStepRecord {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let m = Map::<String, Value>::deserialize(d)?;
-        let num = |k: &str| m.get(k).and_then(Value::as_f64).ok_or_else(|| D::Error::missing_field_named(k));
-        let count = |k: &str| {
-            m.get(k).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| D::Error::missing_field_named(k))
-        };
+        let num = |k: &str| lenient_number(&m, k).map_err(D::Error::custom);
+        let count = |k: &str| lenient_count(&m, k).map_err(D::Error::custom);
         let mut constraints = FamilyMap::new();
         let mut decisions = FamilyMap::new();
         for f in Family::ALL {
@@ -112,8 +115,9 @@ impl<'de> Deserialize<'de> for PruneStepRecord {
                 );
             }
         }
+        let step = m.get("step").and_then(Value::as_u64).ok_or_else(|| D::Error::custom("no integer `step`"))?;
         Ok(Self {
-            step: count("step")?,
+            step: step as usize,
             lm_loss: num("lm_loss")?,
             lagrangian: num("lagrangian")?,
             grad_norm: num("grad_norm")?,
@@ -128,19 +132,33 @@ impl<'de> Deserialize<'de> for PruneStepRecord {
     }
 }
 
-/// `missing field` for a key built at run time (serde's own takes a `&'static str`).
-trait MissingNamed {
-    fn missing_field_named(key: &str) -> Self;
-}
-
-impl<E: serde::de::Error> MissingNamed for E {
-    fn missing_field_named(key: &str) -> Self {
-        E::custom(format!("missing or non-numeric field `{key}`"))
+/// `key`'s number; NaN when it is missing or `null`.
+fn lenient_number(m: &Map<String, Value>, key: &str) -> Result<f64, String> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(f64::NAN),
+        Some(v) => v.as_f64().ok_or_else(|| format!("field `{key}` is {v}, not a number")),
     }
 }
 
+/// `key`'s count; 0 when it is missing.
+fn lenient_count(m: &Map<String, Value>, key: &str) -> Result<usize, String> {
+    match m.get(key) {
+        None => Ok(0),
+        Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| format!("field `{key}` is {v}, not a count")),
+    }
+}
+
+/// A float that older logs may lack or hold as `null`: NaN then.
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+fn nan() -> f64 {
+    f64::NAN
+}
+
 /// One evaluation of a pruning run's deterministic masks (`evals.jsonl` of `shear prune`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PruneEvalRecord {
     /// With a corpus: the proportion update made from the target-count evaluation.
     #[serde(flatten)]
@@ -156,24 +174,71 @@ pub struct PruneEvalRecord {
     pub expected_count_params: f64,
 }
 
+/// [`PruneEvalRecord`]'s own fields, as read.
+#[derive(Deserialize)]
+struct PruneEvalFields {
+    #[serde(deserialize_with = "nan_if_null")]
+    eval_nll: f64,
+    #[serde(default)]
+    eval_tokens: usize,
+    step: usize,
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
+    deterministic_params: f64,
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
+    eval_nll_expected: f64,
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
+    expected_count_params: f64,
+}
+
+// By hand: serde's flattened `Option` reads a malformed proportion update as `None`. A line with an
+// `eval_loss` holds one, and it must parse.
+impl<'de> Deserialize<'de> for PruneEvalRecord {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let line = Value::Object(Map::<String, Value>::deserialize(d)?);
+        let mixture = match line.get("eval_loss") {
+            Some(_) => Some(ProportionUpdate::deserialize(&line).map_err(D::Error::custom)?),
+            None => None,
+        };
+        let f = PruneEvalFields::deserialize(&line).map_err(D::Error::custom)?;
+        Ok(Self {
+            mixture,
+            eval_nll: f.eval_nll,
+            eval_tokens: f.eval_tokens,
+            step: f.step,
+            deterministic_params: f.deterministic_params,
+            eval_nll_expected: f.eval_nll_expected,
+            expected_count_params: f.expected_count_params,
+        })
+    }
+}
+
 /// One continued pre-training step (`metrics.jsonl` of `shear train`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainStepRecord {
     pub step: usize,
     /// Mean LM loss of the step's batch.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Mean loss of each domain that appeared in the batch (never 0/0).
+    #[serde(default)]
     pub domain_loss: DomainValues,
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub lr: f64,
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub grad_norm: f64,
     /// Tokens trained on so far.
+    #[serde(default)]
     pub tokens: usize,
     /// The proportions the batch was drawn with, in domain order.
+    #[serde(default)]
     pub proportions: Vec<f64>,
     /// Cumulative wrap-arounds per domain: repeated data is visible, never silent.
+    #[serde(default)]
     pub wraps: Vec<usize>,
     /// Wall-clock seconds of the step, and its throughput.
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub seconds: f64,
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub tokens_per_s: f64,
 }
 
@@ -182,12 +247,6 @@ pub struct TrainStepRecord {
 pub struct TrainEvalRecord {
     #[serde(flatten)]
     pub mixture: ProportionUpdate,
-    pub step: usize,
-}
-
-/// The step of a log line, whatever its kind (what resuming truncates by).
-#[derive(Deserialize)]
-pub struct StepOnly {
     pub step: usize,
 }
 
@@ -217,10 +276,23 @@ mod tests {
         );
     }
 
+    /// An older line without a later field reads it as NaN; a line without its step, or with a string
+    /// where a number belongs, is refused by name; a malformed proportion update is an error, not `None`.
     #[test]
-    fn a_pruning_step_line_without_a_family_field_is_refused_by_name() {
-        let line = r#"{"step":1,"lm_loss":4.324248552322388,"lagrangian":0.0,"grad_norm":7.2449805101399685,"lr_factor":0.0,"expected_params":105540296.43908274,"expected_sparsity":0.005915357433528778,"layer_expected_sparsity":0.0020178556442260742,"layer_target_sparsity":0.0,"layer_lambda1":0.0,"layer_lambda2":0.0,"head_expected_sparsity":0.0020177364349365234,"head_target_sparsity":0.0,"head_lambda1":0.0,"head_lambda2":0.0,"intermediate_expected_sparsity":0.0020178556442260742,"intermediate_target_sparsity":0.0,"intermediate_lambda1":0.0,"intermediate_lambda2":0.0,"hidden_expected_sparsity":0.0020178556442260742,"hidden_target_sparsity":0.0,"hidden_lambda1":0.0,"hidden_lambda2":0.0,"layer_kept_below_half":0,"layer_dropped_above_half":6,"layer_unbalanced_rows":1,"head_kept_below_half":0,"head_dropped_above_half":72,"head_unbalanced_rows":72,"intermediate_kept_below_half":0,"intermediate_dropped_above_half":12288,"intermediate_unbalanced_rows":24,"hidden_kept_below_half":0,"hidden_dropped_above_half":192,"hidden_unbalanced_rows":1,"seconds":6.757790056,"tokens":256}"#.replace(r#""head_lambda2":0.0,"#, "");
-        let err = serde_json::from_str::<PruneStepRecord>(&line).unwrap_err().to_string();
-        assert!(err.contains("head_lambda2"), "{err}");
+    fn older_lines_read_and_malformed_ones_are_refused_by_name() {
+        let line = r#"{"step":1,"lm_loss":4.324248552322388,"lagrangian":0.0,"grad_norm":7.2449805101399685,"lr_factor":0.0,"expected_params":105540296.43908274,"expected_sparsity":0.005915357433528778,"layer_expected_sparsity":0.0020178556442260742,"layer_target_sparsity":0.0,"layer_lambda1":0.0,"layer_lambda2":0.0,"head_expected_sparsity":0.0020177364349365234,"head_target_sparsity":0.0,"head_lambda1":0.0,"head_lambda2":0.0,"intermediate_expected_sparsity":0.0020178556442260742,"intermediate_target_sparsity":0.0,"intermediate_lambda1":0.0,"intermediate_lambda2":0.0,"hidden_expected_sparsity":0.0020178556442260742,"hidden_target_sparsity":0.0,"hidden_lambda1":0.0,"hidden_lambda2":0.0,"layer_kept_below_half":0,"layer_dropped_above_half":6,"layer_unbalanced_rows":1,"head_kept_below_half":0,"head_dropped_above_half":72,"head_unbalanced_rows":72,"intermediate_kept_below_half":0,"intermediate_dropped_above_half":12288,"intermediate_unbalanced_rows":24,"hidden_kept_below_half":0,"hidden_dropped_above_half":192,"hidden_unbalanced_rows":1,"seconds":6.757790056,"tokens":256}"#;
+        let older = line.replace(r#""head_lambda2":0.0,"#, "");
+        let r: PruneStepRecord = serde_json::from_str(&older).unwrap();
+        assert!(r.constraints.get(Family::Head).unwrap().lambda2.is_nan());
+        let err = serde_json::from_str::<PruneStepRecord>(&line.replace(r#""step":1,"#, "")).unwrap_err();
+        assert!(err.to_string().contains("step"), "{err}");
+        let err = serde_json::from_str::<PruneStepRecord>(&line.replace("4.324248552322388", r#""x""#)).unwrap_err();
+        assert!(err.to_string().contains("lm_loss"), "{err}");
+        let eval = r#"{"eval_loss":{"cc":2.0},"reference_loss":null,"proportions_before":{"cc":1.0},"proportions":{"cc":1.0},"rule":"sideways","eval_nll":2.0,"eval_tokens":8,"step":10,"deterministic_params":1.0,"eval_nll_expected":2.0,"expected_count_params":1.0}"#;
+        let err = serde_json::from_str::<PruneEvalRecord>(eval).unwrap_err();
+        assert!(err.to_string().contains("sideways"), "{err}");
+        let text_eval = r#"{"eval_nll":2.0,"eval_tokens":8,"step":10}"#;
+        let r: PruneEvalRecord = serde_json::from_str(text_eval).unwrap();
+        assert!(r.mixture.is_none() && r.eval_nll_expected.is_nan(), "an older text-run line");
     }
 }

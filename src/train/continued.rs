@@ -90,6 +90,9 @@ impl Trainer {
     /// gradients of the batch's mean loss accumulated over them, the global norm clipped, AdamW stepped.
     pub fn step(&mut self, batch: &Tensor, micro: usize) -> Result<TrainStep> {
         let n_samples = batch.dim(0)?;
+        if micro == 0 || n_samples == 0 {
+            return Err(Error::Invalid(format!("a step of {n_samples} sequences in micro-batches of {micro}")));
+        }
         let bf16_model;
         let model = match &self.f32_model {
             Some(m) => m,

@@ -1,5 +1,5 @@
-//! The pieces of one optimizer step of plain LM training, shared by continued pre-training and
-//! `shear bench train`: a micro-batch's loss and gradients, their accumulation, and the clipped update.
+//! The pieces of one optimizer step, shared by both stages and `shear bench`: which backward runs, a
+//! micro-batch's plain LM loss and gradients, their accumulation, the clipped update, the loss check.
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};

@@ -45,9 +45,9 @@ pub struct CorpusBuildArgs {
 /// How the domain mixture starts and moves (corpus data only).
 #[derive(Args, Clone)]
 pub struct MixtureArgs {
-    /// Proportion update: doremi (the released code), paper (Algorithm 1) or constant.
-    #[arg(long, default_value = "doremi")]
-    pub update: String,
+    /// Proportion update: doremi (the released code), paper (Algorithm 1) or constant [default: doremi].
+    #[arg(long)]
+    pub update: Option<String>,
     /// Initial proportions as domain=weight pairs (default: RedPajama's, docs/method.md §6).
     #[arg(long)]
     pub proportions: Option<String>,
@@ -68,6 +68,23 @@ impl MixtureArgs {
         self.reference_losses.is_some() || self.reference_model.is_some() || self.reference_scaling.is_some()
     }
 
+    /// The update rule asked for (default: doremi, the released code's).
+    pub fn rule(&self) -> Result<shear::data::loader::UpdateRule> {
+        Ok(self.update.as_deref().unwrap_or("doremi").parse()?)
+    }
+
+    /// The mixture flags given, as typed: a resumed run keeps its own mixture.
+    pub fn given(&self) -> Vec<String> {
+        let flags = [
+            ("--update", self.update.is_some()),
+            ("--proportions", self.proportions.is_some()),
+            ("--reference-losses", self.reference_losses.is_some()),
+            ("--reference-model", self.reference_model.is_some()),
+            ("--reference-scaling", self.reference_scaling.is_some()),
+        ];
+        flags.into_iter().filter(|(_, given)| *given).map(|(f, _)| f.to_string()).collect()
+    }
+
     /// The mixture these flags ask for on `corpus`: the update rule, the initial proportions (default:
     /// RedPajama's) and, for a dynamic rule, the reference losses from the flags or else from
     /// `default_reference` (evaluated with `budget`, on `cpu` if asked).
@@ -80,7 +97,7 @@ impl MixtureArgs {
         default_reference: impl FnOnce() -> Result<Vec<f64>>,
     ) -> Result<shear::data::mixture::MixtureConfig> {
         use shear::data::loader::UpdateRule;
-        let mut mixture = shear::data::mixture::MixtureConfig::redpajama(&corpus.domains, self.update.parse()?);
+        let mut mixture = shear::data::mixture::MixtureConfig::redpajama(&corpus.domains, self.rule()?);
         if let Some(p) = &self.proportions {
             mixture.proportions = parse_domain_map(p, &corpus.domains, "--proportions")?;
         }

@@ -54,36 +54,36 @@ pub struct EvalArgs {
     /// A corpus directory (`shear corpus build`): per-domain NLL on its eval split.
     #[arg(long, conflicts_with = "tasks")]
     pub data: Option<PathBuf>,
-    /// Downstream accuracy on zero-shot tasks, comma-separated (arc_easy, arc_challenge, hellaswag, piqa,
+    /// Downstream accuracy on zero- or few-shot tasks, comma-separated (arc_easy, arc_challenge, hellaswag, piqa,
     /// winogrande, sciq, boolq, lambada, openbookqa, csqa, socialiqa), or `paper` for the paper's list.
     #[arg(long)]
     pub tasks: Option<String>,
     /// With --tasks: few-shot examples in each context, 0 or 5 (the package's variants).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, requires = "tasks")]
     pub shots: usize,
     /// With --tasks: the first N documents of each task only.
-    #[arg(long)]
+    #[arg(long, requires = "tasks")]
     pub limit: Option<usize>,
     /// With --tasks: where scripts/fetch-eval-tasks.sh put the requests.
-    #[arg(long, default_value = shear::eval::tasks::DEFAULT_DIR)]
+    #[arg(long, default_value = shear::eval::tasks::DEFAULT_DIR, requires = "tasks")]
     pub tasks_dir: PathBuf,
     /// With --tasks: score every request on its own instead of running a document's shared context once
     /// (the baseline the sharing's speed-up is measured against; the same numbers).
-    #[arg(long)]
+    #[arg(long, requires = "tasks")]
     pub no_shared_context: bool,
     /// With --data: at most N eval sequences per domain.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tasks")]
     pub max_sequences: Option<usize>,
     /// Window length in tokens.
     #[arg(long, default_value_t = 512)]
     pub seq_len: usize,
     /// Keep only the first N token ids of the encoded text (of the held-out part with --held-out).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tasks")]
     pub max_tokens: Option<usize>,
     /// With --text: evaluate only the last FRACTION of its tokens, the split `shear prune --data TEXT`
     /// holds out (its --eval-fraction, default 0.05), so a materialized model can be compared with the
     /// pruning run's evals on the same tokens.
-    #[arg(long, conflicts_with = "data")]
+    #[arg(long, conflicts_with_all = ["data", "tasks"])]
     pub held_out: Option<f64>,
     /// Windows per forward pass.
     #[arg(long, default_value_t = 4)]

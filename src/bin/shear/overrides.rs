@@ -73,6 +73,8 @@ overrides! {
         eval_interval: usize,
         /// Held-out tokens per evaluation [default: 8192].
         eval_tokens: usize,
+        /// With a text file: the fraction of its tokens held out for evaluation (its last part) [default: 0.05].
+        eval_fraction: f64,
         /// Checkpoint every N steps (and at the last) [default: 100].
         checkpoint_interval: usize,
         /// Seed of the mask initialization, mask samples and batches [default: 17].
@@ -119,8 +121,13 @@ overrides! {
     }
 }
 
-/// A resumed run continues with the settings in its `run.json`: any other hyperparameter flag is refused
-/// rather than ignored (only `--steps` may change).
+/// The path flags given, as typed.
+pub fn given_paths(flags: &[(&str, bool)]) -> Vec<String> {
+    flags.iter().filter(|(_, given)| *given).map(|(f, _)| f.to_string()).collect()
+}
+
+/// A resumed run continues with the model, data, mixture and settings in its `run.json`: any flag that
+/// would change them is refused rather than ignored (only `--steps` may change).
 pub fn refuse_on_resume(given: Vec<String>) -> anyhow::Result<()> {
     anyhow::ensure!(
         given.is_empty(),

@@ -10,7 +10,7 @@ use shear::io::{self, hf};
 
 use crate::data::MixtureArgs;
 use crate::interrupt::StopRequest;
-use crate::overrides::{refuse_on_resume, PruneOverrides};
+use crate::overrides::{given_paths, refuse_on_resume, PruneOverrides};
 use crate::progress::Progress;
 
 #[derive(Args)]
@@ -39,9 +39,6 @@ pub struct PruneArgs {
     pub steps: Option<usize>,
     #[command(flatten)]
     pub hyper: PruneOverrides,
-    /// Fraction of a text file's tokens held out for evaluation.
-    #[arg(long, default_value_t = 0.05)]
-    pub eval_fraction: f64,
     /// Run on the CPU even when a CUDA GPU is available.
     #[arg(long)]
     pub cpu: bool,
@@ -85,7 +82,8 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
     use shear::train::pruning::{self, PruneData};
     let device = shear::device(a.cpu)?;
     let mut spec = if a.resume {
-        refuse_on_resume(a.hyper.given())?;
+        let paths = [("--model", a.model.is_some()), ("--target", a.target.is_some()), ("--data", a.data.is_some())];
+        refuse_on_resume([a.hyper.given(), a.mixture.given(), given_paths(&paths)].concat())?;
         let mut spec = run::read_spec(&a.out).context("--resume needs an existing run in --out")?;
         shear::run::checkpoint::ensure_resumable(&a.out)?;
         if let Some(s) = a.steps {
@@ -135,7 +133,12 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
         }
         PruneData::Corpus(Box::new(CorpusFeed::new(corpus, &c.mixture, c.seed)?))
     } else {
-        PruneData::Text(shear::data::TextData::from_file(&spec.data, &tok, a.eval_fraction, spec.config.seq_len)?)
+        PruneData::Text(shear::data::TextData::from_file(
+            &spec.data,
+            &tok,
+            spec.config.eval_fraction,
+            spec.config.seq_len,
+        )?)
     };
     let target_cfg = spec.target.config(&cfg);
     info!(

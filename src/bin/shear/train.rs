@@ -10,7 +10,7 @@ use shear::io::{self, hf, SaveOptions};
 
 use crate::data::MixtureArgs;
 use crate::interrupt::StopRequest;
-use crate::overrides::{refuse_on_resume, TrainOverrides};
+use crate::overrides::{given_paths, refuse_on_resume, TrainOverrides};
 use crate::progress::Progress;
 
 #[derive(Args)]
@@ -69,7 +69,8 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
     use shear::train::continued;
     let device = shear::device(a.cpu)?;
     let spec = if a.resume {
-        refuse_on_resume(a.hyper.given())?;
+        let paths = [("--model", a.model.is_some()), ("--data", a.data.is_some())];
+        refuse_on_resume([a.hyper.given(), a.mixture.given(), given_paths(&paths)].concat())?;
         let mut spec = run::read_spec(&a.out).context("--resume needs an existing run in --out")?;
         shear::run::checkpoint::ensure_resumable(&a.out)?;
         if let Some(s) = a.steps {
@@ -85,7 +86,7 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
         a.hyper.apply(&mut c);
         let budget =
             shear::data::reference::EvalBudget { sequences_per_domain: c.eval_sequences, batch_size: c.batch_size };
-        let update = &a.mixture.update;
+        let update = a.mixture.update.as_deref().unwrap_or("doremi");
         c.mixture = a.mixture.resolve(&corpus, &cfg, budget, a.cpu, || {
             anyhow::bail!(
                 "the `{update}` update needs reference losses: --reference-model, --reference-losses or \

@@ -58,18 +58,18 @@ pub struct EvalArgs {
     /// winogrande, sciq, boolq, lambada, openbookqa, csqa, socialiqa), or `paper` for the paper's list.
     #[arg(long)]
     pub tasks: Option<String>,
-    /// With --tasks: few-shot examples in each context, 0 or 5 (the package's variants).
-    #[arg(long, default_value_t = 0, requires = "tasks")]
-    pub shots: usize,
+    /// With --tasks: few-shot examples in each context, 0 or 5 (the package's variants) [default: 0].
+    #[arg(long)]
+    pub shots: Option<usize>,
     /// With --tasks: the first N documents of each task only.
-    #[arg(long, requires = "tasks")]
+    #[arg(long)]
     pub limit: Option<usize>,
-    /// With --tasks: where scripts/fetch-eval-tasks.sh put the requests.
-    #[arg(long, default_value = shear::eval::tasks::DEFAULT_DIR, requires = "tasks")]
-    pub tasks_dir: PathBuf,
+    /// With --tasks: where scripts/fetch-eval-tasks.sh put the requests [default: data/cache/eval/tasks].
+    #[arg(long)]
+    pub tasks_dir: Option<PathBuf>,
     /// With --tasks: score every request on its own instead of running a document's shared context once
     /// (the baseline the sharing's speed-up is measured against; the same numbers).
-    #[arg(long, requires = "tasks")]
+    #[arg(long)]
     pub no_shared_context: bool,
     /// With --data: at most N eval sequences per domain.
     #[arg(long, conflicts_with = "tasks")]
@@ -149,6 +149,17 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
 }
 
 pub fn eval_cmd(a: EvalArgs) -> Result<()> {
+    if a.tasks.is_none() {
+        let task_flags = [
+            ("--shots", a.shots.is_some()),
+            ("--limit", a.limit.is_some()),
+            ("--tasks-dir", a.tasks_dir.is_some()),
+            ("--no-shared-context", a.no_shared_context),
+        ];
+        if let Some((flag, _)) = task_flags.iter().find(|(_, given)| *given) {
+            bail!("{flag} applies to --tasks only");
+        }
+    }
     if let Some(dir) = &a.data {
         return eval_corpus_cmd(&a, dir);
     }
@@ -199,11 +210,11 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
 pub fn eval_tasks_cmd(a: &EvalArgs, list: &str) -> Result<()> {
     use shear::eval::tasks;
     let infos = tasks::parse_task_list(list)?;
+    let shots = a.shots.unwrap_or(0);
+    let dir = a.tasks_dir.clone().unwrap_or_else(|| PathBuf::from(tasks::DEFAULT_DIR));
     // Every task's requests are read (and checked) before the model is loaded.
-    let loaded_tasks = infos
-        .iter()
-        .map(|i| tasks::load_task(&a.tasks_dir, *i, a.shots, a.limit))
-        .collect::<shear::Result<Vec<_>>>()?;
+    let loaded_tasks =
+        infos.iter().map(|i| tasks::load_task(&dir, *i, shots, a.limit)).collect::<shear::Result<Vec<_>>>()?;
     let (loaded, tok) = load(&a.model, &a.device)?;
     let mut results = vec![];
     for task in &loaded_tasks {
@@ -218,15 +229,14 @@ pub fn eval_tasks_cmd(a: &EvalArgs, list: &str) -> Result<()> {
     if a.json {
         let by_task: serde_json::Map<String, serde_json::Value> =
             results.iter().map(|r| (r.task.clone(), serde_json::to_value(r).expect("a result serializes"))).collect();
-        let v = serde_json::json!({"model": a.model, "shots": a.shots, "limit": a.limit, "tasks": by_task,
+        let v = serde_json::json!({"model": a.model, "shots": shots, "limit": a.limit, "tasks": by_task,
             "average": average});
         println!("{v}");
         return Ok(());
     }
     println!(
-        "model {} ({} shots{})",
+        "model {} ({shots} shots{})",
         a.model.display(),
-        a.shots,
         a.limit.map(|n| format!(", first {n} documents")).unwrap_or_default()
     );
     println!(

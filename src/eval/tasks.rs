@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
-use crate::model::{KvCache, Llama};
+use crate::io::tokenizer::encode as encode_text;
+use crate::model::{nll_from_logits, ExecPath, KvCache, Llama};
 
 /// Where `scripts/fetch-eval-tasks.sh` puts the requests.
 pub const DEFAULT_DIR: &str = "data/cache/eval/tasks";
@@ -258,12 +259,6 @@ pub struct Encoded {
     pub chars: usize,
 }
 
-fn encode_text(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
-    tok.encode_fast(text, false)
-        .map(|e| e.get_ids().to_vec())
-        .map_err(|e| Error::Invalid(format!("tokenizer failed: {e}")))
-}
-
 /// The lm-evaluation-harness encoding of one request (module doc), left-truncated to `max_len` input
 /// positions as the harness truncates.
 pub fn encode_request(tok: &Tokenizer, r: &Request, max_len: usize) -> Result<Encoded> {
@@ -372,13 +367,12 @@ pub fn score_requests(model: &Llama, reqs: &[Encoded], share_context: bool) -> R
                     }
                 })
                 .collect::<Result<_>>()?;
-            let logits = Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?; // [targets, vocab]
-            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-            let targets = Tensor::new(r.targets.as_slice(), &device)?;
-            let picked: Vec<f32> = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.to_vec1()?;
-            let argmax: Vec<u32> = logp.argmax(D::Minus1)?.to_vec1()?;
+            let logits = Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?.unsqueeze(0)?; // [1, targets, vocab]
+            let targets = Tensor::new(r.targets.as_slice(), &device)?.unsqueeze(0)?;
+            let nll: Vec<f32> = nll_from_logits(&logits, &targets, ExecPath::Inference)?.squeeze(0)?.to_vec1()?;
+            let argmax: Vec<u32> = logits.squeeze(0)?.argmax(D::Minus1)?.to_vec1()?;
             Ok(Scored {
-                loglik: picked.iter().map(|&x| x as f64).sum(),
+                loglik: -nll.iter().map(|&x| x as f64).sum::<f64>(),
                 greedy: argmax == r.targets,
                 tokens: r.targets.len(),
             })

@@ -30,6 +30,16 @@ pub const RUN_FILE: &str = "run.json";
 pub const METRICS: &str = "metrics.jsonl";
 pub const EVALS: &str = "evals.jsonl";
 
+/// Make relative paths of a spec relative to the run directory, so that a run can ship inside the
+/// repository (`data/runs/`) and be read from anywhere.
+pub fn resolve_in(run: &Path, paths: [&mut PathBuf; 2]) {
+    for p in paths {
+        if p.is_relative() {
+            *p = run.join(&*p);
+        }
+    }
+}
+
 pub fn read_spec<T: DeserializeOwned>(run: &Path) -> Result<T> {
     let path = run.join(RUN_FILE);
     let text = crate::io::read_metadata(&path)?;

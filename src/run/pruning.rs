@@ -133,11 +133,7 @@ pub struct PruneSpec {
 /// ship inside the repository (`data/runs/`).
 pub fn read_spec(run: &Path) -> Result<PruneSpec> {
     let mut spec: PruneSpec = super::read_spec(run)?;
-    for p in [&mut spec.source_model, &mut spec.data] {
-        if p.is_relative() {
-            *p = run.join(&*p);
-        }
-    }
+    super::resolve_in(run, [&mut spec.source_model, &mut spec.data]);
     Ok(spec)
 }
 

@@ -88,11 +88,7 @@ pub struct TrainSpec {
 /// A run's `run.json`. Relative model and data paths are relative to the run directory.
 pub fn read_spec(run: &Path) -> Result<TrainSpec> {
     let mut spec: TrainSpec = super::read_spec(run)?;
-    for p in [&mut spec.model, &mut spec.data] {
-        if p.is_relative() {
-            *p = run.join(&*p);
-        }
-    }
+    super::resolve_in(run, [&mut spec.model, &mut spec.data]);
     Ok(spec)
 }
 

@@ -64,10 +64,11 @@ spec["env"] = {
 json.dump(spec, open(sys.argv[1], "w"), indent=2)
 PY
 
-# What the notebooks read: the source model, Shakespeare, the lite corpus.
+# What the notebooks read: the source model, Shakespeare, the zero-shot task requests, the lite corpus.
 [ -x target/release/shear ] || cargo build --release --locked
 ./scripts/fetch-default-model.sh
 ./scripts/fetch-text.sh
+./scripts/fetch-eval-tasks.sh
 [ -f data/corpus/manifest.json ] || target/release/shear corpus build --out data/corpus --profile lite
 
 notebooks=(notebooks/0*.ipynb)

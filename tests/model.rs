@@ -83,6 +83,57 @@ fn kv_cache_decoding_matches_full_forward() {
     }
 }
 
+/// Prompts of different lengths left-padded into one batch end in the same column; each row's last logits
+/// are those it gets alone, and continuations run on rows of that cache (a row may repeat, rows may be
+/// right-padded) get the logits of the whole sequence alone.
+#[test]
+fn a_left_padded_batch_gives_each_row_what_it_gets_alone() {
+    for (name, cfg) in tiny_configs() {
+        let model = Llama::new(&cfg, &random_model(&cfg, 3)).unwrap();
+        let all = random_ids(3, 10, cfg.vocab_size, 11);
+        let lens = [7usize, 3, 5];
+        let row = |r: usize, n: usize| all.get(r).unwrap().narrow(0, 0, n).unwrap().to_vec1::<u32>().unwrap();
+        let mut padded = vec![];
+        for (r, &n) in lens.iter().enumerate() {
+            padded.extend(std::iter::repeat_n(0u32, 7 - n));
+            padded.extend(row(r, n));
+        }
+        let mut cache = KvCache::left_padded(lens.iter().map(|n| 7 - n).collect());
+        let batch = Tensor::from_vec(padded, (3, 7), &Device::Cpu).unwrap();
+        let last = model.forward_incremental(&batch, &mut cache).unwrap();
+        let alone = |r: usize, n: usize| {
+            let ids = Tensor::new(row(r, n).as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            model.forward(&ids, ExecPath::Inference).unwrap().squeeze(0).unwrap()
+        };
+        for (r, &n) in lens.iter().enumerate() {
+            let d = max_abs_diff(&last.get(r).unwrap(), &alone(r, n).get(n - 1).unwrap());
+            assert!(d < 1e-5, "{name} row {r}: {d}");
+        }
+        // Continuations: prompt 2 twice (3 and 1 more tokens), prompt 0 once (2 more); right-padded to 3.
+        let (rows, more) = ([2usize, 2, 0], [3usize, 1, 2]);
+        let mut ids = vec![];
+        for (&r, &m) in rows.iter().zip(&more) {
+            ids.extend(row(r, lens[r] + m)[lens[r]..].iter().copied());
+            ids.extend(std::iter::repeat_n(0u32, 3 - m));
+        }
+        let positions: Vec<u32> =
+            (0..3u32).flat_map(|i| (0..more[i as usize] as u32).map(move |j| i * 3 + j)).collect();
+        let ids = Tensor::from_vec(ids, (3, 3), &Device::Cpu).unwrap();
+        let got = model
+            .logits_after(&ids, &mut cache.select_rows(&rows).unwrap(), &Tensor::new(positions, &Device::Cpu).unwrap())
+            .unwrap();
+        let mut k = 0;
+        for (&r, &m) in rows.iter().zip(&more) {
+            let full = alone(r, lens[r] + m);
+            for j in 0..m {
+                let d = max_abs_diff(&got.get(k).unwrap(), &full.get(lens[r] + j).unwrap());
+                assert!(d < 1e-5, "{name} continuation of row {r}, token {j}: {d}");
+                k += 1;
+            }
+        }
+    }
+}
+
 /// One training forward + backward gives every parameter a finite, non-zero gradient.
 #[test]
 fn every_parameter_gets_a_finite_nonzero_gradient() {

@@ -93,3 +93,43 @@ fn the_shipped_run_logs_read_as_typed_records_without_loss() {
     let spec = shear::run::pruning::read_spec(run).unwrap();
     assert_eq!((spec.config.steps, spec.config.mixture.update_rule), (800, shear::data::loader::UpdateRule::Doremi));
 }
+
+/// `shear eval --tasks --json` output of one model on ARC-Easy and ARC-Challenge (the paper reports
+/// acc_norm on the latter).
+fn task_report(model: &str, docs: usize, easy: (f64, f64), challenge: (f64, f64)) -> shear::eval::tasks::TaskReport {
+    let task = |name: &str, metric: &str, (acc, norm): (f64, f64)| {
+        let paper = if metric == "acc" { acc } else { norm };
+        serde_json::json!({"task": name, "variant": "rc_0shot", "docs": docs, "requests": 4 * docs, "acc": acc,
+            "acc_stderr": null, "acc_norm": norm, "acc_norm_stderr": 0.01, "paper_metric": metric,
+            "paper_value": paper, "chance": 0.25, "seconds": 1.0, "requests_per_s": 4.0})
+    };
+    let v = serde_json::json!({"model": model, "shots": 0, "limit": null, "average": 0.0, "tasks": {
+        "arc_easy": task("arc_easy", "acc", easy), "arc_challenge": task("arc_challenge", "acc_norm", challenge)}});
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn accuracy_reports_compare_the_papers_metric_and_refuse_unequal_sets() {
+    use shear::report::accuracy::{accuracy_chart, accuracy_table};
+    let models = vec![
+        ("source".to_string(), task_report("a", 570, (0.52, 0.43), (0.23, 0.31))),
+        ("pruned".to_string(), task_report("b", 570, (0.40, 0.35), (0.21, 0.27))),
+    ];
+    let t = accuracy_table(&models).unwrap();
+    // Table order (arc_easy before arc_challenge), the paper's metric per task, then the average.
+    assert_eq!(runs::strings(&t, "task").unwrap(), ["arc_easy", "arc_challenge", "average"]);
+    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
+    assert!(close(&runs::floats(&t, "source").unwrap(), &[0.52, 0.31, 0.415]));
+    assert!(close(&runs::floats(&t, "pruned").unwrap(), &[0.40, 0.27, 0.335]));
+    assert!(close(&runs::floats(&t, "chance").unwrap(), &[0.25, 0.25, 0.25]));
+    let svg = accuracy_chart(&models, "Downstream accuracy").unwrap().0;
+    assert!(svg.contains("arc_challenge") && svg.contains("chance") && svg.contains("pruned"));
+
+    let mut fewer = models.clone();
+    fewer[1].1 = task_report("b", 100, (0.4, 0.3), (0.2, 0.3));
+    let err = accuracy_table(&fewer).unwrap_err().to_string();
+    assert!(err.contains("`pruned` has 100 arc_easy documents, `source` 570"), "{err}");
+    let mut shots = models.clone();
+    shots[1].1.shots = 5;
+    assert!(accuracy_chart(&shots, "x").unwrap_err().to_string().contains("5 shots"));
+}

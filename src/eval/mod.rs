@@ -6,6 +6,7 @@
 //! token but the first of each window from the tokens before it in the same window. The mean is over all
 //! predicted tokens; NLL is in nats.
 
+pub mod scoring;
 pub mod tasks;
 
 use candle_core::Tensor;

@@ -17,27 +17,26 @@
 //! excluded), each with its standard error; LAMBADA (one continuation, the last word): `acc` = greedy, and
 //! the perplexity `exp(−mean log-likelihood)`.
 //!
-//! Speed: a document's requests share their context, so the longest token prefix common to all of them
-//! runs once through the model (KV cache), and the choices' remaining tokens run as one padded batch on
-//! a copy of that cache. Padding sits after every real token, so under the causal mask it changes nothing.
+//! Speed: a document's choices share their context, and many documents share a forward pass
+//! ([`super::scoring`]).
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
 
-use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+pub use super::scoring::{score_documents, score_requests, Scored, Scoring};
 use crate::error::{Error, Result};
 use crate::io::tokenizer::encode as encode_text;
-use crate::model::{nll_from_logits, ExecPath, KvCache, Llama};
+use crate::model::Llama;
 
 /// Where `scripts/fetch-eval-tasks.sh` puts the requests.
 pub const DEFAULT_DIR: &str = "data/cache/eval/tasks";
 
 /// Which metric the paper reports for a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PaperMetric {
     Acc,
@@ -291,103 +290,16 @@ pub fn encode_request(tok: &Tokenizer, r: &Request, max_len: usize) -> Result<En
     Ok(Encoded { input, targets, start, chars })
 }
 
-/// What the model says about one request.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Scored {
-    /// Sum of the continuation's token log-probabilities (natural log).
-    pub loglik: f64,
-    /// Every continuation token is the model's argmax.
-    pub greedy: bool,
-    pub tokens: usize,
-}
-
-/// Score a document's requests. With `share_context`, the token prefix common to all of them runs once and
-/// the rest as one batch (module doc); without, each request runs on its own (the baseline the sharing is
-/// measured against). Both give the same numbers up to float rounding.
-pub fn score_requests(model: &Llama, reqs: &[Encoded], share_context: bool) -> Result<Vec<Scored>> {
-    if reqs.is_empty() {
-        return Ok(vec![]);
-    }
-    if let Some(r) = reqs.iter().find(|r| r.targets.is_empty() || r.start + r.targets.len() != r.input.len()) {
-        return Err(Error::Invalid(format!(
-            "a request encoding with {} input tokens, {} targets from position {}: the targets must end the input",
-            r.input.len(),
-            r.targets.len(),
-            r.start
-        )));
-    }
-    // Requests that share no first token (a sentence that starts with its blank, or contexts truncated by
-    // different amounts) have nothing to share.
-    let first = reqs.first().and_then(|r| r.input.first());
-    let shareable = reqs.iter().all(|r| r.input.first() == first);
-    if reqs.len() > 1 && (!share_context || !shareable) {
-        return reqs.iter().map(|r| score_requests(model, std::slice::from_ref(r), true).map(|v| v[0])).collect();
-    }
-    let vocab = model.config().vocab_size;
-    if let Some(&bad) = reqs.iter().flat_map(|r| r.input.iter().chain(&r.targets)).find(|&&t| t as usize >= vocab) {
-        return Err(Error::Invalid(format!(
-            "token id {bad} is out of range for the model's vocabulary of {vocab} (a tokenizer that is not the \
-             model's?)"
-        )));
-    }
-    // The shared prefix ends at the earliest first-scored position, so that every logit needed is either
-    // the prefix's last one or a suffix's.
-    let common = reqs.iter().skip(1).fold(reqs[0].input.len(), |n, r| {
-        n.min(r.input.iter().zip(&reqs[0].input).take_while(|(a, b)| a == b).count())
-    });
-    let p = common.min(reqs.iter().map(|r| r.start + 1).min().expect("checked non-empty above"));
-    let device = model.device().clone();
-    let mut cache = KvCache::new();
-    let prefix = Tensor::new(&reqs[0].input[..p], &device)?.unsqueeze(0)?;
-    let prefix_last = model.forward_incremental(&prefix, &mut cache)?.squeeze(0)?; // [vocab]
-    let suffix_len = reqs.iter().map(|r| r.input.len() - p).max().unwrap_or(0);
-    let suffix_logits = if suffix_len > 0 {
-        let mut ids = Vec::with_capacity(reqs.len() * suffix_len);
-        for r in reqs {
-            ids.extend_from_slice(&r.input[p..]);
-            ids.extend(std::iter::repeat_n(0u32, suffix_len - (r.input.len() - p)));
-        }
-        let batch = Tensor::from_vec(ids, (reqs.len(), suffix_len), &device)?;
-        Some(model.logits_after(&batch, &mut cache.repeat_batch(reqs.len())?)?) // [n, suffix_len, vocab]
-    } else {
-        None
-    };
-    reqs.iter()
-        .enumerate()
-        .map(|(i, r)| {
-            // Rows of logits predicting each target, in order: position start + j.
-            let rows: Vec<Tensor> = (0..r.targets.len())
-                .map(|j| {
-                    let pos = r.start + j;
-                    if pos + 1 == p {
-                        Ok(prefix_last.clone())
-                    } else {
-                        let s = suffix_logits.as_ref().expect("positions past the prefix have suffix logits");
-                        Ok(s.get(i)?.get(pos - p)?)
-                    }
-                })
-                .collect::<Result<_>>()?;
-            let logits = Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?.unsqueeze(0)?; // [1, targets, vocab]
-            let targets = Tensor::new(r.targets.as_slice(), &device)?.unsqueeze(0)?;
-            let nll: Vec<f32> = nll_from_logits(&logits, &targets, ExecPath::Inference)?.squeeze(0)?.to_vec1()?;
-            let argmax: Vec<u32> = logits.squeeze(0)?.argmax(D::Minus1)?.to_vec1()?;
-            Ok(Scored {
-                loglik: -nll.iter().map(|&x| x as f64).sum::<f64>(),
-                greedy: argmax == r.targets,
-                tokens: r.targets.len(),
-            })
-        })
-        .collect()
-}
-
 /// A task's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskResult {
     pub task: String,
     pub variant: String,
     pub docs: usize,
     pub requests: usize,
     pub acc: f64,
+    /// NaN (`null` in JSON) for fewer than two documents.
+    #[serde(deserialize_with = "crate::run::records::nan_if_null")]
     pub acc_stderr: f64,
     /// Absent for LAMBADA (one continuation).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -404,6 +316,43 @@ pub struct TaskResult {
     pub chance: f64,
     pub seconds: f64,
     pub requests_per_s: f64,
+}
+
+/// One model's results on a list of tasks: what `shear eval --tasks --json` prints and `shear report
+/// --accuracy` reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub model: String,
+    pub shots: usize,
+    /// The first `limit` documents of each task only.
+    pub limit: Option<usize>,
+    pub tasks: BTreeMap<String, TaskResult>,
+    /// Mean of the paper's metric over `tasks`.
+    pub average: f64,
+}
+
+impl TaskReport {
+    pub fn new(model: String, shots: usize, limit: Option<usize>, results: Vec<TaskResult>) -> Self {
+        let average = results.iter().map(|r| r.paper_value).sum::<f64>() / results.len().max(1) as f64;
+        let tasks = results.into_iter().map(|r| (r.task.clone(), r)).collect();
+        Self { model, shots, limit, tasks, average }
+    }
+
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let report: Self = serde_json::from_str(&text).map_err(|e| {
+            Error::Invalid(format!("{}: not the output of `shear eval --tasks --json`: {e}", path.display()))
+        })?;
+        if report.tasks.is_empty() {
+            return Err(Error::Invalid(format!("{}: no task results", path.display())));
+        }
+        Ok(report)
+    }
+
+    /// The results in the order of shear's task table (the paper's tasks first).
+    pub fn in_table_order(&self) -> Vec<&TaskResult> {
+        TASKS.iter().filter_map(|t| self.tasks.get(t.name)).collect()
+    }
 }
 
 /// The standard error of a mean of 0/1 outcomes: `sqrt(p (1 − p) / (n − 1))`, the sample standard
@@ -463,13 +412,13 @@ pub fn aggregate(task: &Task, scored: &[Vec<Scored>], encoded: &[Vec<Encoded>], 
     }
 }
 
-/// Evaluate `model` on `task`: encode, score every document (`progress(done, total)` after each), aggregate.
+/// Evaluate `model` on `task`: encode, score every request (`progress(done, total)` in requests), aggregate.
 pub fn evaluate_task(
     model: &Llama,
     tok: &Tokenizer,
     task: &Task,
-    share_context: bool,
-    mut progress: impl FnMut(usize, usize),
+    scoring: Scoring,
+    progress: impl FnMut(usize, usize),
 ) -> Result<(TaskResult, Vec<Vec<Scored>>)> {
     let t0 = std::time::Instant::now();
     let max_len = model.config().max_position_embeddings;
@@ -478,11 +427,7 @@ pub fn evaluate_task(
         .iter()
         .map(|d| d.choices.iter().map(|r| encode_request(tok, r, max_len)).collect::<Result<Vec<_>>>())
         .collect::<Result<_>>()?;
-    let mut scored = Vec::with_capacity(encoded.len());
-    for (i, e) in encoded.iter().enumerate() {
-        scored.push(score_requests(model, e, share_context)?);
-        progress(i + 1, encoded.len());
-    }
+    let scored = score_documents(model, &encoded, scoring, progress)?;
     let result = aggregate(task, &scored, &encoded, t0.elapsed().as_secs_f64());
     Ok((result, scored))
 }

@@ -114,14 +114,32 @@ struct Block {
 }
 
 /// Per-layer keys and values seen so far, for incremental decoding.
+///
+/// A batch of sequences of different lengths can share one cache left-padded ([`KvCache::left_padded`]): row
+/// `b` starts with `pad[b]` padding positions that no real position attends to, so every row's last token
+/// sits in the same column and the rows' continuations run as one batch. RoPE rotates queries and keys by
+/// their absolute positions, and attention scores depend only on the difference, so a row shifted right by
+/// its padding scores as it would alone (up to float rounding).
 #[derive(Default, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Leading padding positions per batch row; empty when there are none.
+    pad: Vec<usize>,
+}
+
+/// A block's view of the cache: its keys and values, and the attention mask when the batch is padded.
+struct LayerCache<'a> {
+    kv: &'a mut Option<(Tensor, Tensor)>,
+    mask: Option<&'a Tensor>,
 }
 
 impl KvCache {
     pub fn new() -> Self {
         Self::default()
+    }
+    /// An empty cache for a batch whose row `b` will start with `pad[b]` padding tokens.
+    pub fn left_padded(pad: Vec<usize>) -> Self {
+        Self { layers: vec![], pad }
     }
     /// Number of positions already cached.
     pub fn len(&self) -> usize {
@@ -131,21 +149,40 @@ impl KvCache {
         self.len() == 0
     }
 
-    /// The same cached positions for a batch of `n` sequences (a batch-1 cache, e.g. a shared prompt,
-    /// repeated): what [`Llama::logits_after`] continues `n` different suffixes from.
-    pub fn repeat_batch(&self, n: usize) -> Result<Self> {
-        let rep = |t: &Tensor| -> Result<Tensor> {
-            if t.dim(0)? != 1 {
-                return Err(Error::Invalid(format!("repeating a KV cache of batch {} (needs 1)", t.dim(0)?)));
-            }
-            Ok(t.repeat((n, 1, 1, 1))?)
-        };
+    /// A cache whose row `i` is this cache's row `rows[i]` (a row may repeat): e.g. a batch of prompts,
+    /// each repeated once per continuation that [`Llama::logits_after`] then scores as one batch.
+    pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
+        let batch = self.layers.iter().flatten().map(|(k, _)| k.dim(0)).next().transpose()?.unwrap_or(self.pad.len());
+        if let Some(&bad) = rows.iter().find(|&&r| r >= batch) {
+            return Err(Error::Invalid(format!("selecting row {bad} of a KV cache of batch {batch}")));
+        }
+        let device = self.layers.iter().flatten().map(|(k, _)| k.device().clone()).next().unwrap_or(Device::Cpu);
+        let index = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), &device)?;
         let layers = self
             .layers
             .iter()
-            .map(|l| l.as_ref().map(|(k, v)| Ok((rep(k)?, rep(v)?))).transpose())
+            .map(|l| l.as_ref().map(|(k, v)| Ok((k.index_select(&index, 0)?, v.index_select(&index, 0)?))).transpose())
             .collect::<Result<_>>()?;
-        Ok(Self { layers })
+        let pad = if self.pad.is_empty() { vec![] } else { rows.iter().map(|&r| self.pad[r]).collect() };
+        Ok(Self { layers, pad })
+    }
+
+    /// The additive attention mask `[batch, seq, cached + seq]` for `seq` new positions of a padded batch
+    /// (`None` without padding, where the causal mask alone applies): causal, and a real position never
+    /// sees padding. A padding position sees the padding before it, so that no row of the softmax is empty.
+    fn attention_mask(&self, seq: usize, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
+        if self.pad.is_empty() {
+            return Ok(None);
+        }
+        let (offset, batch) = (self.len(), self.pad.len());
+        let total = offset + seq;
+        let mut mask = Vec::with_capacity(batch * seq * total);
+        for &pad in &self.pad {
+            for i in offset..total {
+                mask.extend((0..total).map(|j| if j > i || (j < pad && i >= pad) { f32::NEG_INFINITY } else { 0.0 }));
+            }
+        }
+        Ok(Some(Tensor::from_vec(mask, (batch, seq, total), device)?.to_dtype(dtype)?))
     }
 }
 
@@ -267,12 +304,14 @@ impl Llama {
         Ok(self.lm_head.forward(&hidden.narrow(1, seq - 1, 1)?, path)?.squeeze(1)?)
     }
 
-    /// Logits `[batch, seq, vocab]` of every position of `ids: [batch, seq]`, which continue the positions
-    /// in `cache` (extended by them): the continuations of a prompt scored once (inference path).
-    pub fn logits_after(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+    /// Logits `[n, vocab]` at `positions` (u32 flat indices `row * seq + column` into `ids: [batch, seq]`),
+    /// whose tokens continue the positions in `cache` (extended by them): the continuations of prompts
+    /// scored once, with the vocabulary projection spent only where a logit is read (inference path).
+    pub fn logits_after(&self, ids: &Tensor, cache: &mut KvCache, positions: &Tensor) -> Result<Tensor> {
         let path = ExecPath::Inference;
         let hidden = self.hidden_states(ids, path, Some(cache), None)?;
-        Ok(self.lm_head.forward(&hidden, path)?)
+        let picked = hidden.flatten_to(1)?.index_select(positions, 0)?;
+        Ok(self.lm_head.forward(&picked, path)?)
     }
 
     /// Final-norm hidden states `[batch, seq, hidden]`.
@@ -289,7 +328,18 @@ impl Llama {
         self.check_ids(ids)?;
         if let Some(c) = cache.as_mut() {
             c.layers.resize(self.blocks.len(), None);
+            if !c.pad.is_empty() && c.pad.len() != ids.dim(0)? {
+                return Err(Error::Invalid(format!(
+                    "a batch of {} rows continues a padded KV cache of {}",
+                    ids.dim(0)?,
+                    c.pad.len()
+                )));
+            }
         }
+        let attention_mask = match cache.as_ref() {
+            Some(c) => c.attention_mask(seq, self.dtype(), self.device())?,
+            None => None,
+        };
         let masks = masks.cloned().unwrap_or_default();
         masks.check_shapes(&self.cfg)?;
         let hidden = match masks.get(Family::Hidden) {
@@ -318,7 +368,8 @@ impl Llama {
                 intermediate: row(&int_z, i)?,
                 hidden: hidden.as_ref(),
             };
-            let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
+            let layer_cache =
+                cache.as_mut().map(|c| LayerCache { kv: &mut c.layers[i], mask: attention_mask.as_ref() });
             x = self.block_forward(block, &x, &cos, &sin, path, layer_cache, &bm)?;
         }
         Ok(self.norm(&x, &self.norm, path, hidden.as_ref())?)
@@ -370,7 +421,7 @@ impl Llama {
         cos: &Tensor,
         sin: &Tensor,
         path: ExecPath,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<LayerCache>,
         m: &BlockMasks,
     ) -> CResult<Tensor> {
         // Scale a sub-layer's output by the layer mask and the hidden mask.
@@ -407,7 +458,7 @@ impl Llama {
         cos: &Tensor,
         sin: &Tensor,
         path: ExecPath,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<LayerCache>,
         head_dims: Option<&Tensor>,
     ) -> CResult<Tensor> {
         let op = if cache.is_some() { Op::CachedAttention } else { Op::Attention };
@@ -438,7 +489,7 @@ impl Llama {
         cos: &Tensor,
         sin: &Tensor,
         path: ExecPath,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<LayerCache>,
     ) -> CResult<Tensor> {
         let (bsz, seq, _) = x.dims3()?;
         let (h, kv, hd) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
@@ -448,8 +499,9 @@ impl Llama {
         let v = b.v_proj.forward(x, path)?.reshape((bsz, seq, kv, hd))?.transpose(1, 2)?.contiguous()?;
         let q = ops::rope(&q.contiguous()?, cos, sin, path)?;
         let k = ops::rope(&k.contiguous()?, cos, sin, path)?;
+        let mask = cache.as_ref().and_then(|c| c.mask).cloned();
         let (k, v) = match cache {
-            Some(slot) => {
+            Some(LayerCache { kv: slot, .. }) => {
                 let (k, v) = match slot.take() {
                     Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
                     None => (k, v),
@@ -464,7 +516,10 @@ impl Llama {
         // stacked over the rows, each row at position (kv_len - seq) + row % seq.
         let scores = q.reshape((bsz, kv, g * seq, hd))?.matmul(&k.t()?)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let probs = ops::causal_softmax(&scores, scale, seq, kv_len - seq, path)?;
+        let probs = match &mask {
+            Some(m) => ops::masked_softmax(&scores, scale, seq, m, path)?,
+            None => ops::causal_softmax(&scores, scale, seq, kv_len - seq, path)?,
+        };
         let ctx = probs.matmul(&v)?; // [b, kv, g*seq, hd]
         ctx.reshape((bsz, h, seq, hd))?.transpose(1, 2)?.reshape((bsz, seq, h * hd))
     }

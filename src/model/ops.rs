@@ -32,7 +32,8 @@
 //! matmul, [`causal_softmax`] and a matmul, and the causal softmax is a scale, an additive mask and
 //! [`softmax_last_dim`] (so `Inference` off the CPU still runs candle-nn's RoPE and softmax there).
 //! `CachedAttention` is attention against a KV cache (incremental decoding), which the shear kernel does
-//! not take. `Softmax` has no shear kernel of its own: on the CPU the model's only softmax is the causal
+//! not take; over a left-padded batch it swaps the causal softmax for [`masked_softmax`] with a per-row
+//! mask that also hides the padding. `Softmax` has no shear kernel of its own: on the CPU the model's only softmax is the causal
 //! one. A unit test below checks that this table is what [`ExecPath::implementation`] answers.
 
 use candle_core::{DType, Result, Tensor, D};
@@ -207,22 +208,25 @@ pub fn swiglu(gate: &Tensor, up: &Tensor, path: ExecPath) -> Result<Tensor> {
 pub fn causal_softmax(scores: &Tensor, scale: f64, seq: usize, offset: usize, path: ExecPath) -> Result<Tensor> {
     match path.implementation(Op::CausalSoftmax, &[scores]) {
         Impl::Shear => fused::causal_softmax(scores, scale, seq, offset),
-        Impl::Composed => {
-            let (b, kv, rows, kv_len) = scores.dims4()?;
-            let scores = (scores * scale)?;
-            let scores = if seq > 1 {
-                let mask = causal_mask(seq, offset, scores.dtype(), scores.device())?;
-                scores
-                    .reshape((b, kv, rows / seq, seq, kv_len))?
-                    .broadcast_add(&mask)?
-                    .reshape((b, kv, rows, kv_len))?
-            } else {
-                scores // a single query position attends to everything cached
-            };
-            softmax_last_dim(&scores, path)
+        Impl::Composed if seq > 1 => {
+            masked_softmax(scores, scale, seq, &causal_mask(seq, offset, scores.dtype(), scores.device())?, path)
         }
+        Impl::Composed => softmax_last_dim(&(scores * scale)?, path), // one query attends to everything cached
         imp => not_in_table(Op::CausalSoftmax, imp),
     }
+}
+
+/// Softmax of `scores * scale + mask` over the keys, for attention scores `[b, kv, g * seq, kv_len]` laid out
+/// as in grouped attention (each KV head's `g` query heads stacked over the rows) and an additive mask
+/// `[seq, kv_len]` for every row of the batch or `[b, seq, kv_len]` per row (a padded batch).
+pub fn masked_softmax(scores: &Tensor, scale: f64, seq: usize, mask: &Tensor, path: ExecPath) -> Result<Tensor> {
+    let (b, kv, rows, kv_len) = scores.dims4()?;
+    let mask = match mask.rank() {
+        2 => mask.reshape((1, 1, 1, seq, kv_len))?,
+        _ => mask.reshape((mask.dim(0)?, 1, 1, seq, kv_len))?,
+    };
+    let scores = (scores * scale)?.reshape((b, kv, rows / seq, seq, kv_len))?.broadcast_add(&mask)?;
+    softmax_last_dim(&scores.reshape((b, kv, rows, kv_len))?, path)
 }
 
 /// Additive causal mask `[seq, offset + seq]`: query `i` (absolute position `offset + i`) sees keys `0..=offset + i`.

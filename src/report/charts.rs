@@ -337,6 +337,88 @@ pub fn bar_chart(axes: &Axes, labels: &[String], values: &[f64], reference: Opti
     Ok(Svg(out))
 }
 
+/// Bars in groups: `series[s].1[g]` is series `s`'s bar in group `g` (e.g. a model's accuracy on a task).
+/// `marks` draws one dashed level across each group's bars (e.g. chance); the legend sits beside the plot.
+pub fn grouped_bar_chart(
+    axes: &Axes,
+    groups: &[String],
+    series: &[(String, Vec<f64>)],
+    marks: Option<(&str, &[f64])>,
+) -> Result<Svg> {
+    if groups.is_empty() || series.is_empty() || series.iter().any(|(_, v)| v.len() != groups.len()) {
+        return Err(Error::Invalid(format!("chart `{}`: every series needs one value per group", axes.title)));
+    }
+    if marks.is_some_and(|(_, m)| m.len() != groups.len()) {
+        return Err(Error::Invalid(format!("chart `{}`: one mark per group", axes.title)));
+    }
+    let values = series.iter().flat_map(|(_, v)| v.iter().copied());
+    let max = extent(values.chain(marks.iter().flat_map(|(_, m)| m.iter().copied()))).1;
+    let top = if max > 0.0 { axis_range(axes, (0.0, max), 0.1)?.1 } else { 1.0 };
+    let (n, k) = (groups.len(), series.len());
+    let width = 0.8 / k as f64;
+    let names: Vec<&str> = series.iter().map(|(s, _)| s.as_str()).chain(marks.map(|(m, _)| m)).collect();
+    let legend_w = (names.iter().map(|s| s.chars().count()).max().unwrap_or(0) as u32 * 7 + 44).min(300);
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (axes.size.0 + legend_w, axes.size.1)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let (plot, legend) = root.split_horizontally(axes.size.0);
+        let mut chart =
+            builder(&plot, axes, 64).build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top).map_err(draw_err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_desc(&axes.x)
+            .y_desc(&axes.y)
+            .x_labels(n + 1)
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                    groups[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .light_line_style(RGBColor(235, 235, 235))
+            .label_style(("sans-serif", 12).into_font().color(&BLACK))
+            .axis_desc_style(("sans-serif", 14).into_font().color(&BLACK))
+            .draw()
+            .map_err(draw_err)?;
+        for (s, (_, v)) in series.iter().enumerate() {
+            let left = |g: usize| g as f64 - 0.4 + s as f64 * width;
+            let bars = v.iter().enumerate().filter(|(_, y)| y.is_finite()).map(|(g, &y)| {
+                Rectangle::new(
+                    [(left(g) + 0.01, 0.0), (left(g) + width - 0.01, y)],
+                    PALETTE[s % PALETTE.len()].filled(),
+                )
+            });
+            chart.draw_series(bars).map_err(draw_err)?;
+        }
+        if let Some((_, m)) = marks {
+            for (g, &y) in m.iter().enumerate() {
+                let style = BLACK.stroke_width(2);
+                let level = vec![(g as f64 - 0.45, y), (g as f64 + 0.45, y)];
+                chart.draw_series(DashedLineSeries::new(level, 5, 3, style)).map_err(draw_err)?;
+            }
+        }
+        let font = ("sans-serif", 13).into_font().color(&BLACK);
+        for (i, name) in names.iter().enumerate() {
+            let y = 44 + i as i32 * 20;
+            if i < k {
+                let swatch = Rectangle::new([(4, y - 6), (30, y + 6)], PALETTE[i % PALETTE.len()].filled());
+                legend.draw(&swatch).map_err(draw_err)?;
+            } else {
+                for (a, b) in [(4, 10), (14, 20), (24, 30)] {
+                    legend.draw(&PathElement::new(vec![(a, y), (b, y)], BLACK.stroke_width(2))).map_err(draw_err)?;
+                }
+            }
+            legend.draw(&Text::new(name.to_string(), (36, y - 7), font.clone())).map_err(draw_err)?;
+        }
+        root.present().map_err(draw_err)?;
+    }
+    Ok(Svg(out))
+}
+
 /// A heat map: `values[row][col]` in `[0, max]`, each cell labelled with its value (`decimals` places);
 /// row 0 at the top.
 pub struct Grid {

@@ -1,6 +1,7 @@
 //! What pruning and training did: polars tables of what the masks keep (per layer, per family), of run logs
 //! ([`runs`]), and the SVG charts built from them ([`charts`], [`views`]).
 
+pub mod accuracy;
 pub mod charts;
 pub mod runs;
 pub mod views;

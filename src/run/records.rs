@@ -148,8 +148,8 @@ fn lenient_count(m: &Map<String, Value>, key: &str) -> Result<usize, String> {
     }
 }
 
-/// A float that older logs may lack or hold as `null`: NaN then.
-fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+/// A float that older logs may lack or hold as `null` (serde_json writes NaN so): NaN then.
+pub(crate) fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 

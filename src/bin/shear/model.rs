@@ -71,6 +71,10 @@ pub struct EvalArgs {
     /// (the baseline the sharing's speed-up is measured against; the same numbers).
     #[arg(long)]
     pub no_shared_context: bool,
+    /// With --tasks: padded token positions per forward pass, across documents (0: one document per pass)
+    /// [default: 2048].
+    #[arg(long)]
+    pub batch_tokens: Option<usize>,
     /// With --data: at most N eval sequences per domain.
     #[arg(long, conflicts_with = "tasks")]
     pub max_sequences: Option<usize>,
@@ -155,6 +159,7 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
             ("--limit", a.limit.is_some()),
             ("--tasks-dir", a.tasks_dir.is_some()),
             ("--no-shared-context", a.no_shared_context),
+            ("--batch-tokens", a.batch_tokens.is_some()),
         ];
         if let Some((flag, _)) = task_flags.iter().find(|(_, given)| *given) {
             bail!("{flag} applies to --tasks only");
@@ -216,24 +221,26 @@ pub fn eval_tasks_cmd(a: &EvalArgs, list: &str) -> Result<()> {
     let loaded_tasks =
         infos.iter().map(|i| tasks::load_task(&dir, *i, shots, a.limit)).collect::<shear::Result<Vec<_>>>()?;
     let (loaded, tok) = load(&a.model, &a.device)?;
+    let defaults = tasks::Scoring::default();
+    let scoring = tasks::Scoring {
+        share_context: !a.no_shared_context,
+        batch_tokens: a.batch_tokens.unwrap_or(defaults.batch_tokens),
+    };
     let mut results = vec![];
     for task in &loaded_tasks {
-        let pb = Progress::new(task.docs.len(), task.info.name);
-        let (r, _) = tasks::evaluate_task(&loaded.model, &tok, task, !a.no_shared_context, |done, total| {
-            pb.update(done, total, None)
-        })?;
+        let requests = task.docs.iter().map(|d| d.choices.len()).sum();
+        let pb = Progress::new(requests, task.info.name);
+        let (r, _) =
+            tasks::evaluate_task(&loaded.model, &tok, task, scoring, |done, total| pb.update(done, total, None))?;
         pb.finish();
         results.push(r);
     }
-    let average = results.iter().map(|r| r.paper_value).sum::<f64>() / results.len() as f64;
+    let report = tasks::TaskReport::new(a.model.display().to_string(), shots, a.limit, results.clone());
     if a.json {
-        let by_task: serde_json::Map<String, serde_json::Value> =
-            results.iter().map(|r| (r.task.clone(), serde_json::to_value(r).expect("a result serializes"))).collect();
-        let v = serde_json::json!({"model": a.model, "shots": shots, "limit": a.limit, "tasks": by_task,
-            "average": average});
-        println!("{v}");
+        println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
+    let average = report.average;
     println!(
         "model {} ({shots} shots{})",
         a.model.display(),

@@ -70,8 +70,12 @@ pub struct InspectArgs {
 #[derive(Args)]
 pub struct ReportArgs {
     /// A pruning run (`shear prune`) or continued pre-training run (`shear train`).
-    #[arg(long)]
-    pub run: PathBuf,
+    #[arg(long, required_unless_present = "accuracy")]
+    pub run: Option<PathBuf>,
+    /// LABEL=FILE: a model's `shear eval --tasks --json` output; repeat it to compare models (e.g.
+    /// source, pruned, pruned + continued) in a table and in `accuracy.svg`.
+    #[arg(long, value_name = "LABEL=FILE")]
+    pub accuracy: Vec<String>,
     /// Directory for the SVG charts (created if missing; existing charts are replaced).
     #[arg(long)]
     pub out: PathBuf,
@@ -238,11 +242,36 @@ pub fn inspect_cmd(a: InspectArgs) -> Result<()> {
 }
 
 pub fn report_cmd(a: ReportArgs) -> Result<()> {
-    if let Ok((step, masks)) = shear::report::run_masks(&a.run, None) {
-        println!("{} at step {step}:", a.run.display());
-        print_head_decision(&masks)?;
+    // Every input is read before anything is written.
+    let models = a
+        .accuracy
+        .iter()
+        .map(|spec| {
+            let (label, file) =
+                spec.split_once('=').with_context(|| format!("--accuracy {spec}: expected LABEL=FILE"))?;
+            Ok((label.to_string(), shear::eval::tasks::TaskReport::read(std::path::Path::new(file))?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let accuracy = if models.is_empty() {
+        None
+    } else {
+        let table = shear::report::accuracy::accuracy_table(&models)?;
+        Some((table, shear::report::accuracy::accuracy_chart(&models, "Downstream accuracy")?))
+    };
+    if let Some(run) = &a.run {
+        if let Ok((step, masks)) = shear::report::run_masks(run, None) {
+            println!("{} at step {step}:", run.display());
+            print_head_decision(&masks)?;
+        }
+        write_charts(run, None, &a.out)?;
     }
-    write_charts(&a.run, None, &a.out)
+    if let Some((table, chart)) = accuracy {
+        println!("{table}");
+        for p in shear::report::views::save_charts(&[("accuracy".to_string(), chart)], &a.out)? {
+            println!("wrote {}", p.display());
+        }
+    }
+    Ok(())
 }
 
 /// Whether materialization keeps the heads the masks chose, in one line.

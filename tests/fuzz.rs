@@ -440,6 +440,7 @@ fn check_output(
     match &cmd.out {
         Out::Nothing | Out::Existing(_) => Ok(()),
         Out::Json => oracle::check_eval_json(stdout),
+        Out::TaskJson => oracle::check_task_json(stdout),
         Out::Table if stdout.trim().is_empty() => Err("exit 0 with no table".into()),
         Out::Table => match oracle::non_finite_word(stdout) {
             Some(w) => Err(format!("the tables show {w}")),

@@ -195,9 +195,12 @@ pub fn load_task(dir: &Path, info: TaskInfo, shots: usize, limit: Option<usize>)
     // Documents in file order, each with its choices by `idx`.
     let mut order: Vec<u64> = vec![];
     let mut by_doc: BTreeMap<u64, Pending> = BTreeMap::new();
-    for (i, line) in reader.lines().enumerate() {
+    for (i, line) in reader.split(b'\n').enumerate() {
         let n = i + 1;
         let line = line.map_err(|e| bad(n, format!("cannot read (a truncated or corrupt gzip?): {e}")))?;
+        let line = String::from_utf8(line).map_err(|e| {
+            bad(n, format!("not valid UTF-8 text (first bad byte at column {})", e.utf8_error().valid_up_to() + 1))
+        })?;
         if line.trim().is_empty() {
             continue;
         }

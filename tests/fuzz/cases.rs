@@ -29,6 +29,8 @@ pub enum Out {
     Nothing,
     /// One JSON object on stdout whose `mean_nll` / `perplexity` values are finite numbers.
     Json,
+    /// `shear eval --tasks --json`: every accuracy a number in [0, 1], every document counted.
+    TaskJson,
     /// Tables on stdout with no NaN or infinite values.
     Table,
     /// A new model directory (work-relative), with a tokenizer unless `init --config JSON` wrote it.
@@ -279,6 +281,8 @@ pub fn healthy_files() -> Vec<String> {
         "prune-corpus-run/evals.jsonl",
         "train-run/metrics.jsonl",
         "train-run/evals.jsonl",
+        "tasks/arc_easy/rc_0shot/config.json",
+        "tasks/arc_easy/rc_0shot/requests.jsonl.gz",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -397,6 +401,48 @@ fn gen_text(rng: &mut Rng, h: &Healthy) -> Case {
     let (desc, edit) = mutate::training_text(rng, h.text("text.txt"));
     let cmds = vec![eval_text("model"), eval_held_out("model"), prune_text("model", "target.toml")];
     case("text", format!("text.txt: {desc}"), vec![("text.txt".into(), edit)], cmds)
+}
+
+pub fn eval_tasks(model: &str) -> Cmd {
+    let mut a = vec![lit("eval"), lit("--model"), fix(model), lit("--tasks"), lit("arc_easy")];
+    a.extend([lit("--tasks-dir"), fix("tasks"), lit("--json")]);
+    cmd("eval --tasks", a, Out::TaskJson, vec![Input::Model(model.into())])
+}
+
+/// The gzip bytes themselves, or one line of the decompressed requests (recompressed), or the config.
+fn gen_task_requests(rng: &mut Rng, h: &Healthy) -> Case {
+    let dir = "tasks/arc_easy/rc_0shot";
+    let (f, desc, edit) = match rng.below(10) {
+        0..=3 => {
+            let f = format!("{dir}/requests.jsonl.gz");
+            let (desc, out) = mutate::bytes(rng, h.bytes(&f), 32);
+            (f, format!("gzip bytes: {desc}"), Edit::Write(out))
+        }
+        4..=8 => {
+            let f = format!("{dir}/requests.jsonl.gz");
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::MultiGzDecoder::new(h.bytes(&f)), &mut text).unwrap();
+            let (desc, edit) = if rng.chance(15) {
+                let mut b = text.into_bytes();
+                let at = rng.below(b.len());
+                b[at] = 0xff;
+                (format!("byte {at} of the text = 0xff (not UTF-8)"), Edit::Write(b))
+            } else {
+                mutate::jsonl(rng, &text)
+            };
+            let edit = match edit {
+                Edit::Write(b) => Edit::Write(super::fixtures::gzip(&b)),
+                other => other,
+            };
+            (f, format!("requests: {desc}"), edit)
+        }
+        _ => {
+            let f = format!("{dir}/config.json");
+            let (desc, out) = mutate::json(rng, h.text(&f));
+            (f, desc, Edit::Write(out))
+        }
+    };
+    case("task requests", format!("{f}: {desc}"), vec![(f, edit)], vec![eval_tasks("model"), eval_tasks("pruned")])
 }
 
 fn corpus_cmds() -> Vec<Cmd> {
@@ -615,6 +661,7 @@ pub fn kinds() -> Vec<Kind> {
         Kind { name: "masks snapshot", weight: 30, gen: gen_masks },
         Kind { name: "metrics.jsonl", weight: 25, gen: gen_metrics },
         Kind { name: "evals.jsonl", weight: 20, gen: gen_evals },
+        Kind { name: "task requests", weight: 30, gen: gen_task_requests },
     ]
 }
 

@@ -115,6 +115,23 @@ pub fn build(root: &Path, shear: &Shear) -> Fixtures {
         shear::data::corpus::DOMAINS.iter().map(|d| (d.to_string(), 5.5.into())).collect();
     std::fs::write(&reference, serde_json::Value::Object(r).to_string()).unwrap();
 
+    // Zero-shot task requests in the layout of scripts/fetch-eval-tasks.sh: six four-choice documents.
+    let task_dir = root.join("tasks/arc_easy/rc_0shot");
+    std::fs::create_dir_all(&task_dir).unwrap();
+    std::fs::write(task_dir.join("config.json"), r#"{"task_config": {"metric_kwargs": {}}}"#).unwrap();
+    let choices = [" abab", " ba", " xyz q", " 0 1 2"];
+    let lines: Vec<String> = (0..6)
+        .flat_map(|doc| {
+            choices.iter().enumerate().map(move |(idx, c)| {
+                let context = format!("Question: ab ba {doc} xyz?\nAnswer:");
+                serde_json::json!({"doc_id": doc, "idx": idx, "label": doc % 4,
+                    "request": {"context": context, "continuation": c}})
+                .to_string()
+            })
+        })
+        .collect();
+    std::fs::write(task_dir.join("requests.jsonl.gz"), gzip((lines.join("\n") + "\n").as_bytes())).unwrap();
+
     let prune_run = root.join("prune-run");
     let args = prune_on("model", "target.toml", "text.txt", FIXTURE_STEPS);
     must(shear, "prune run", resolved(&args, root, &prune_run));
@@ -142,4 +159,12 @@ pub fn build(root: &Path, shear: &Shear) -> Fixtures {
         pruned_model,
         train_run,
     }
+}
+
+/// `data` gzip-compressed, as the task wheel ships request files.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
 }

@@ -525,6 +525,25 @@ pub fn check_eval_json(stdout: &str) -> Result<(), String> {
     Ok(())
 }
 
+pub fn check_task_json(stdout: &str) -> Result<(), String> {
+    let v: Value = serde_json::from_str(stdout.trim()).map_err(|e| format!("stdout is not one JSON object: {e}"))?;
+    let tasks = v.get("tasks").and_then(Value::as_object).ok_or("no tasks in the JSON")?;
+    if tasks.is_empty() {
+        return Err("no task results".into());
+    }
+    for (name, t) in tasks {
+        for k in ["acc", "acc_norm", "paper_value", "chance"] {
+            if !t.get(k).and_then(Value::as_f64).is_some_and(|x| (0.0..=1.0).contains(&x)) {
+                return Err(format!("{name}: {k} = {:?}", t.get(k)));
+            }
+        }
+        if !t.get("docs").and_then(Value::as_u64).is_some_and(|n| n > 0) {
+            return Err(format!("{name}: docs = {:?}", t.get("docs")));
+        }
+    }
+    Ok(())
+}
+
 pub fn check_charts(dir: &Path) -> Result<(), String> {
     let entries = std::fs::read_dir(dir).map_err(|e| format!("no chart directory: {e}"))?;
     let mut n = 0;

@@ -537,7 +537,7 @@ pub fn check_task_json(stdout: &str) -> Result<(), String> {
                 return Err(format!("{name}: {k} = {:?}", t.get(k)));
             }
         }
-        if !t.get("docs").and_then(Value::as_u64).is_some_and(|n| n > 0) {
+        if t.get("docs").and_then(Value::as_u64).is_none_or(|n| n == 0) {
             return Err(format!("{name}: docs = {:?}", t.get("docs")));
         }
     }

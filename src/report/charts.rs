@@ -270,6 +270,43 @@ fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift
     Ok(())
 }
 
+/// The mesh of a chart over categories at x = 0, 1, …: every `every`-th one labelled (plotters is asked
+/// for `ticks` x ticks), no vertical grid, whole-number y ticks only when the values are `counts`.
+fn category_mesh<DB: DrawingBackend>(
+    chart: &mut ChartContext<
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    axes: &Axes,
+    labels: &[String],
+    (ticks, every): (usize, usize),
+    counts: bool,
+) -> Result<()> {
+    let n = labels.len();
+    let label = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n && (i as usize).is_multiple_of(every) {
+            labels[i as usize].clone()
+        } else {
+            String::new()
+        }
+    };
+    let mut mesh = chart.configure_mesh();
+    if counts {
+        mesh.y_label_formatter(&count_label);
+    }
+    mesh.disable_x_mesh()
+        .x_desc(&axes.x)
+        .y_desc(&axes.y)
+        .x_labels(ticks)
+        .x_label_formatter(&label)
+        .light_line_style(RGBColor(235, 235, 235))
+        .label_style(("sans-serif", 12).into_font().color(&BLACK))
+        .axis_desc_style(("sans-serif", 14).into_font().color(&BLACK))
+        .draw()
+        .map_err(draw_err)
+}
+
 /// Vertical bars, one per labelled category (labels are drawn under every `label_every`-th bar).
 pub fn bar_chart(axes: &Axes, labels: &[String], values: &[f64], reference: Option<(&str, f64)>) -> Result<Svg> {
     if labels.len() != values.len() || values.is_empty() {
@@ -294,29 +331,8 @@ pub fn bar_chart(axes: &Axes, labels: &[String], values: &[f64], reference: Opti
         let (plot, legend_area) = root.split_horizontally(axes.size.0);
         let mut chart =
             builder(&plot, axes, 64).build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top).map_err(draw_err)?;
-        let labels_owned = labels.to_vec();
         let counts = values.iter().all(|v| v.fract() == 0.0);
-        let mut mesh = chart.configure_mesh();
-        if counts {
-            mesh.y_label_formatter(&count_label);
-        }
-        mesh.disable_x_mesh()
-            .x_desc(&axes.x)
-            .y_desc(&axes.y)
-            .x_labels(n.min(32))
-            .x_label_formatter(&|x| {
-                let i = x.round();
-                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n && (i as usize).is_multiple_of(label_every) {
-                    labels_owned[i as usize].clone()
-                } else {
-                    String::new()
-                }
-            })
-            .light_line_style(RGBColor(235, 235, 235))
-            .label_style(("sans-serif", 12).into_font().color(&BLACK))
-            .axis_desc_style(("sans-serif", 14).into_font().color(&BLACK))
-            .draw()
-            .map_err(draw_err)?;
+        category_mesh(&mut chart, axes, labels, (n.min(32), label_every), counts)?;
         chart
             .draw_series(
                 values
@@ -365,25 +381,7 @@ pub fn grouped_bar_chart(
         let (plot, legend) = root.split_horizontally(axes.size.0);
         let mut chart =
             builder(&plot, axes, 64).build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top).map_err(draw_err)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_desc(&axes.x)
-            .y_desc(&axes.y)
-            .x_labels(n + 1)
-            .x_label_formatter(&|x| {
-                let i = x.round();
-                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
-                    groups[i as usize].clone()
-                } else {
-                    String::new()
-                }
-            })
-            .light_line_style(RGBColor(235, 235, 235))
-            .label_style(("sans-serif", 12).into_font().color(&BLACK))
-            .axis_desc_style(("sans-serif", 14).into_font().color(&BLACK))
-            .draw()
-            .map_err(draw_err)?;
+        category_mesh(&mut chart, axes, groups, (n + 1, 1), false)?;
         for (s, (_, v)) in series.iter().enumerate() {
             let left = |g: usize| g as f64 - 0.4 + s as f64 * width;
             let bars = v.iter().enumerate().filter(|(_, y)| y.is_finite()).map(|(g, &y)| {

@@ -132,4 +132,11 @@ fn accuracy_reports_compare_the_papers_metric_and_refuse_unequal_sets() {
     let mut shots = models.clone();
     shots[1].1.shots = 5;
     assert!(accuracy_chart(&shots, "x").unwrap_err().to_string().contains("5 shots"));
+    // A task missing from one report would change what the averages average.
+    let mut missing = models.clone();
+    missing[1].1.tasks.remove("arc_challenge");
+    assert!(accuracy_table(&missing).unwrap_err().to_string().contains(r#"`pruned` holds the tasks ["arc_easy"]"#));
+    let mut same = models.clone();
+    same[1].0 = "source".into();
+    assert!(accuracy_table(&same).unwrap_err().to_string().contains("labels must be distinct"));
 }

@@ -149,14 +149,21 @@ fn bad_task_inputs_get_one_line_errors() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("config.json"), r#"{"task_config": {}}"#).unwrap();
     let good = r#"{"doc_id": 0, "idx": 0, "label": 0, "request": {"context": "Q:", "continuation": " a"}}"#;
-    let gz = |text: &str| {
+    let gz_bytes = |bytes: &[u8]| {
         let mut e = flate2::write::GzEncoder::new(vec![], flate2::Compression::fast());
-        e.write_all(text.as_bytes()).unwrap();
+        e.write_all(bytes).unwrap();
         e.finish().unwrap()
     };
+    let gz = |text: &str| gz_bytes(text.as_bytes());
     std::fs::write(dir.join("requests.jsonl.gz"), gz(&format!("{good}\n{{\"doc_id\": 0, \"idx\"\n"))).unwrap();
     let err = msg(tasks::load_task(tmp.path(), info, 0, None).unwrap_err());
     assert!(err.contains("requests.jsonl.gz:2:"), "{err}");
+    // Text that is not UTF-8 says so, with its line.
+    let mut bytes = format!("{good}\n{good}\n").into_bytes();
+    bytes[good.len() + 60] = 0xff;
+    std::fs::write(dir.join("requests.jsonl.gz"), gz_bytes(&bytes)).unwrap();
+    let err = msg(tasks::load_task(tmp.path(), info, 0, None).unwrap_err());
+    assert!(err.contains("requests.jsonl.gz:2: not valid UTF-8"), "{err}");
     // A gzip cut short is an error, not a shorter task.
     let lines: String = (0..400).map(|i| good.replace(r#""doc_id": 0"#, &format!(r#""doc_id": {i}"#)) + "\n").collect();
     let whole = gz(&lines);
@@ -172,5 +179,9 @@ fn bad_task_inputs_get_one_line_errors() {
     let e = Encoded { input: vec![1, 2, 60_000], targets: vec![3], start: 2, chars: 1 };
     let err = msg(tasks::score_requests(&model, &[e], true).unwrap_err());
     assert!(err.contains("60000") && err.contains("vocabulary"), "{err}");
+    // A document without requests scores nothing, in every packing.
+    for share in [true, false] {
+        assert!(tasks::score_requests(&model, &[], share).unwrap().is_empty());
+    }
     assert!(msg(tasks::load_task(tmp.path(), info, 3, None).unwrap_err()).contains("--shots"));
 }

@@ -35,8 +35,9 @@ pub struct Scored {
 pub struct Scoring {
     /// Run a document's common prefix once (else every request runs whole, on its own).
     pub share_context: bool,
-    /// Padded token positions per forward pass, for the prefix batch and the continuation batch each;
-    /// 0 runs one document (or, without sharing, one request) per pass.
+    /// Padded token positions per forward pass, for the prefix batch and the continuation batch each; a
+    /// piece (a document's shared prefix with its choices, or one request) larger than that runs alone, and
+    /// 0 runs every piece alone.
     pub batch_tokens: usize,
 }
 
@@ -46,16 +47,26 @@ impl Default for Scoring {
     }
 }
 
-/// One prefix pass's row: a prefix, and the continuations of it to score (request index, tokens).
-struct Piece {
+/// One row of a prefix pass: a prefix, and the requests that continue it (the prefix is the start of each
+/// one's input).
+struct Piece<'a> {
     doc: usize,
-    prefix: Vec<u32>,
-    suffixes: Vec<(usize, Vec<u32>)>,
+    prefix: &'a [u32],
+    /// `(index of the request in its document, the request)`.
+    reqs: Vec<(usize, &'a Encoded)>,
 }
 
-impl Piece {
+impl<'a> Piece<'a> {
+    /// Request `r`'s tokens after the prefix.
+    fn suffix(&self, r: &'a Encoded) -> &'a [u32] {
+        &r.input[self.prefix.len()..]
+    }
     fn suffix_len(&self) -> usize {
-        self.suffixes.iter().map(|(_, s)| s.len()).max().unwrap_or(0)
+        self.reqs.iter().map(|(_, r)| r.input.len() - self.prefix.len()).max().unwrap_or(0)
+    }
+    /// Continuation rows: requests with tokens after the prefix (the others are scored by its last logit).
+    fn rows(&self) -> usize {
+        self.reqs.iter().filter(|(_, r)| r.input.len() > self.prefix.len()).count()
     }
 }
 
@@ -81,28 +92,23 @@ fn check(model: &Llama, reqs: &[Encoded]) -> Result<()> {
 
 /// A document's pieces: one shared prefix for all its requests, or one piece per request. A prefix ends at
 /// the earliest first-scored position, so that every logit needed is its last one or a continuation's.
-fn pieces_of(doc: usize, reqs: &[Encoded], share_context: bool) -> Vec<Piece> {
+fn pieces_of(doc: usize, reqs: &[Encoded], share_context: bool) -> Vec<Piece<'_>> {
     // Requests that share no first token (a sentence that starts with its blank, or contexts truncated by
     // different amounts) have nothing to share.
     let first = reqs.first().and_then(|r| r.input.first());
     let shareable = reqs.iter().all(|r| r.input.first() == first);
-    let cut = |r: &Encoded, p: usize| (r.input[..p].to_vec(), r.input[p..].to_vec());
-    if !share_context || !shareable || reqs.len() == 1 {
+    if !share_context || !shareable || reqs.len() <= 1 {
         return reqs
             .iter()
             .enumerate()
-            .map(|(i, r)| {
-                let (prefix, suffix) = cut(r, r.start + 1);
-                Piece { doc, prefix, suffixes: vec![(i, suffix)] }
-            })
+            .map(|(i, r)| Piece { doc, prefix: &r.input[..r.start + 1], reqs: vec![(i, r)] })
             .collect();
     }
     let common = reqs.iter().skip(1).fold(reqs[0].input.len(), |n, r| {
         n.min(r.input.iter().zip(&reqs[0].input).take_while(|(a, b)| a == b).count())
     });
     let p = common.min(reqs.iter().map(|r| r.start + 1).min().unwrap_or(1));
-    let prefix = reqs[0].input[..p].to_vec();
-    vec![Piece { doc, prefix, suffixes: reqs.iter().enumerate().map(|(i, r)| (i, r.input[p..].to_vec())).collect() }]
+    vec![Piece { doc, prefix: &reqs[0].input[..p], reqs: reqs.iter().enumerate().collect() }]
 }
 
 /// Score every document's requests (`docs[d][i]`: document `d`'s choice `i`); `progress(done, total)`
@@ -118,7 +124,8 @@ pub fn score_documents(
     }
     let mut pieces: Vec<Piece> =
         docs.iter().enumerate().flat_map(|(d, reqs)| pieces_of(d, reqs, scoring.share_context)).collect();
-    // Similar lengths side by side waste little padding; the longest first fail fast on memory.
+    // By continuation length, then prefix length: continuation passes carry most of the tokens, and
+    // similar lengths side by side waste little padding. The longest first fail fast on memory.
     pieces.sort_by_key(|p| std::cmp::Reverse((p.suffix_len(), p.prefix.len())));
 
     let max_len = model.config().max_position_embeddings;
@@ -127,19 +134,19 @@ pub fn score_documents(
     let (mut done, mut begin) = (0, 0);
     while begin < pieces.len() {
         // Grow the batch while both passes stay within the budget (and the model's context).
-        let (mut end, mut pmax, mut smax, mut rows) =
-            (begin + 1, pieces[begin].prefix.len(), pieces[begin].suffix_len(), pieces[begin].suffixes.len());
+        let first = &pieces[begin];
+        let (mut end, mut pmax, mut smax, mut rows) = (begin + 1, first.prefix.len(), first.suffix_len(), first.rows());
         while end < pieces.len() && scoring.batch_tokens > 0 {
             let q = &pieces[end];
-            let (p, s, r) = (pmax.max(q.prefix.len()), smax.max(q.suffix_len()), rows + q.suffixes.len());
+            let (p, s, r) = (pmax.max(q.prefix.len()), smax.max(q.suffix_len()), rows + q.rows());
             if (end + 1 - begin) * p > scoring.batch_tokens || r * s > scoring.batch_tokens || p + s > max_len {
                 break;
             }
             (end, pmax, smax, rows) = (end + 1, p, s, r);
         }
         let batch = &pieces[begin..end];
-        for (piece, scored) in batch.iter().zip(score_batch(model, &docs_of(docs, batch), batch)?) {
-            for ((i, _), s) in piece.suffixes.iter().zip(scored) {
+        for (piece, scored) in batch.iter().zip(score_batch(model, batch)?) {
+            for ((i, _), s) in piece.reqs.iter().zip(scored) {
                 out[piece.doc][*i] = Some(s);
                 done += 1;
             }
@@ -150,35 +157,32 @@ pub fn score_documents(
     Ok(out.into_iter().map(|r| r.into_iter().map(|s| s.expect("every request is in one piece")).collect()).collect())
 }
 
-/// Each piece's requests, in the order of its suffixes.
-fn docs_of<'a>(docs: &'a [Vec<Encoded>], batch: &[Piece]) -> Vec<Vec<&'a Encoded>> {
-    batch.iter().map(|p| p.suffixes.iter().map(|(i, _)| &docs[p.doc][*i]).collect()).collect()
-}
-
 /// One batch: the prefixes as one left-padded pass, then every continuation as one right-padded pass on the
-/// prefixes' cache rows. Returns each piece's scores in the order of its suffixes.
-fn score_batch(model: &Llama, reqs: &[Vec<&Encoded>], batch: &[Piece]) -> Result<Vec<Vec<Scored>>> {
+/// prefixes' cache rows. Returns each piece's scores in the order of its requests.
+fn score_batch(model: &Llama, batch: &[Piece]) -> Result<Vec<Vec<Scored>>> {
     let device = model.device().clone();
     let pmax = batch.iter().map(|p| p.prefix.len()).max().unwrap_or(0);
     let pads: Vec<usize> = batch.iter().map(|p| pmax - p.prefix.len()).collect();
     let mut ids = Vec::with_capacity(batch.len() * pmax);
     for (p, &pad) in batch.iter().zip(&pads) {
         ids.extend(std::iter::repeat_n(0u32, pad));
-        ids.extend_from_slice(&p.prefix);
+        ids.extend_from_slice(p.prefix);
     }
     let mut cache = if pads.iter().all(|&p| p == 0) { KvCache::new() } else { KvCache::left_padded(pads) };
     let prefix_last = model.forward_incremental(&Tensor::from_vec(ids, (batch.len(), pmax), &device)?, &mut cache)?;
 
     // Where each target's logits are: the prefix's last position (prefix row `b`), or a continuation
-    // position (flat index `row * smax + column` of the continuation batch).
+    // position (flat index `row * smax + column` of the continuation batch, whose row `row` continues
+    // prefix row `cache_rows[row]`).
     let smax = batch.iter().map(Piece::suffix_len).max().unwrap_or(0);
     let (mut from_prefix, mut from_suffix) = (vec![], vec![]); // (logits row, target)
+    let (mut cache_rows, mut suffix_ids) = (vec![], vec![]);
     let mut sources: Vec<Vec<Vec<Source>>> = vec![]; // per piece, per request, per target
-    let mut row = 0;
-    for (b, (piece, reqs)) in batch.iter().zip(reqs).enumerate() {
+    for (b, piece) in batch.iter().enumerate() {
         let p = piece.prefix.len();
         let mut per_piece = vec![];
-        for r in reqs {
+        for &(_, r) in &piece.reqs {
+            let row = cache_rows.len();
             let per_req = (r.start..r.input.len())
                 .zip(&r.targets)
                 .map(|(pos, &t)| {
@@ -192,33 +196,37 @@ fn score_batch(model: &Llama, reqs: &[Vec<&Encoded>], batch: &[Piece]) -> Result
                 })
                 .collect();
             per_piece.push(per_req);
-            row += 1;
+            let suffix = piece.suffix(r);
+            if !suffix.is_empty() {
+                cache_rows.push(b);
+                suffix_ids.extend_from_slice(suffix);
+                suffix_ids.extend(std::iter::repeat_n(0u32, smax - suffix.len()));
+            }
         }
         sources.push(per_piece);
     }
     let index = |picks: &[(u32, u32)]| Tensor::new(picks.iter().map(|(i, _)| *i).collect::<Vec<_>>(), &device);
-    let mut logits = vec![];
-    if !from_prefix.is_empty() {
-        logits.push(prefix_last.index_select(&index(&from_prefix)?, 0)?);
-    }
-    if !from_suffix.is_empty() {
-        // Continuation row `r` continues prefix row `rows[r]`.
-        let rows: Vec<usize> =
-            batch.iter().enumerate().flat_map(|(b, p)| std::iter::repeat_n(b, p.suffixes.len())).collect();
-        let mut ids = Vec::with_capacity(rows.len() * smax);
-        for (_, s) in batch.iter().flat_map(|p| &p.suffixes) {
-            ids.extend_from_slice(s);
-            ids.extend(std::iter::repeat_n(0u32, smax - s.len()));
-        }
-        let ids = Tensor::from_vec(ids, (rows.len(), smax), &device)?;
-        logits.push(model.logits_after(&ids, &mut cache.select_rows(&rows)?, &index(&from_suffix)?)?);
-    }
-    let logits = Tensor::cat(&logits, 0)?.to_dtype(DType::F32)?; // [targets, vocab]
+    let suffix_logits = if from_suffix.is_empty() {
+        None
+    } else {
+        let ids = Tensor::from_vec(suffix_ids, (cache_rows.len(), smax), &device)?;
+        Some(model.logits_after(&ids, &mut cache.select_rows(&cache_rows)?, &index(&from_suffix)?)?)
+    };
+    let picked = [
+        (!from_prefix.is_empty()).then(|| prefix_last.index_select(&index(&from_prefix)?, 0)).transpose()?,
+        suffix_logits,
+    ];
+    let logits = Tensor::cat(&picked.into_iter().flatten().collect::<Vec<_>>(), 0)?; // [targets, vocab]
     let targets: Vec<u32> = from_prefix.iter().chain(&from_suffix).map(|(_, t)| *t).collect();
-    let argmax: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
-    let target_ids = Tensor::new(targets.as_slice(), &device)?.unsqueeze(0)?;
-    let nll: Vec<f32> =
-        nll_from_logits(&logits.unsqueeze(0)?, &target_ids, ExecPath::Inference)?.squeeze(0)?.to_vec1()?;
+    // In chunks of rows: f32 copies of `[targets, vocab]` would be a GB at a 128k vocabulary.
+    let (mut nll, mut argmax) = (Vec::with_capacity(targets.len()), Vec::with_capacity(targets.len()));
+    for start in (0..targets.len()).step_by(SCORE_ROWS) {
+        let n = SCORE_ROWS.min(targets.len() - start);
+        let chunk = logits.narrow(0, start, n)?.to_dtype(DType::F32)?;
+        let t = Tensor::new(&targets[start..start + n], &device)?.unsqueeze(0)?;
+        nll.extend(nll_from_logits(&chunk.unsqueeze(0)?, &t, ExecPath::Inference)?.squeeze(0)?.to_vec1::<f32>()?);
+        argmax.extend(chunk.argmax(D::Minus1)?.to_vec1::<u32>()?);
+    }
     let flat = |s: &Source| match *s {
         Source::Prefix(i) => i,
         Source::Suffix(i) => from_prefix.len() + i,
@@ -238,13 +246,17 @@ fn score_batch(model: &Llama, reqs: &[Vec<&Encoded>], batch: &[Piece]) -> Result
         .collect())
 }
 
+/// Target rows scored (log-softmax and argmax over the vocabulary) at a time.
+const SCORE_ROWS: usize = 256;
+
 /// Where a target's logits come from: the `i`-th prefix row or the `i`-th continuation row gathered.
 enum Source {
     Prefix(usize),
     Suffix(usize),
 }
 
-/// Score one document's requests in one batch: shared prefix (with `share_context`) or each request alone.
+/// Score one document's requests: its shared prefix once and its choices as one batch (with
+/// `share_context`, when they share a first token), or each request alone in a pass of its own.
 pub fn score_requests(model: &Llama, reqs: &[Encoded], share_context: bool) -> Result<Vec<Scored>> {
     let scoring = Scoring { share_context, batch_tokens: 0 };
     Ok(score_documents(model, &[reqs.to_vec()], scoring, |_, _| {})?.pop().unwrap_or_default())

@@ -199,7 +199,13 @@ pub fn load_task(dir: &Path, info: TaskInfo, shots: usize, limit: Option<usize>)
         let n = i + 1;
         let line = line.map_err(|e| bad(n, format!("cannot read (a truncated or corrupt gzip?): {e}")))?;
         let line = String::from_utf8(line).map_err(|e| {
-            bad(n, format!("not valid UTF-8 text (first bad byte at column {})", e.utf8_error().valid_up_to() + 1))
+            bad(
+                n,
+                format!(
+                    "not valid UTF-8 text (first bad byte at byte {} of the line)",
+                    e.utf8_error().valid_up_to() + 1
+                ),
+            )
         })?;
         if line.trim().is_empty() {
             continue;

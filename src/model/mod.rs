@@ -330,7 +330,7 @@ impl Llama {
             c.layers.resize(self.blocks.len(), None);
             if !c.pad.is_empty() && c.pad.len() != ids.dim(0)? {
                 return Err(Error::Invalid(format!(
-                    "a batch of {} rows continues a padded KV cache of {}",
+                    "a batch of {} rows continues a padded KV cache of {} rows",
                     ids.dim(0)?,
                     c.pad.len()
                 )));

@@ -33,8 +33,8 @@
 //! [`softmax_last_dim`] (so `Inference` off the CPU still runs candle-nn's RoPE and softmax there).
 //! `CachedAttention` is attention against a KV cache (incremental decoding), which the shear kernel does
 //! not take; over a left-padded batch it swaps the causal softmax for [`masked_softmax`] with a per-row
-//! mask that also hides the padding. `Softmax` has no shear kernel of its own: on the CPU the model's only
-//! softmax is the causal one. A unit test below checks that this table is what [`ExecPath::implementation`] answers.
+//! mask that also hides the padding. `Softmax` has no shear kernel of its own: on the CPU the model's
+//! softmaxes are the causal one and, over padded batches, the masked one built from it. A unit test below checks that this table is what [`ExecPath::implementation`] answers.
 
 use candle_core::{DType, Result, Tensor, D};
 

@@ -8,20 +8,27 @@ use super::polars_err;
 use crate::error::{Error, Result};
 use crate::eval::tasks::{PaperMetric, TaskReport};
 
-/// The tasks every report has, in the order of shear's task table.
+/// The reports' tasks, in the order of shear's task table. Reports side by side must hold the same tasks,
+/// scored on the same documents with the same shots, so that their averages compare.
 fn common_tasks(models: &[(String, TaskReport)]) -> Result<Vec<String>> {
     let first = &models.first().ok_or_else(|| Error::Invalid("no accuracy reports to compare".into()))?.1;
-    let tasks: Vec<String> = first
-        .in_table_order()
-        .iter()
-        .map(|r| r.task.clone())
-        .filter(|t| models.iter().all(|(_, m)| m.tasks.contains_key(t)))
-        .collect();
+    let tasks: Vec<String> = first.in_table_order().iter().map(|r| r.task.clone()).collect();
     if tasks.is_empty() {
-        return Err(Error::Invalid("the accuracy reports share no task".into()));
+        return Err(Error::Invalid(format!("`{}` holds no task shear knows", models[0].0)));
     }
-    // Bars side by side must count the same documents with the same shots.
+    let mut labels = std::collections::BTreeSet::new();
+    for (label, _) in models {
+        if label.is_empty() || ["task", "metric", "docs", "chance"].contains(&label.as_str()) || !labels.insert(label) {
+            return Err(Error::Invalid(format!(
+                "model label `{label}`: labels must be distinct, non-empty, and not task, metric, docs or chance"
+            )));
+        }
+    }
     for (label, m) in &models[1..] {
+        let names: Vec<String> = m.in_table_order().iter().map(|r| r.task.clone()).collect();
+        if names != tasks {
+            return Err(Error::Invalid(format!("`{label}` holds the tasks {names:?}, `{}` {tasks:?}", models[0].0)));
+        }
         if m.shots != first.shots {
             return Err(Error::Invalid(format!(
                 "`{label}` was scored with {} shots, `{}` with {}",

@@ -525,20 +525,22 @@ pub fn check_eval_json(stdout: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `shear eval --tasks --json`: a report `shear report --accuracy` reads, every accuracy in [0, 1], every
+/// task with documents.
 pub fn check_task_json(stdout: &str) -> Result<(), String> {
-    let v: Value = serde_json::from_str(stdout.trim()).map_err(|e| format!("stdout is not one JSON object: {e}"))?;
-    let tasks = v.get("tasks").and_then(Value::as_object).ok_or("no tasks in the JSON")?;
-    if tasks.is_empty() {
+    let r: shear::eval::tasks::TaskReport =
+        serde_json::from_str(stdout.trim()).map_err(|e| format!("stdout is not a task report: {e}"))?;
+    if r.tasks.is_empty() {
         return Err("no task results".into());
     }
-    for (name, t) in tasks {
-        for k in ["acc", "acc_norm", "paper_value", "chance"] {
-            if !t.get(k).and_then(Value::as_f64).is_some_and(|x| (0.0..=1.0).contains(&x)) {
-                return Err(format!("{name}: {k} = {:?}", t.get(k)));
+    for (name, t) in &r.tasks {
+        for (k, x) in [("acc", Some(t.acc)), ("acc_norm", t.acc_norm), ("paper_value", Some(t.paper_value))] {
+            if !x.is_some_and(|x| (0.0..=1.0).contains(&x)) {
+                return Err(format!("{name}: {k} = {x:?}"));
             }
         }
-        if t.get("docs").and_then(Value::as_u64).is_none_or(|n| n == 0) {
-            return Err(format!("{name}: docs = {:?}", t.get("docs")));
+        if t.docs == 0 {
+            return Err(format!("{name}: no documents"));
         }
     }
     Ok(())

@@ -67,12 +67,14 @@ pub struct EvalArgs {
     /// With --tasks: where scripts/fetch-eval-tasks.sh put the requests [default: data/cache/eval/tasks].
     #[arg(long)]
     pub tasks_dir: Option<PathBuf>,
-    /// With --tasks: score every request on its own instead of running a document's shared context once
-    /// (the baseline the sharing's speed-up is measured against; the same numbers).
+    /// With --tasks: run every request whole instead of running a document's shared context once (the
+    /// baseline the sharing's speed-up is measured against; the same numbers). Requests are still packed
+    /// across documents unless --batch-tokens 0.
     #[arg(long)]
     pub no_shared_context: bool,
-    /// With --tasks: padded token positions per forward pass, across documents (0: one document per pass)
-    /// [default: 2048].
+    /// With --tasks: padded token positions per forward pass, across documents; 0 runs one document (or,
+    /// when its choices share nothing, one request) per pass. Peak memory grows with it times the
+    /// vocabulary [default: 2048].
     #[arg(long)]
     pub batch_tokens: Option<usize>,
     /// With --data: at most N eval sequences per domain.

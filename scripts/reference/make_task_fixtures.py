@@ -44,7 +44,8 @@ SUBSET = [
 
 def load_docs(task, variant, limit):
     cfg = json.loads((TASKS_DIR / task / variant / "config.json").read_text())
-    uncond = cfg["task_config"].get("metric_kwargs", {}).get("uncond_docid_offset", 1 << 62)
+    # Absent or null (BoolQ, SciQ): no unconditional requests to leave out.
+    uncond = (cfg["task_config"].get("metric_kwargs") or {}).get("uncond_docid_offset") or 1 << 62
     docs, order = {}, []
     with gzip.open(TASKS_DIR / task / variant / "requests.jsonl.gz", "rt") as f:
         for line in f:

@@ -8,7 +8,7 @@
 //!   only on position differences); then every continuation of every document in the batch runs as a
 //!   second batch, right-padded (under the causal mask, padding after a row's last real token changes
 //!   nothing before it). A forward pass costs a fixed ~0.2 s on 2 cores for SmolLM2-135M however few
-//!   tokens it carries (the weights stream through once per pass), so packing ~2k tokens per pass instead
+//!   tokens it carries, so packing ~2k tokens per pass instead
 //!   of one document's few dozen is where most of the speed comes from.
 //!
 //! Every mode gives the numbers a request scored alone gives, up to float rounding (`tests/tasks.rs`).
@@ -33,7 +33,7 @@ pub struct Scored {
 /// How requests are packed into forward passes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scoring {
-    /// Run a document's common prefix once (else every request runs whole, on its own).
+    /// Run a document's common prefix once (else every request runs whole).
     pub share_context: bool,
     /// Padded token positions per forward pass, for the prefix batch and the continuation batch each; a
     /// piece (a document's shared prefix with its choices, or one request) larger than that runs alone, and

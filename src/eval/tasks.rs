@@ -43,6 +43,16 @@ pub enum PaperMetric {
     AccNorm,
 }
 
+impl PaperMetric {
+    /// The metric's name, as in the JSON and the tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            PaperMetric::Acc => "acc",
+            PaperMetric::AccNorm => "acc_norm",
+        }
+    }
+}
+
 /// A task shear knows how to score.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskInfo {

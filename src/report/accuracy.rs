@@ -6,7 +6,7 @@ use polars::prelude::*;
 use super::charts::{grouped_bar_chart, Axes, Svg};
 use super::polars_err;
 use crate::error::{Error, Result};
-use crate::eval::tasks::{PaperMetric, TaskReport};
+use crate::eval::tasks::TaskReport;
 
 /// The reports' tasks, in the order of shear's task table. Reports side by side must hold the same tasks,
 /// scored on the same documents with the same shots, so that their averages compare.
@@ -50,10 +50,7 @@ fn common_tasks(models: &[(String, TaskReport)]) -> Result<Vec<String>> {
 pub fn accuracy_table(models: &[(String, TaskReport)]) -> Result<DataFrame> {
     let tasks = common_tasks(models)?;
     let first = &models[0].1;
-    let metric = |t: &str| match first.tasks[t].paper_metric {
-        PaperMetric::Acc => "acc",
-        PaperMetric::AccNorm => "acc_norm",
-    };
+    let metric = |t: &str| first.tasks[t].paper_metric.name();
     let mut task_col: Vec<String> = tasks.clone();
     task_col.push("average".into());
     let mut metric_col: Vec<String> = tasks.iter().map(|t| metric(t).to_string()).collect();

@@ -258,10 +258,7 @@ pub fn eval_tasks_cmd(a: &EvalArgs, list: &str) -> Result<()> {
             (Some(x), Some(e)) => pm(x, e),
             _ => "-".into(),
         };
-        let metric = match r.paper_metric {
-            tasks::PaperMetric::Acc => "acc",
-            tasks::PaperMetric::AccNorm => "acc_norm",
-        };
+        let metric = r.paper_metric.name();
         println!(
             "{:<14} {:>6} {:>15} {:>15} {:>9} {:>14} {:>6.3} {:>8.1} {:>7.1}",
             r.task,

@@ -431,7 +431,7 @@ io::save_model(&scratch, &pcfg, &w0, &io::SaveOptions { companions_from: Some(pr
 for (name, model, rule) in [("cpt-doremi", &pruned, UpdateRule::Doremi), ("cpt-constant", &pruned, UpdateRule::Constant), ("scratch-constant", &scratch, UpdateRule::Constant)] {
     let run = work.join(name);
     if run.exists() { std::fs::remove_dir_all(&run)?; }
-    let spec = TrainSpec { model: model.clone(), data: corpus_dir.clone(), domains: domains.clone(), config: mk(rule) };
+    let spec = TrainSpec { model: model.clone(), data: corpus_dir.clone(), domains: domains.clone(), config: mk(rule), teacher: None };
     let weights = io::hf::load_weights(model, Some(DType::F32), &Device::Cpu)?;
     let s = continued::train(&run, &spec, &pcfg, weights, Corpus::open(&corpus_dir)?, false, |_| std::ops::ControlFlow::Continue(()))?;
     println!("{name}: {} steps, {:.2} s/step", s.steps_run, s.mean_step_seconds);

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::generate::{generate, Sampling};
-use crate::model::{trainable, ExecPath, Llama, TensorMap};
+use crate::model::{trainable, ExecPath, Llama, Teacher, TensorMap};
 use crate::prune::TargetShape;
 use crate::run::pruning::PruneConfig;
 use crate::train::optim::{AdamW, AdamWConfig};
@@ -108,9 +108,11 @@ pub fn bench_forward(model: &Llama, batch: usize, seq_len: usize, reps: Repeats)
 /// The plain training step of continued pre-training: forward, cross-entropy, backward, global-norm
 /// clipping and AdamW over every weight (f32 master weights, compute in the weights' dtype).
 /// `seq_len` tokens per sequence, of which `seq_len - 1` are predicted; tokens/s counts `batch × seq_len`.
+/// With a `teacher`, the distillation step (the teacher's forward included).
 pub fn bench_train(
     cfg: &LlamaConfig,
     weights: TensorMap,
+    teacher: Option<&Teacher>,
     batch: usize,
     seq_len: usize,
     reps: Repeats,
@@ -123,8 +125,8 @@ pub fn bench_train(
     let ids = bench_ids(cfg.vocab_size, batch, seq_len, model.device())?;
     let backward = Backward::for_model(&model);
     let (runs, secs) = time(reps, || {
-        let (_, grads) = micro_batch(&model, backward, &ids, batch)?;
-        update(&mut opt, &grads, &all, 1.0, 1.0)?;
+        let out = micro_batch(&model, backward, &ids, batch, teacher)?;
+        update(&mut opt, &out.grads, &all, 1.0, 1.0)?;
         Ok(())
     })?;
     Ok(row("train", batch, seq_len, runs, secs, batch * seq_len))

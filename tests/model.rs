@@ -209,7 +209,7 @@ fn hand_written_backward_matches_autograd() {
         let (vars, tensors) = trainable(random_model(&cfg, 12)).unwrap();
         let model = Llama::new(&cfg, &tensors).unwrap();
         let ids = random_ids(3, 10, cfg.vocab_size, 4);
-        let out = model.lm_loss_grads(&ids, 5, None).unwrap();
+        let out = model.lm_loss_grads(&ids, 5, None, None).unwrap();
         let (per_sample, hand) = (out.per_sample, out.weights);
         // The same objective through autograd: Σ per-sample mean NLL / n_samples, composed ops.
         let logits = model.forward(&ids.narrow(1, 0, 9).unwrap(), ExecPath::Reference).unwrap();
@@ -227,6 +227,75 @@ fn hand_written_backward_matches_autograd() {
             let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             let d = max_abs_diff(a, b);
             assert!(d <= 1e-4 * scale.max(1e-3), "{name}: gradient of {pname} differs by {d} (scale {scale})");
+        }
+    }
+}
+
+/// With a teacher, the hand-written backward (the distillation kernel over teacher logit chunks) gives
+/// the per-sample NLL and KL and every parameter's gradient that autograd gives through the composed
+/// loss (`Teacher::composed`), at T = 1 and 2, with and without the LM term and the top-k teacher.
+#[test]
+fn hand_written_distillation_backward_matches_autograd() {
+    use shear::model::{DistillLoss, Teacher};
+    use shear::train::step::{micro_batch, Backward};
+    for (name, cfg) in tiny_configs() {
+        let teacher_model = Llama::new(&cfg, &random_model(&cfg, 99)).unwrap();
+        let (vars, tensors) = trainable(random_model(&cfg, 12)).unwrap();
+        let model = Llama::new(&cfg, &tensors).unwrap();
+        let ids = random_ids(3, 10, cfg.vocab_size, 4);
+        let losses = [
+            DistillLoss::MINITRON,
+            DistillLoss { weight: 0.5, temperature: 2.0, top_k: None },
+            DistillLoss { weight: 0.8, temperature: 1.0, top_k: Some(7) },
+        ];
+        let mut teacher = Teacher::new(teacher_model, losses[0], &cfg).unwrap();
+        for loss in losses {
+            teacher = Teacher::new(teacher.into_model(), loss, &cfg).unwrap();
+            let hand = micro_batch(&model, Backward::Hand, &ids, 5, Some(&teacher)).unwrap();
+            let auto = micro_batch(&model, Backward::Autograd, &ids, 5, Some(&teacher)).unwrap();
+            let (hk, ak) = (hand.kl.unwrap(), auto.kl.unwrap());
+            for ((a, b), (c, d)) in hand.lm.iter().zip(&auto.lm).zip(hk.iter().zip(&ak)) {
+                assert!((a - b).abs() < 1e-5 && (c - d).abs() < 1e-5, "{name} {loss:?}: {a}/{b}, KL {c}/{d}");
+            }
+            assert!(ak.iter().all(|&k| k > 1e-4), "{name}: a different teacher has KL > 0 ({ak:?})");
+            for (pname, var) in &vars {
+                let a =
+                    hand.grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no hand gradient for {pname}"));
+                let b = auto.grads.get(var.as_tensor()).expect("autograd gradient");
+                let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                let d = max_abs_diff(a, b);
+                assert!(
+                    d <= 1e-4 * scale.max(1e-3),
+                    "{name} {loss:?}: gradient of {pname} differs by {d} (scale {scale})"
+                );
+            }
+        }
+    }
+}
+
+/// A teacher equal to the student, with the KL alone: every position's KL is exactly 0 and so is every
+/// weight's gradient, on both backward paths.
+#[test]
+fn a_teacher_equal_to_the_student_gives_zero_kl_and_zero_gradients() {
+    use shear::model::{DistillLoss, Teacher};
+    use shear::train::step::{micro_batch, Backward};
+    for (name, cfg) in tiny_configs() {
+        let (vars, tensors) = trainable(random_model(&cfg, 12)).unwrap();
+        let model = Llama::new(&cfg, &tensors).unwrap();
+        let frozen: shear::TensorMap = tensors.iter().map(|(k, v)| (k.clone(), v.detach().copy().unwrap())).collect();
+        let teacher = Teacher::new(Llama::new(&cfg, &frozen).unwrap(), DistillLoss::MINITRON, &cfg).unwrap();
+        let ids = random_ids(3, 10, cfg.vocab_size, 4);
+        for backward in [Backward::Hand, Backward::Autograd] {
+            let out = micro_batch(&model, backward, &ids, 3, Some(&teacher)).unwrap();
+            let kl = out.kl.unwrap();
+            // The inference and training paths round differently, so "exactly" is up to f32 noise there.
+            let tol = if backward == Backward::Hand { 1e-6 } else { 1e-5 };
+            assert!(kl.iter().all(|k| k.abs() <= tol), "{name} {backward}: KL {kl:?}");
+            for (pname, var) in &vars {
+                let g = out.grads.get(var.as_tensor()).unwrap();
+                let m = g.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                assert!(m <= 1e-4, "{name} {backward}: gradient of {pname} is {m}");
+            }
         }
     }
 }
@@ -251,7 +320,7 @@ fn hand_written_masked_backward_matches_autograd() {
         for (set, masks) in
             [("all", &all), ("layer+intermediate", &layer_and_intermediate), ("hidden+head", &hidden_and_head)]
         {
-            let out = model.lm_loss_grads(&ids, 4, Some(masks)).unwrap();
+            let out = model.lm_loss_grads(&ids, 4, Some(masks), None).unwrap();
             let mut hand = model.mask_surrogate(masks, &out.masks).unwrap().backward().unwrap();
             for var in vars.values() {
                 hand.insert(var.as_tensor(), out.weights.get(var.as_tensor()).unwrap().clone());

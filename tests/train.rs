@@ -258,3 +258,54 @@ fn constant_proportions_stay_and_scratch_baseline_has_the_same_shape() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs reference losses"));
     assert!(!tmp.path().join("x").exists());
 }
+
+/// Distillation from a teacher (another model with the same tokenizer): every step logs the KL beside the
+/// LM loss, the KL falls, the run resumed after SIGKILL ends bit for bit where the uninterrupted one does,
+/// and `--resume` refuses a distillation flag rather than ignoring it.
+#[test]
+fn distillation_logs_its_kl_and_resumes_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, corpus, reference) = setup(tmp.path());
+    let teacher = tmp.path().join("teacher");
+    let config = model.join("config.json");
+    let init = ["init", "--config", s(&config), "--like", s(&model), "--out", s(&teacher), "--seed", "3"];
+    let out = bin().args(init).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let distill = ["--teacher", s(&teacher), "--distill-temperature", "2"];
+
+    let straight = tmp.path().join("straight");
+    let out = bin().args(train_args(&model, &corpus, &reference, &straight, "doremi")).args(distill).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = read_jsonl(&straight.join("metrics.jsonl")).unwrap();
+    let kl: Vec<f64> =
+        metrics.iter().map(|m| m["distill_loss"].as_f64().expect("distill_loss on every line")).collect();
+    assert!(kl.iter().all(|k| k.is_finite() && *k > 0.0), "{kl:?}");
+    assert!(kl[7] < kl[0], "the student moves towards its teacher: {kl:?}");
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(straight.join("run.json")).unwrap()).unwrap();
+    assert_eq!(spec["teacher"]["temperature"], 2.0);
+
+    let killed = tmp.path().join("killed");
+    let mut child = bin()
+        .args(train_args(&model, &corpus, &reference, &killed, "doremi"))
+        .args(distill)
+        .args(["--step-delay-ms", "400"])
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::fs::read_to_string(killed.join("metrics.jsonl")).map(|t| t.matches('\n').count()).unwrap_or(0) < 5 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the run did not reach step 5");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resume = ["train", "--resume", "--out", s(&killed), "--teacher", s(&model), "--distill-top-k", "5"];
+    let refused = bin().args(resume).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("(given: --teacher --distill-top-k)"), "{stderr}");
+    let out = bin().args(["train", "--resume", "--out", s(&killed)]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(checkpoint_tensors(&straight), checkpoint_tensors(&killed), "weights or optimizer moments differ");
+    assert_eq!(without_timing(&straight.join("metrics.jsonl")), without_timing(&killed.join("metrics.jsonl")));
+    assert_eq!(read_jsonl(&straight.join("evals.jsonl")).unwrap(), read_jsonl(&killed.join("evals.jsonl")).unwrap());
+}

@@ -15,7 +15,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
-use super::{fused, Llama, MaskValues};
+use super::{fused, Llama, MaskValues, Teacher};
 use crate::error::{Error, Result};
 use crate::family::Family;
 
@@ -23,6 +23,8 @@ use crate::family::Family;
 pub struct LossGrads {
     /// Mean next-token NLL of each sample.
     pub per_sample: Vec<f32>,
+    /// With a teacher: each sample's mean `KL(p_teacher ‖ p_student)` (nats, before the `A·T²` factor).
+    pub per_sample_kl: Option<Vec<f32>>,
     /// Gradient of every weight, keyed by the weight tensors as `backward()` keys them.
     pub weights: GradStore,
     /// Gradient of every mask given (absent families stay `None`).
@@ -37,6 +39,20 @@ pub struct MaskGrads {
     pub head_dims: Option<Tensor>,
     pub intermediate: Option<Tensor>,
     pub hidden: Option<Tensor>,
+}
+
+/// One block's activations during a calibration pass, each `[b, t, ·]`.
+pub struct Activations {
+    /// The block's input and output (the residual stream).
+    pub x: Tensor,
+    pub y: Tensor,
+    /// The input norm's output (what q, k, v read) and the post-attention norm's (what gate and up read).
+    pub a: Tensor,
+    pub h: Tensor,
+    /// The attention output before `o_proj`, head `i` in columns `i·hd .. (i+1)·hd`.
+    pub ctx: Tensor,
+    /// The SwiGLU activation, `down_proj`'s input.
+    pub act: Tensor,
 }
 
 /// What the backward needs of one block's forward (`d` hidden, `H`/`KV` query/KV heads of `hd` dims, `m`
@@ -68,16 +84,12 @@ struct Saved {
     down: Option<Tensor>,
 }
 
-/// What the saving forward leaves for the loss and the backward.
+/// What the saving forward leaves for the loss and the backward (the blocks' activations went to its sink).
 struct Forward {
-    /// One per block, in order.
-    blocks: Vec<Saved>,
     /// `[b, t, d]`: the last block's output, the final norm's input.
     x: Tensor,
     /// `[b, t, d]`: the final norm's output, the LM head's input.
     hf: Tensor,
-    /// `[b, t, vocab]`.
-    logits: Tensor,
 }
 
 /// What the forward and the backward of one [`Llama::lm_loss_grads`] call share: the RoPE tables and the
@@ -145,9 +157,15 @@ impl Llama {
     }
 
     /// The per-sample mean next-token NLL of `ids: [b, seq]` (positions `0..seq-1` predict `1..seq`) under
-    /// `masks` (none: the plain model), and the gradients of `Σ per-sample NLL / n_samples` for every
-    /// weight and every mask value.
-    pub fn lm_loss_grads(&self, ids: &Tensor, n_samples: usize, masks: Option<&MaskValues>) -> Result<LossGrads> {
+    /// `masks` (none: the plain model), and the gradients of `Σ per-sample loss / n_samples` for every
+    /// weight and every mask value. The loss is the NLL, or with a `teacher` its distillation loss.
+    pub fn lm_loss_grads(
+        &self,
+        ids: &Tensor,
+        n_samples: usize,
+        masks: Option<&MaskValues>,
+        teacher: Option<&Teacher>,
+    ) -> Result<LossGrads> {
         if !self.hand_backward_applies() {
             return Err(Error::Invalid("the hand-written backward needs f32 weights on the CPU".into()));
         }
@@ -172,12 +190,26 @@ impl Llama {
             intermediate: masks.get(Family::Intermediate).cloned(),
         };
 
-        let Forward { blocks, x, hf, logits } = self.forward_saving(&inputs, b, t, &pass)?;
-        // The logits become their own gradient: d loss / d nll is 1 / (t · n_samples) at every position.
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        let Forward { x, hf } = self.forward_saving(&inputs, b, t, &pass, |_, saved, _| {
+            blocks.push(saved);
+            Ok(())
+        })?;
+        let logits = fused::linear(&hf, &w(self.lm_head.weight()))?;
+        // The logits become their own gradient: d loss / d (a position's loss) is 1 / (t · n_samples).
         let dlogits = logits.reshape((b * t, ()))?;
         drop(logits);
-        let nll = fused::cross_entropy_with_grad_in_place(&dlogits, &targets, 1.0 / (t * n_samples) as f32)?;
-        let per_sample: Vec<f32> = nll.chunks(t).map(|row| row.iter().sum::<f32>() / t as f32).collect();
+        let dy = 1.0 / (t * n_samples) as f32;
+        let (nll, kl) = match teacher {
+            None => (fused::cross_entropy_with_grad_in_place(&dlogits, &targets, dy)?, None),
+            Some(teacher) => {
+                let (nll, kl) = teacher.grads_in_place(&ids.narrow(1, 0, t)?, &dlogits, &targets, dy)?;
+                (nll, Some(kl))
+            }
+        };
+        let means = |v: &[f32]| -> Vec<f32> { v.chunks(t).map(|row| row.iter().sum::<f32>() / t as f32).collect() };
+        let per_sample = means(&nll);
+        let per_sample_kl = kl.as_deref().map(means);
 
         let mut grads = GradStore::default();
         let mut acc = MaskGradAcc::new(self.blocks.len());
@@ -192,18 +224,25 @@ impl Llama {
         }
         self.embedding_backward(&inputs, dx, d_lm_head, &pass, &mut acc, &mut grads)?;
         let mask_grads = acc.finish(masks.get(Family::Layer).is_some(), self.device())?;
-        Ok(LossGrads { per_sample, weights: grads, masks: mask_grads })
+        Ok(LossGrads { per_sample, per_sample_kl, weights: grads, masks: mask_grads })
     }
 
-    /// The forward of [`Llama::lm_loss_grads`] on `inputs: [b · t]`, keeping what the backward needs.
-    fn forward_saving(&self, inputs: &Tensor, b: usize, t: usize, pass: &Pass) -> Result<Forward> {
+    /// The forward of [`Llama::lm_loss_grads`] on `inputs: [b · t]`: each block's activations go to
+    /// `keep(block, activations, block output)` as they are made.
+    fn forward_saving(
+        &self,
+        inputs: &Tensor,
+        b: usize,
+        t: usize,
+        pass: &Pass,
+        mut keep: impl FnMut(usize, Saved, &Tensor) -> Result<()>,
+    ) -> Result<Forward> {
         let (heads, kv, eps) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.rms_norm_eps);
         let zh = pass.hidden.as_ref();
         let mut x = w(&self.embed_tokens).embedding(inputs)?.reshape((b, t, ()))?;
         if let Some(h) = zh {
             x = x.broadcast_mul(h)?;
         }
-        let mut blocks = Vec::with_capacity(self.blocks.len());
         for (i, blk) in self.blocks.iter().enumerate() {
             let z = pass.block(i, self.device())?;
             let s = &z.out_scale;
@@ -221,12 +260,34 @@ impl Llama {
             let down = fused::linear(&act, &w(blk.down_proj.weight()))?;
             let x2 = (&x1 + scaled(&down, s)?)?;
             let (o, down) = if s.is_some() { (Some(o), Some(down)) } else { (None, None) };
-            blocks.push(Saved { x, a, q, k, v, ctx, x1, h, gate, up, act, o, down });
+            keep(i, Saved { x, a, q, k, v, ctx, x1, h, gate, up, act, o, down }, &x2)?;
             x = x2;
         }
         let hf = fused::rms_norm(&x, &w(&self.norm), zh, eps)?;
-        let logits = fused::linear(&hf, &w(self.lm_head.weight()))?;
-        Ok(Forward { blocks, x, hf, logits })
+        Ok(Forward { x, hf })
+    }
+
+    /// The unmasked forward of `ids: [b, t]` on the training kernels (f32 on the CPU), handing every
+    /// block's activations to `visit` (one-shot pruning's calibration, [`crate::prune::oneshot`]); returns
+    /// the final norm's output `[b, t, d]`.
+    pub fn calibration_pass(
+        &self,
+        ids: &Tensor,
+        mut visit: impl FnMut(usize, &Activations) -> Result<()>,
+    ) -> Result<Tensor> {
+        if !self.hand_backward_applies() {
+            return Err(Error::Invalid(
+                "calibration runs the f32 CPU kernels: load the model in f32 on the CPU".into(),
+            ));
+        }
+        let (b, t) = ids.dims2()?;
+        self.check_ids(ids)?;
+        let (cos, sin) = self.rope_tables(0, t)?;
+        let pass = Pass { cos, sin, hidden: None, layer: None, head_dims: None, intermediate: None };
+        let out = self.forward_saving(&ids.flatten_all()?, b, t, &pass, |i, s, y| {
+            visit(i, &Activations { x: s.x, a: s.a, ctx: s.ctx, h: s.h, act: s.act, y: y.clone() })
+        })?;
+        Ok(out.hf)
     }
 
     /// Block `i`'s backward: from `dx`, the gradient at its output `[b, t, d]`, to the gradient at its

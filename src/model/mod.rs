@@ -9,6 +9,7 @@
 //! ([`Llama::lm_loss_grads`], [`Llama::mask_surrogate`]).
 
 mod backward;
+mod distill;
 pub mod fused;
 pub mod ops;
 
@@ -17,7 +18,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Result as CResult, Tensor, Var, D};
 
-pub use backward::{LossGrads, MaskGrads};
+pub use backward::{Activations, LossGrads, MaskGrads};
+pub use distill::Teacher;
+pub use fused::DistillLoss;
 pub use ops::{ExecPath, Impl, Linear, Op};
 
 use crate::config::LlamaConfig;
@@ -312,6 +315,11 @@ impl Llama {
         let hidden = self.hidden_states(ids, path, Some(cache), None)?;
         let picked = hidden.flatten_to(1)?.index_select(positions, 0)?;
         Ok(self.lm_head.forward(&picked, path)?)
+    }
+
+    /// Logits `[.., vocab]` of final-norm hidden states `[.., hidden]` (inference path).
+    pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden, ExecPath::Inference)?)
     }
 
     /// Final-norm hidden states `[batch, seq, hidden]`.

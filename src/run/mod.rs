@@ -32,7 +32,7 @@ pub const EVALS: &str = "evals.jsonl";
 
 /// Make relative paths of a spec relative to the run directory, so that a run can ship inside the
 /// repository (`data/runs/`) and be read from anywhere.
-pub fn resolve_in(run: &Path, paths: [&mut PathBuf; 2]) {
+pub fn resolve_in<'a>(run: &Path, paths: impl IntoIterator<Item = &'a mut PathBuf>) {
     for p in paths {
         if p.is_relative() {
             *p = run.join(&*p);

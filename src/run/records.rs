@@ -222,6 +222,10 @@ pub struct TrainStepRecord {
     /// Mean loss of each domain that appeared in the batch (never 0/0).
     #[serde(default)]
     pub domain_loss: DomainValues,
+    /// With a teacher: the batch's mean `KL(p_teacher ‖ p_student)` per token (nats, at the distillation
+    /// temperature, before the `A·T²` factor); `loss` stays the LM loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill_loss: Option<f64>,
     #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub lr: f64,
     #[serde(default = "nan", deserialize_with = "nan_if_null")]

@@ -3,14 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
 use super::checks::{check_batch, check_rates, check_steps};
+use crate::config::LlamaConfig;
 use crate::data::loader::UpdateRule;
 use crate::data::mixture::MixtureConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::model::{DistillLoss, Llama, Teacher};
 
 /// Hyperparameters of a continued pre-training run (defaults: the paper's recipe, scaled to the step count).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -83,12 +85,49 @@ pub struct TrainSpec {
     pub data: PathBuf,
     pub domains: Vec<String>,
     pub config: TrainConfig,
+    /// Logit distillation from this teacher instead of (or beside) the LM loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<TeacherSpec>,
+}
+
+/// The teacher of a distillation run and its loss (docs/method.md §10).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TeacherSpec {
+    pub model: PathBuf,
+    #[serde(flatten)]
+    pub loss: DistillLoss,
+}
+
+impl TeacherSpec {
+    /// The teacher, loaded in `dtype` on `device`, for a student of config `student` (the same vocabulary
+    /// and tokenizer file).
+    pub fn load(&self, student: &LlamaConfig, student_dir: &Path, dtype: DType, device: &Device) -> Result<Teacher> {
+        let cfg = crate::io::hf::load_config(&self.model)?;
+        let read = |dir: &Path| {
+            let path = dir.join("tokenizer.json");
+            std::fs::read(&path).map_err(|e| Error::io(&path, e))
+        };
+        if read(&self.model)? != read(student_dir)? {
+            return Err(Error::Invalid(format!(
+                "teacher {} and student {} have different tokenizer.json files: distillation compares \
+                 distributions over the same token ids",
+                self.model.display(),
+                student_dir.display()
+            )));
+        }
+        let weights = crate::io::hf::load_weights(&self.model, Some(dtype), device)?;
+        Teacher::new(Llama::new(&cfg, &weights)?, self.loss, student)
+    }
 }
 
 /// A run's `run.json`. Relative model and data paths are relative to the run directory.
 pub fn read_spec(run: &Path) -> Result<TrainSpec> {
     let mut spec: TrainSpec = super::read_spec(run)?;
-    super::resolve_in(run, [&mut spec.model, &mut spec.data]);
+    let teacher = spec.teacher.as_mut().map(|t| &mut t.model);
+    super::resolve_in(run, [&mut spec.model, &mut spec.data].into_iter().chain(teacher));
+    if let Some(t) = &spec.teacher {
+        t.loss.validate().map_err(|e| crate::error::Error::Invalid(format!("{}: {e}", run.display())))?;
+    }
     Ok(spec)
 }
 

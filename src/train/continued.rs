@@ -25,7 +25,7 @@ use crate::data::mixture::DomainValues;
 use crate::data::CorpusFeed;
 use crate::error::{Error, Result};
 use crate::eval::evaluate_corpus;
-use crate::model::{trainable, Llama, TensorMap};
+use crate::model::{trainable, Llama, Teacher, TensorMap};
 use crate::run::checkpoint::{self, CheckpointState, OptimizerSteps};
 use crate::run::records::{TrainEvalRecord, TrainStepRecord};
 use crate::run::training::{TrainConfig, TrainSpec};
@@ -51,20 +51,24 @@ pub struct Trainer {
     schedule: CosineSchedule,
     max_grad_norm: f64,
     backward: Backward,
+    /// Distillation's frozen teacher (docs/method.md §10); `None`: the LM loss alone.
+    teacher: Option<Teacher>,
     step: usize,
 }
 
 /// What one training step did.
 pub struct TrainStep {
-    /// Per-sample mean losses, in batch order.
+    /// Per-sample mean LM losses, in batch order.
     pub losses: Vec<f32>,
+    /// With a teacher: per-sample mean KL to it.
+    pub kl: Option<Vec<f32>>,
     pub grad_norm: f64,
     pub lr_factor: f64,
 }
 
 impl Trainer {
-    /// The model's weights as trainable vars, fresh AdamW state.
-    pub fn new(cfg: &LlamaConfig, weights: TensorMap, c: &TrainConfig) -> Result<Self> {
+    /// The model's weights as trainable vars, fresh AdamW state; with a `teacher`, distillation.
+    pub fn new(cfg: &LlamaConfig, weights: TensorMap, c: &TrainConfig, teacher: Option<Teacher>) -> Result<Self> {
         let (vars, _) = trainable(weights)?;
         let params: Vec<(String, Var)> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let adam = AdamWConfig { weight_decay: c.weight_decay, ..AdamWConfig::sheared(c.lr) };
@@ -82,6 +86,7 @@ impl Trainer {
             schedule: CosineSchedule { warmup: c.warmup_steps, total: c.steps, alpha_f: c.alpha_f },
             max_grad_norm: c.max_grad_norm,
             backward,
+            teacher,
             step: 0,
         })
     }
@@ -103,21 +108,26 @@ impl Trainer {
         };
         let mut acc: Option<GradStore> = None;
         let mut losses = Vec::with_capacity(n_samples);
+        let mut kl = self.teacher.as_ref().map(|_| Vec::with_capacity(n_samples));
         for start in (0..n_samples).step_by(micro) {
             let ids = batch.narrow(0, start, micro.min(n_samples - start))?;
-            let (values, grads) = micro_batch(model, self.backward, &ids, n_samples)?;
-            if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            let out = micro_batch(model, self.backward, &ids, n_samples, self.teacher.as_ref())?;
+            let values = out.lm.iter().chain(out.kl.iter().flatten());
+            if let Some(bad) = values.into_iter().find(|v| !v.is_finite()) {
                 check_loss(*bad as f64, self.step + 1, "--lr")?;
             }
-            losses.extend(values);
-            acc = Some(accumulate(acc, grads, &self.all_vars)?);
+            losses.extend(out.lm);
+            if let (Some(kl), Some(values)) = (kl.as_mut(), out.kl) {
+                kl.extend(values);
+            }
+            acc = Some(accumulate(acc, out.grads, &self.all_vars)?);
         }
         let grads = acc.expect("at least one micro-batch");
         let lr_factor = self.schedule.factor(self.step);
         let opt = std::slice::from_mut(&mut self.optimizer);
         let grad_norm = update(opt, &grads, &self.all_vars, lr_factor, self.max_grad_norm)?;
         self.step += 1;
-        Ok(TrainStep { losses, grad_norm, lr_factor })
+        Ok(TrainStep { losses, kl, grad_norm, lr_factor })
     }
 
     /// An inference-only copy of the current weights, in f32.
@@ -166,7 +176,8 @@ fn model_of(cfg: &LlamaConfig, vars: &BTreeMap<String, Var>, dtype: DType, detac
     Llama::new(cfg, &t)
 }
 
-/// Run (or resume) continued pre-training in `run`. `on_step` sees every step; `Break` checkpoints and stops.
+/// Run (or resume) continued pre-training in `run` (with the spec's teacher, if any). `on_step` sees every step;
+/// `Break` checkpoints and stops.
 pub fn train(
     run: &Path,
     spec: &TrainSpec,
@@ -193,7 +204,10 @@ pub fn train(
         checkpoint::ensure_resumable(run)?;
     }
     let device = weights.values().next().map(|t| t.device().clone()).unwrap_or(Device::Cpu);
-    let mut trainer = Trainer::new(cfg, weights, c)?;
+    // The teacher computes in the run's compute dtype.
+    let dtype = if c.bf16 { DType::BF16 } else { DType::F32 };
+    let teacher = spec.teacher.as_ref().map(|t| t.load(cfg, &spec.model, dtype, &device)).transpose()?;
+    let mut trainer = Trainer::new(cfg, weights, c, teacher)?;
     let mut feed = CorpusFeed::new(corpus, &c.mixture, c.seed)?;
     if resume {
         trainer.restore(run, &device, &mut feed, c.steps)?;
@@ -228,7 +242,7 @@ impl Stage for TrainingStage<'_> {
         let t0 = Instant::now();
         let n_samples = c.batch_size * c.grad_accum;
         let (batch, sample_domains) = self.feed.next_batch(n_samples, &self.device)?;
-        let TrainStep { losses, grad_norm, lr_factor } = self.trainer.step(&batch, c.batch_size)?;
+        let TrainStep { losses, kl, grad_norm, lr_factor } = self.trainer.step(&batch, c.batch_size)?;
         let domains = &self.feed.corpus.domains;
         let mut domain_loss = vec![(0f64, 0usize); domains.len()];
         for (&d, &v) in sample_domains.iter().zip(&losses) {
@@ -252,6 +266,7 @@ impl Stage for TrainingStage<'_> {
                     .map(|(d, (sum, n))| (d.clone(), sum / *n as f64))
                     .collect(),
             ),
+            distill_loss: kl.map(|kl| kl.iter().map(|&v| v as f64).sum::<f64>() / n_samples as f64),
             lr: c.lr * lr_factor,
             grad_norm,
             tokens: step * tokens,

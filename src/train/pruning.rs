@@ -151,7 +151,7 @@ impl Pruner {
             let micro = if self.backward == Backward::Hand {
                 // The model's hand-written backward up to the mask values, then autograd over the small
                 // graph from log-α to the masks.
-                let out = self.model.lm_loss_grads(batch, n_samples, Some(&z))?;
+                let out = self.model.lm_loss_grads(batch, n_samples, Some(&z), None)?;
                 loss_sum += out.per_sample.iter().map(|&l| l as f64).sum::<f64>();
                 let mut to_log_alpha = self.model.mask_surrogate(&z, &out.masks)?.backward()?;
                 let mut micro = out.weights;

@@ -6,7 +6,7 @@ use candle_core::{Tensor, Var};
 
 use super::optim::{clip_factor, global_grad_norm, AdamW};
 use crate::error::{Error, Result};
-use crate::model::{nll_from_logits, ExecPath, Llama};
+use crate::model::{nll_from_logits, DistillLoss, ExecPath, Llama, Teacher};
 use crate::run::checks::check_seq_len;
 
 /// A non-finite loss stops the run. At step 1 nothing has been updated yet, so the model or its data are
@@ -52,21 +52,49 @@ impl std::fmt::Display for Backward {
     }
 }
 
+/// What one micro-batch gives: per-sample mean losses and the gradients.
+pub struct MicroBatch {
+    /// Mean next-token NLL of each sample.
+    pub lm: Vec<f32>,
+    /// With a teacher: each sample's mean KL to it (nats, before the `A·T²` factor).
+    pub kl: Option<Vec<f32>>,
+    pub grads: GradStore,
+}
+
 /// Forward and backward of one micro-batch `ids: [b, seq]` (positions `0..seq-1` predict `1..seq`).
-/// The loss differentiated is `Σ per-sample mean NLL / n_samples`, so gradients summed over the
-/// micro-batches of a step are those of the step's mean loss. Returns the per-sample losses and gradients.
-pub fn micro_batch(model: &Llama, backward: Backward, ids: &Tensor, n_samples: usize) -> Result<(Vec<f32>, GradStore)> {
+/// The loss differentiated is `Σ per-sample mean loss / n_samples`, so gradients summed over the
+/// micro-batches of a step are those of the step's mean loss; the loss is the NLL, or with a `teacher`
+/// `A·T²·KL + (1 − A)·NLL` (docs/method.md §10).
+pub fn micro_batch(
+    model: &Llama,
+    backward: Backward,
+    ids: &Tensor,
+    n_samples: usize,
+    teacher: Option<&Teacher>,
+) -> Result<MicroBatch> {
     if backward == Backward::Hand {
-        let out = model.lm_loss_grads(ids, n_samples, None)?;
-        return Ok((out.per_sample, out.weights));
+        let out = model.lm_loss_grads(ids, n_samples, None, teacher)?;
+        return Ok(MicroBatch { lm: out.per_sample, kl: out.per_sample_kl, grads: out.weights });
     }
     let seq = ids.dim(1)?;
     check_seq_len(seq)?;
-    let logits = model.forward_masked(&ids.narrow(1, 0, seq - 1)?, ExecPath::Training, None)?;
-    let per_sample = nll_from_logits(&logits, &ids.narrow(1, 1, seq - 1)?, ExecPath::Training)?.mean(1)?; // [b]
-    let values: Vec<f32> = per_sample.to_vec1()?;
+    let (inputs, targets) = (ids.narrow(1, 0, seq - 1)?, ids.narrow(1, 1, seq - 1)?);
+    let logits = model.forward_masked(&inputs, ExecPath::Training, None)?;
+    let (lm, kl, per_sample) = match teacher {
+        None => {
+            let lm = nll_from_logits(&logits, &targets, ExecPath::Training)?.mean(1)?; // [b]
+            (lm.clone(), None, lm)
+        }
+        Some(teacher) => {
+            let (nll, kl) = teacher.composed(&inputs, &logits, &targets)?;
+            let (lm, kl) = (nll.mean(1)?, kl.mean(1)?);
+            let DistillLoss { weight: a, temperature: t, .. } = teacher.loss();
+            let total = ((&kl * (a * t * t))? + (&lm * (1.0 - a))?)?;
+            (lm, Some(kl), total)
+        }
+    };
     let grads = (per_sample.sum_all()? / n_samples as f64)?.backward()?;
-    Ok((values, grads))
+    Ok(MicroBatch { lm: lm.to_vec1()?, kl: kl.map(|k| k.to_vec1()).transpose()?, grads })
 }
 
 /// Add `grads` into `acc` for every var of `vars` (the first micro-batch's store is taken as is).

@@ -14,8 +14,9 @@ use shear::LlamaConfig;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Plain training step (forward, cross-entropy, backward, clipping, AdamW), as in `shear train`.
-    Train(BenchArgs),
+    /// Training step (forward, cross-entropy, backward, clipping, AdamW), as in `shear train`; with
+    /// --teacher the distillation step, the teacher's forward included.
+    Train(BenchTrainArgs),
     /// Pruning step (mask sampling, masked forward/backward, Lagrangian, three AdamW groups), as in `shear prune`.
     Prune(BenchPruneArgs),
     /// Inference: full-sequence forward (logits for every position).
@@ -56,6 +57,14 @@ pub struct BenchArgs {
 }
 
 #[derive(Args)]
+pub struct BenchTrainArgs {
+    #[command(flatten)]
+    pub common: BenchArgs,
+    #[command(flatten)]
+    pub distill: crate::train::DistillArgs,
+}
+
+#[derive(Args)]
 pub struct BenchPruneArgs {
     #[command(flatten)]
     pub common: BenchArgs,
@@ -65,11 +74,11 @@ pub struct BenchPruneArgs {
 }
 
 pub fn bench_cmd(cmd: BenchCommand) -> Result<()> {
-    let (name, a, target) = match cmd {
-        BenchCommand::Train(a) => ("train", a, None),
-        BenchCommand::Prune(p) => ("prune", p.common, Some(p.target)),
-        BenchCommand::Forward(a) => ("forward", a, None),
-        BenchCommand::Generate(a) => ("generate", a, None),
+    let (name, a, target, teacher) = match cmd {
+        BenchCommand::Train(t) => ("train", t.common, None, t.distill.spec()?),
+        BenchCommand::Prune(p) => ("prune", p.common, Some(p.target), None),
+        BenchCommand::Forward(a) => ("forward", a, None, None),
+        BenchCommand::Generate(a) => ("generate", a, None, None),
     };
     if let Some(n) = a.threads {
         if n == 0 {
@@ -112,21 +121,36 @@ pub fn bench_cmd(cmd: BenchCommand) -> Result<()> {
         "forward" | "generate" => Some(shear::model::Llama::new(&cfg, &load()?)?),
         _ => None,
     };
+    let teacher = match (&teacher, &a.model) {
+        (None, _) => None,
+        (Some(t), Some(dir)) => Some(t.load(&cfg, dir, dtype, &device)?),
+        (Some(_), None) => bail!("--teacher needs the student's --model (its tokenizer), not --config"),
+    };
     let reps = Repeats { warmup: a.warmup, runs: a.runs };
     let threads = candle_core::utils::get_num_threads();
     let params = cfg.param_counts().total();
     let mut rows: Vec<BenchRow> = vec![];
     for (b, l) in shapes {
         let row = match name {
-            "train" => bench::bench_train(&cfg, load()?, b, l, reps)?,
+            "train" => bench::bench_train(&cfg, load()?, teacher.as_ref(), b, l, reps)?,
             "prune" => bench::bench_prune(&cfg, load()?, target.as_ref().expect("prune has a target"), b, l, reps)?,
             "forward" => bench::bench_forward(model.as_ref().expect("model"), b, l, reps)?,
             _ => bench::bench_generate(model.as_ref().expect("model"), l, reps)?,
         };
         if !a.json {
             if rows.is_empty() {
+                let with = teacher.as_ref().map_or(String::new(), |t| {
+                    let l = t.loss();
+                    format!(
+                        ", distilling from a {:.1}M-parameter teacher (A {}, T {}, top-k {:?})",
+                        t.model().config().param_counts().total() as f64 / 1e6,
+                        l.weight,
+                        l.temperature,
+                        l.top_k
+                    )
+                });
                 println!(
-                    "bench {name}: {source}, {:.1}M parameters, {} on {:?}, {threads} threads",
+                    "bench {name}: {source}, {:.1}M parameters, {} on {:?}, {threads} threads{with}",
                     params as f64 / 1e6,
                     a.dtype,
                     device.location()
@@ -148,6 +172,7 @@ pub fn bench_cmd(cmd: BenchCommand) -> Result<()> {
         let v = serde_json::json!({
             "bench": name, "model": source, "parameters": params, "dtype": a.dtype, "threads": threads,
             "warmup": a.warmup, "rows": rows,
+            "teacher": teacher.as_ref().map(|t| t.model().config().param_counts().total()),
         });
         println!("{v}");
     }

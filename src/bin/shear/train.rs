@@ -33,11 +33,58 @@ pub struct TrainArgs {
     pub hyper: TrainOverrides,
     #[command(flatten)]
     pub mixture: MixtureArgs,
+    #[command(flatten)]
+    pub distill: DistillArgs,
     /// Testing aid: sleep after every step (lets a test kill the process mid-run).
     #[arg(long, hide = true, default_value_t = 0)]
     pub step_delay_ms: u64,
     #[arg(long)]
     pub cpu: bool,
+}
+
+/// Logit distillation from a frozen teacher (docs/method.md §10).
+#[derive(Args, Clone, Debug)]
+pub struct DistillArgs {
+    /// Distil from this teacher (an HF directory with the student's tokenizer, e.g. the unpruned source):
+    /// the loss per token becomes A·T²·KL(teacher_T ‖ student_T) + (1 − A)·LM loss.
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// A, the KL term's weight; the LM loss gets 1 − A [default: 1, Minitron's: no LM loss].
+    #[arg(long, requires = "teacher")]
+    pub distill_weight: Option<f64>,
+    /// T, the temperature of both distributions [default: 1].
+    #[arg(long, requires = "teacher")]
+    pub distill_temperature: Option<f64>,
+    /// Only the teacher's K largest logits, renormalized (the student's distribution stays the full
+    /// softmax) [default: the full vocabulary].
+    #[arg(long, requires = "teacher")]
+    pub distill_top_k: Option<usize>,
+}
+
+impl DistillArgs {
+    /// The teacher and loss these flags ask for (the teacher's path made absolute), checked.
+    pub fn spec(&self) -> Result<Option<shear::run::training::TeacherSpec>> {
+        let Some(dir) = &self.teacher else { return Ok(None) };
+        let d = shear::model::DistillLoss::MINITRON;
+        let loss = shear::model::DistillLoss {
+            weight: self.distill_weight.unwrap_or(d.weight),
+            temperature: self.distill_temperature.unwrap_or(d.temperature),
+            top_k: self.distill_top_k.or(d.top_k),
+        };
+        loss.validate().map_err(anyhow::Error::msg)?;
+        let model = std::fs::canonicalize(dir).with_context(|| format!("--teacher {}", dir.display()))?;
+        Ok(Some(shear::run::training::TeacherSpec { model, loss }))
+    }
+
+    /// The flags given, as typed.
+    pub fn given(&self) -> Vec<String> {
+        given_paths(&[
+            ("--teacher", self.teacher.is_some()),
+            ("--distill-weight", self.distill_weight.is_some()),
+            ("--distill-temperature", self.distill_temperature.is_some()),
+            ("--distill-top-k", self.distill_top_k.is_some()),
+        ])
+    }
 }
 
 #[derive(Args)]
@@ -70,7 +117,7 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
     let device = shear::device(a.cpu)?;
     let spec = if a.resume {
         let paths = [("--model", a.model.is_some()), ("--data", a.data.is_some())];
-        refuse_on_resume([a.hyper.given(), a.mixture.given(), given_paths(&paths)].concat())?;
+        refuse_on_resume([a.hyper.given(), a.mixture.given(), a.distill.given(), given_paths(&paths)].concat())?;
         let mut spec = run::read_spec(&a.out).context("--resume needs an existing run in --out")?;
         shear::run::checkpoint::ensure_resumable(&a.out)?;
         if let Some(s) = a.steps {
@@ -94,7 +141,8 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
             )
         })?;
         let abs = |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
-        TrainSpec { model: abs(model)?, data: abs(data)?, domains: corpus.domains.clone(), config: c }
+        let teacher = a.distill.spec()?;
+        TrainSpec { model: abs(model)?, data: abs(data)?, domains: corpus.domains.clone(), config: c, teacher }
     };
     let corpus = shear::data::corpus::Corpus::open(&spec.data)?;
     let tj = std::fs::read(spec.model.join("tokenizer.json")).with_context(|| format!("{}", spec.model.display()))?;
@@ -102,6 +150,16 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
     let cfg = hf::load_config(&spec.model)?;
     let weights = hf::load_weights(&spec.model, Some(candle_core::DType::F32), &device)?;
     shear::model::check_weights(&cfg, &weights)?;
+    if let Some(t) = &spec.teacher {
+        let l = t.loss;
+        info!(
+            "distilling from {}: weight {}, temperature {}, {}",
+            t.model.display(),
+            l.weight,
+            l.temperature,
+            l.top_k.map_or("full vocabulary".to_string(), |k| format!("the teacher's top {k} logits"))
+        );
+    }
     info!(
         "training {} ({:.1}M parameters) on {} for {} steps of {}x{}x{} tokens, {:?} proportion updates",
         spec.model.display(),
@@ -118,7 +176,8 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
     let stop = StopRequest::install()?;
     let summary = continued::train(&a.out, &spec, &cfg, weights, corpus, a.resume, |r| {
         let step = r.metrics.step;
-        pb.update(step, spec.config.steps, Some(&format_args!("loss {:.3}", r.metrics.loss)));
+        let kl = r.metrics.distill_loss.map(|k| format!(", KL {k:.3}")).unwrap_or_default();
+        pb.update(step, spec.config.steps, Some(&format_args!("loss {:.3}{kl}", r.metrics.loss)));
         if let Some(e) = &r.eval {
             let fmt = |v: &shear::data::mixture::DomainValues| {
                 v.0.iter().map(|(d, x)| format!("{d} {x:.3}")).collect::<Vec<_>>().join(", ")

@@ -10,7 +10,7 @@
 //! on f32 CPU tensors ([`applies`]); the table in [`super::ops`] says where each one runs.
 //!
 //! One file per kernel, its forward and backward side by side: `linear`, `rms_norm`, `softmax` (causal),
-//! `rope`, `swiglu`, `cross_entropy`, `attention`. This file holds what they share: storage access,
+//! `rope`, `swiglu`, `cross_entropy`, `distill` (the distillation loss over the logits), `attention`. This file holds what they share: storage access,
 //! uninitialized outputs, the vectorizable `exp` and reductions, and the strided `gemm` call.
 
 use std::mem::MaybeUninit;
@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 mod attention;
 mod cross_entropy;
+mod distill;
 mod linear;
 mod rms_norm;
 mod rope;
@@ -30,6 +31,7 @@ mod tests;
 
 pub use attention::*;
 pub use cross_entropy::*;
+pub use distill::*;
 pub use linear::*;
 pub use rms_norm::*;
 pub use rope::*;

@@ -146,8 +146,8 @@ pub fn convert_gguf(path: &Path, out: &Path, opts: SaveOptions, progress: impl F
     super::check_writable_destination(out)?;
     let imp = read_gguf(path, progress)?;
     let mut opts = opts;
-    opts.extra_files.push(("tokenizer.json".into(), imp.tokenizer_json));
-    opts.extra_files.push(("tokenizer_config.json".into(), imp.tokenizer_config_json));
+    opts.extra_files.push(("tokenizer.json".into(), imp.tokenizer_json.into_bytes()));
+    opts.extra_files.push(("tokenizer_config.json".into(), imp.tokenizer_config_json.into_bytes()));
     save_model(out, &imp.config, &imp.weights, &opts)
 }
 

@@ -116,8 +116,9 @@ pub struct SaveOptions {
     pub max_shard_bytes: Option<u64>,
     /// Directory whose tokenizer and generation files are copied along.
     pub companions_from: Option<PathBuf>,
-    /// Extra files `(name, contents)` to write, e.g. a freshly built `tokenizer.json`.
-    pub extra_files: Vec<(String, String)>,
+    /// Extra files `(relative path, contents)` to write, e.g. a freshly built `tokenizer.json`, or a
+    /// one-shot pruning's mask snapshot in `oneshot/`.
+    pub extra_files: Vec<(String, Vec<u8>)>,
 }
 
 /// Write a complete model directory at `dest` (atomically; `dest` must not exist or be empty).
@@ -176,7 +177,11 @@ pub fn save_model(dest: &Path, cfg: &LlamaConfig, weights: &TensorMap, opts: &Sa
         }
     }
     for (name, contents) in &opts.extra_files {
-        write_file(&dir.join(name), contents)?;
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        std::fs::write(&path, contents).map_err(|e| Error::io(&path, e))?;
     }
     staging.commit()
 }

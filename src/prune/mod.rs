@@ -6,6 +6,7 @@ pub mod hard_concrete;
 pub mod lagrangian;
 pub mod masks;
 pub mod materialize;
+pub mod oneshot;
 pub mod target;
 
 pub use lagrangian::{FamilyStat, Lagrangian};

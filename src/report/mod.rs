@@ -15,7 +15,7 @@ use crate::family::Family;
 use crate::io::hf::load_config;
 use crate::prune::hard_concrete as hc;
 use crate::prune::masks::{layouts, Deterministic, MaskSet};
-use crate::run::pruning::{load_log_alphas, read_spec};
+use crate::run::pruning::{load_log_alphas, read_mask_spec};
 
 pub(crate) fn polars_err(e: PolarsError) -> Error {
     Error::Invalid(format!("building a table: {e}"))
@@ -23,7 +23,7 @@ pub(crate) fn polars_err(e: PolarsError) -> Error {
 
 /// The masks of a run at a snapshot (`None`: the newest), with the step they were saved at.
 pub fn run_masks(run: &Path, step: Option<usize>) -> Result<(usize, MaskSet)> {
-    let spec = read_spec(run)?;
+    let spec = read_mask_spec(run)?;
     let cfg = load_config(&spec.source_model)?;
     let (n, log_alphas) = load_log_alphas(run, step)?;
     let masks = MaskSet::from_log_alphas(&cfg, &spec.target, log_alphas)?;
@@ -156,6 +156,73 @@ pub fn family_table(masks: &MaskSet) -> Result<DataFrame> {
         "dropped_p_above_half" => above,
         "unbalanced_rows" => unbalanced,
         "rows_counted" => rows,
+    )
+    .map_err(polars_err)
+}
+
+/// The source units each of `runs` keeps at materialization: layers, and inside kept layers the query
+/// heads, the MLP channels; the hidden channels.
+struct KeptSets {
+    layers: Vec<bool>,
+    heads: Vec<Vec<bool>>,
+    intermediate: Vec<Vec<bool>>,
+    hidden: Vec<bool>,
+}
+
+impl KeptSets {
+    fn of(masks: &MaskSet) -> Result<Self> {
+        let cfg = masks.source();
+        let (l, m, d) = (cfg.num_hidden_layers, cfg.intermediate_size, cfg.hidden_size);
+        let det = masks.deterministic(Deterministic::Target)?;
+        let layers: Vec<bool> = det.values_or_ones(Family::Layer, l)?.iter().map(|v| *v != 0.0).collect();
+        let z_int = det.values_or_ones(Family::Intermediate, l * m)?;
+        let heads = kept_heads(masks)?.into_iter().zip(&layers).map(|(h, &k)| h.into_iter().map(|x| x && k).collect());
+        Ok(Self {
+            heads: heads.collect(),
+            intermediate: (0..l)
+                .map(|i| z_int[i * m..(i + 1) * m].iter().map(|v| *v != 0.0 && layers[i]).collect())
+                .collect(),
+            hidden: det.values_or_ones(Family::Hidden, d)?.iter().map(|v| *v != 0.0).collect(),
+            layers,
+        })
+    }
+}
+
+/// Units kept by both of two sets.
+fn shared(a: &[bool], b: &[bool]) -> u32 {
+    a.iter().zip(b).filter(|(a, b)| **a && **b).count() as u32
+}
+
+fn shared_2d(a: &[Vec<bool>], b: &[Vec<bool>]) -> u32 {
+    a.iter().zip(b).map(|(a, b)| shared(a, b)).sum()
+}
+
+/// How much two prunings of the same source agree: for every pair of `runs` (label, masks), the layers,
+/// query heads (inside kept layers), MLP channels (inside kept layers) and hidden channels both keep, with
+/// each one's own count on the diagonal (`a == b`).
+pub fn overlap_table(runs: &[(String, MaskSet)]) -> Result<DataFrame> {
+    let sets: Vec<KeptSets> = runs.iter().map(|(_, m)| KeptSets::of(m)).collect::<Result<_>>()?;
+    if let Some((label, _)) = runs.iter().find(|(_, m)| m.source() != runs[0].1.source()) {
+        return Err(Error::Invalid(format!("`{label}` prunes another source than `{}`", runs[0].0)));
+    }
+    let (mut a, mut b, mut layers, mut heads, mut int, mut hid) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (i, (la, sa)) in runs.iter().map(|r| &r.0).zip(&sets).enumerate() {
+        for (lb, sb) in runs.iter().map(|r| &r.0).zip(&sets).skip(i) {
+            a.push(la.clone());
+            b.push(lb.clone());
+            layers.push(shared(&sa.layers, &sb.layers));
+            heads.push(shared_2d(&sa.heads, &sb.heads));
+            int.push(shared_2d(&sa.intermediate, &sb.intermediate));
+            hid.push(shared(&sa.hidden, &sb.hidden));
+        }
+    }
+    df!(
+        "a" => a,
+        "b" => b,
+        "layers_shared" => layers,
+        "heads_shared" => heads,
+        "intermediate_shared" => int,
+        "hidden_shared" => hid,
     )
     .map_err(polars_err)
 }

@@ -315,15 +315,18 @@ pub fn run_charts(run: &Path, step: Option<usize>) -> Result<Vec<(String, Svg)>>
     let spec: serde_json::Value = crate::run::read_spec(run)?;
     let mut out = vec![];
     if spec.get("target").is_some() {
-        let metrics = prune_metrics(run)?;
-        let evals = prune_evals(run).ok();
-        out.push(("sparsity".into(), sparsity_chart(&metrics, "Expected vs target sparsity per mask family")?));
-        out.push(("loss".into(), loss_chart(&metrics, evals.as_ref())?));
-        out.push(("lagrangian".into(), lagrangian_chart(&metrics)?));
-        out.push(("lambdas".into(), lambda_chart(&metrics)?));
         let (_, masks) = run_masks(run, step)?;
-        let target_params = prunable_params(&masks.target().config(masks.source()));
-        out.push(("params".into(), params_chart(&metrics, target_params)?));
+        // A one-shot pruning's snapshot has masks but no training metrics.
+        if run.join(crate::run::METRICS).exists() {
+            let metrics = prune_metrics(run)?;
+            let evals = prune_evals(run).ok();
+            out.push(("sparsity".into(), sparsity_chart(&metrics, "Expected vs target sparsity per mask family")?));
+            out.push(("loss".into(), loss_chart(&metrics, evals.as_ref())?));
+            out.push(("lagrangian".into(), lagrangian_chart(&metrics)?));
+            out.push(("lambdas".into(), lambda_chart(&metrics)?));
+            let target_params = prunable_params(&masks.target().config(masks.source()));
+            out.push(("params".into(), params_chart(&metrics, target_params)?));
+        }
         out.push(("heads".into(), heads_heatmap(&masks)?));
         out.push(("intermediate".into(), intermediate_chart(&masks)?));
         out.push(("layers".into(), layer_chart(&masks)?));

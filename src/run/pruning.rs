@@ -137,6 +137,25 @@ pub fn read_spec(run: &Path) -> Result<PruneSpec> {
     Ok(spec)
 }
 
+/// What reading a run's masks needs of its `run.json`: a pruning run's, or a one-shot pruning's
+/// (`shear oneshot` writes one into its output's `oneshot/`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MaskSpec {
+    pub source_model: PathBuf,
+    pub target: TargetShape,
+}
+
+pub fn read_mask_spec(run: &Path) -> Result<MaskSpec> {
+    let mut spec: MaskSpec = super::read_spec(run)?;
+    super::resolve_in(run, [&mut spec.source_model]);
+    Ok(spec)
+}
+
+/// The name of the mask snapshot of `step` in a run's `masks/`.
+pub fn snapshot_name(step: usize) -> String {
+    format!("{MASKS_DIR}/step_{step:06}.safetensors")
+}
+
 /// A fresh run's `target.toml` and (empty) `masks/`.
 pub fn write_target(run: &Path, target: &TargetShape) -> Result<()> {
     std::fs::create_dir_all(run.join(MASKS_DIR)).map_err(|e| Error::io(run, e))?;
@@ -163,7 +182,7 @@ pub fn save_mask_snapshot(
     for (family, v) in expected.iter() {
         t.insert(format!("z_expected.{}", family.name()), v.clone());
     }
-    let path = run.join(MASKS_DIR).join(format!("step_{step:06}.safetensors"));
+    let path = run.join(snapshot_name(step));
     let views: Vec<(&str, &Tensor)> = t.iter().map(|(k, v)| (k.as_str(), v)).collect();
     safetensors::serialize_to_file(views, None, &path)
         .map_err(|e| Error::Weights { path: path.clone(), msg: format!("cannot write masks: {e}") })

@@ -54,6 +54,9 @@ enum Command {
     Prune(PruneArgs),
     /// Fold a pruning run's masks into its weights and write the pruned model (exact target shape).
     Materialize(MaterializeArgs),
+    /// One-shot structured pruning to exactly the target shape (magnitude, Wanda-sp, Minitron's
+    /// activation importance, ShortGPT's Block Influence): the baselines of learned masks.
+    Oneshot(OneShotArgs),
     /// Per-layer table of what a pruning run keeps: heads by KV group, intermediate and hidden dims, layers.
     Inspect(InspectArgs),
     /// Write the charts of a pruning or training run as SVG files (the notebooks' charts, without Jupyter).
@@ -112,6 +115,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Corpus(CorpusCommand::Build(a)) => corpus_build(a),
         Command::Prune(a) => prune_cmd(a),
         Command::Materialize(a) => materialize_cmd(a),
+        Command::Oneshot(a) => oneshot_cmd(a),
         Command::Inspect(a) => inspect_cmd(a),
         Command::Report(a) => report_cmd(a),
         Command::Train(a) => train_cmd(a),

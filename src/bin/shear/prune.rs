@@ -1,4 +1,4 @@
-//! Verbs of the pruning stage: prune, materialize, inspect.
+//! Verbs of the pruning stage: prune, materialize, oneshot, inspect.
 
 use std::path::PathBuf;
 
@@ -55,6 +55,36 @@ pub struct MaterializeArgs {
 }
 
 #[derive(Args)]
+pub struct OneShotArgs {
+    /// magnitude, wanda-sp, activation or block-influence (docs/method.md §11).
+    #[arg(long)]
+    pub method: String,
+    /// Source model directory (HF layout).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Target shape (see data/targets/); block-influence keeps its layer count at the source's width.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Calibration data (all methods but magnitude): a corpus directory (its training sequences, domain by
+    /// domain in turn) or a UTF-8 text file (its first 95%, the part `shear prune --data` trains on).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Calibration tokens.
+    #[arg(long, default_value_t = 65_536)]
+    pub calibration_tokens: usize,
+    /// Tokens per calibration sequence of a text file (a corpus has its own).
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Calibration sequences per forward pass.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Output model directory (must not exist yet); its `oneshot/` holds the mask snapshot for
+    /// `shear inspect --run DIR/oneshot`.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
 pub struct InspectArgs {
     /// Pruning run directory.
     #[arg(long)]
@@ -70,15 +100,20 @@ pub struct InspectArgs {
 #[derive(Args)]
 pub struct ReportArgs {
     /// A pruning run (`shear prune`) or continued pre-training run (`shear train`).
-    #[arg(long, required_unless_present = "accuracy")]
+    #[arg(long, required_unless_present_any = ["accuracy", "overlap"])]
     pub run: Option<PathBuf>,
     /// LABEL=FILE: a model's `shear eval --tasks --json` output; repeat it to compare models (e.g.
     /// source, pruned, pruned + continued) in a table and in `accuracy.svg`.
     #[arg(long, value_name = "LABEL=FILE")]
     pub accuracy: Vec<String>,
-    /// Directory for the SVG charts (created if missing; existing charts are replaced).
-    #[arg(long)]
-    pub out: PathBuf,
+    /// LABEL=RUN: a pruning run, or a one-shot pruning's `DIR/oneshot`, of the same source; repeat it to
+    /// print, for every pair, the layers, heads, MLP channels and hidden channels both keep.
+    #[arg(long, value_name = "LABEL=RUN")]
+    pub overlap: Vec<String>,
+    /// Directory for the SVG charts (created if missing; existing charts are replaced); needed with --run
+    /// and --accuracy.
+    #[arg(long, required_unless_present = "overlap")]
+    pub out: Option<PathBuf>,
 }
 
 pub fn prune_cmd(a: PruneArgs) -> Result<()> {
@@ -213,6 +248,71 @@ pub fn materialize_cmd(a: MaterializeArgs) -> Result<()> {
     Ok(())
 }
 
+pub fn oneshot_cmd(a: OneShotArgs) -> Result<()> {
+    use shear::prune::oneshot::{self, Calibration, Method, OneShotSpec};
+    // Everything that can be refused is refused before any weight is read.
+    let method = Method::parse(&a.method)?;
+    io::check_writable_destination(&a.out)?;
+    let source = hf::load_config(&a.model)?;
+    let target = shear::prune::TargetShape::load(&a.target)?;
+    target.validate(&source)?;
+    if method.needs_calibration() && a.data.is_none() {
+        anyhow::bail!("--method {} scores activations and needs calibration data: --data TEXT|CORPUS", method.name());
+    }
+    if !method.needs_calibration() && a.data.is_some() {
+        anyhow::bail!("--method magnitude reads only the weights; --data would be ignored");
+    }
+    let tok = io::load_tokenizer(&a.model)?;
+    let batches = match &a.data {
+        Some(d) => Some(oneshot::calibration_batches(d, &tok, a.calibration_tokens, a.seq_len, a.batch_size)?),
+        None => None,
+    };
+    let device = candle_core::Device::Cpu;
+    let weights = hf::load_weights(&a.model, Some(candle_core::DType::F32), &device)?;
+    shear::model::check_weights(&source, &weights)?;
+    let calibration = match &batches {
+        Some(b) => {
+            let tokens: usize = b.iter().map(|t| t.elem_count()).sum();
+            info!("calibrating on {tokens} tokens of {} ({} passes)", a.data.as_ref().unwrap().display(), b.len());
+            let model = shear::Llama::new(&source, &weights)?;
+            let pb = Progress::new(b.len(), "calibrate");
+            let c = Calibration::collect(&model, b, |done, total| pb.update(done, total, None))?;
+            pb.finish();
+            Some(c)
+        }
+        None => None,
+    };
+    let (shot, cfg, small) = oneshot::prune(method, &source, &weights, &target, calibration.as_ref())?;
+    drop(weights);
+    let spec = OneShotSpec {
+        source_model: std::fs::canonicalize(&a.model)?,
+        target: shot.shape,
+        requested_target: target,
+        method,
+        data: a.data.as_ref().map(std::fs::canonicalize).transpose()?,
+        calibration_tokens: calibration.as_ref().map_or(0, |c| c.tokens),
+    };
+    let opts = io::SaveOptions {
+        companions_from: Some(a.model.clone()),
+        extra_files: shot.snapshot_files(&spec)?,
+        ..Default::default()
+    };
+    let out = hf::save_model(&a.out, &cfg, &small, &opts)?;
+    info!(
+        "wrote {} ({}): {} layers, hidden {}, {} heads / {} KV heads, intermediate {}, {:.2}M parameters; masks in {}",
+        out.display(),
+        method.name(),
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_kv_heads(),
+        cfg.intermediate_size,
+        cfg.param_counts().total() as f64 / 1e6,
+        out.join(oneshot::SNAPSHOT_DIR).display()
+    );
+    Ok(())
+}
+
 pub fn inspect_cmd(a: InspectArgs) -> Result<()> {
     let (step, masks) = shear::report::run_masks(&a.run, a.step)?;
     // Show every row and column of these small tables.
@@ -242,32 +342,49 @@ pub fn inspect_cmd(a: InspectArgs) -> Result<()> {
 }
 
 pub fn report_cmd(a: ReportArgs) -> Result<()> {
+    let labelled = |spec: &String, what: &str| -> Result<(String, std::path::PathBuf)> {
+        let (label, path) = spec.split_once('=').with_context(|| format!("--{what} {spec}: expected LABEL=PATH"))?;
+        Ok((label.to_string(), path.into()))
+    };
     // Every input is read before anything is written.
     let models = a
         .accuracy
         .iter()
         .map(|spec| {
-            let (label, file) =
-                spec.split_once('=').with_context(|| format!("--accuracy {spec}: expected LABEL=FILE"))?;
-            Ok((label.to_string(), shear::eval::tasks::TaskReport::read(std::path::Path::new(file))?))
+            let (label, file) = labelled(spec, "accuracy")?;
+            Ok((label, shear::eval::tasks::TaskReport::read(&file)?))
         })
         .collect::<Result<Vec<_>>>()?;
+    let prunings = a
+        .overlap
+        .iter()
+        .map(|spec| {
+            let (label, run) = labelled(spec, "overlap")?;
+            Ok((label, shear::report::run_masks(&run, None)?.1))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let out = || a.out.as_deref().context("--out DIR is needed for the charts");
     let accuracy = if models.is_empty() {
         None
     } else {
         let table = shear::report::accuracy::accuracy_table(&models)?;
         Some((table, shear::report::accuracy::accuracy_chart(&models, "Downstream accuracy")?))
     };
+    if !prunings.is_empty() {
+        std::env::set_var("POLARS_FMT_MAX_ROWS", "-1");
+        std::env::set_var("POLARS_TABLE_WIDTH", "250");
+        println!("{}", shear::report::overlap_table(&prunings)?);
+    }
     if let Some(run) = &a.run {
         if let Ok((step, masks)) = shear::report::run_masks(run, None) {
             println!("{} at step {step}:", run.display());
             print_head_decision(&masks)?;
         }
-        write_charts(run, None, &a.out)?;
+        write_charts(run, None, out()?)?;
     }
     if let Some((table, chart)) = accuracy {
         println!("{table}");
-        for p in shear::report::views::save_charts(&[("accuracy".to_string(), chart)], &a.out)? {
+        for p in shear::report::views::save_charts(&[("accuracy".to_string(), chart)], out()?)? {
             println!("wrote {}", p.display());
         }
     }

@@ -151,6 +151,14 @@ pub fn prune_text(model: &str, target: &str) -> Cmd {
     cmd("prune --data TEXT", prune_on(model, target, "text.txt", 2), out, vec![Input::Model(model.into())])
 }
 
+/// One-shot Wanda-sp pruning calibrated on the text (the method that reads model, target and data).
+pub fn oneshot_text(model: &str, target: &str) -> Cmd {
+    let mut a = vec![lit("oneshot"), lit("--method"), lit("wanda-sp"), lit("--model"), fix(model)];
+    a.extend([lit("--target"), fix(target), lit("--data"), fix("text.txt"), lit("--out"), work("out")]);
+    a.extend(lits(&["--seq-len", &SEQ_LEN.to_string(), "--calibration-tokens", "64"]));
+    cmd("oneshot --data TEXT", a, Out::Model { dir: "out".into(), tokenizer: true }, vec![Input::Model(model.into())])
+}
+
 pub fn prune_corpus(model: &str, corpus: &str) -> Cmd {
     let out = Out::Run { dir: "run".into(), steps: 2 };
     let reads = vec![Input::Model(model.into()), Input::Corpus(corpus.into())];
@@ -319,6 +327,7 @@ fn model_cmds(model: &str) -> Vec<Cmd> {
         generate(model),
         convert_hf(model),
         prune_text(model, target),
+        oneshot_text(model, target),
         train(model, "corpus", "reference.json"),
     ]
 }
@@ -375,6 +384,7 @@ fn gen_tokenizer(rng: &mut Rng, h: &Healthy) -> Case {
         convert_hf("model"),
         corpus_build("model"),
         prune_text("model", "target.toml"),
+        oneshot_text("model", "target.toml"),
         init_like("model", "target.toml"),
     ];
     case("tokenizer.json", format!("{f}: {desc}"), vec![(f.into(), Edit::Write(out))], cmds)
@@ -393,13 +403,22 @@ fn gen_gguf(rng: &mut Rng, h: &Healthy) -> Case {
 
 fn gen_target(rng: &mut Rng, h: &Healthy) -> Case {
     let (desc, edit) = mutate::toml(rng, h.text("target.toml"));
-    let cmds = vec![prune_text("model", "target.toml"), init_like("model", "target.toml")];
+    let cmds = vec![
+        prune_text("model", "target.toml"),
+        oneshot_text("model", "target.toml"),
+        init_like("model", "target.toml"),
+    ];
     case("target toml", format!("target.toml: {desc}"), vec![("target.toml".into(), edit)], cmds)
 }
 
 fn gen_text(rng: &mut Rng, h: &Healthy) -> Case {
     let (desc, edit) = mutate::training_text(rng, h.text("text.txt"));
-    let cmds = vec![eval_text("model"), eval_held_out("model"), prune_text("model", "target.toml")];
+    let cmds = vec![
+        eval_text("model"),
+        eval_held_out("model"),
+        prune_text("model", "target.toml"),
+        oneshot_text("model", "target.toml"),
+    ];
     case("text", format!("text.txt: {desc}"), vec![("text.txt".into(), edit)], cmds)
 }
 

@@ -340,6 +340,30 @@ let joined = kept.select(["layer", "layer_score", "intermediate_kept"])?.inner_j
 report::charts::table(&joined, 10)
 """),
     md(r"""
+### Learned masks against one-shot baselines
+
+`shear oneshot` picks the same architecture in one pass over the source, by four rules from the literature
+(docs/method.md §11): weight magnitude, Wanda-sp, Minitron's activation importance, and ShortGPT's Block
+Influence (layers only, the source's width kept). Each writes its choice as a mask snapshot in this run
+format; `data/runs/oneshot/` ships the four for SmolLM2-135M → the default target, calibrated on the same
+Shakespeare the learned run pruned on (65,536 tokens, sequences of 512). `report::overlap_table` counts, for
+every pair, the units both keep: layers (of 30), query heads inside kept layers (the learned run keeps
+144), MLP channels inside kept layers (24,576) and hidden channels (384). The diagonal is each one's own count.
+"""),
+    code(r"""
+let shipped = |m: &str| PathBuf::from(format!("../data/runs/oneshot/{m}"));
+let mut prunings = vec![("learned".to_string(), report::run_masks(&PathBuf::from("../data/runs/prune-smollm2-default"), None)?.1)];
+for m in ["magnitude", "wanda-sp", "activation", "block-influence"] {
+    prunings.push((m.to_string(), report::run_masks(&shipped(m), None)?.1));
+}
+for (name, m) in &prunings {
+    let removed: Vec<usize> = report::layer_table(m)?.column("layer_kept")?.bool()?.into_iter()
+        .enumerate().filter(|(_, k)| *k == Some(false)).map(|(i, _)| i).collect();
+    println!("{name:>16}: layers removed {removed:?}");
+}
+report::charts::table(&report::overlap_table(&prunings)?, 20)
+"""),
+    md(r"""
 **What this shows.** For the shipped run (800 steps, per-(layer, KV group) head constraint): every kept layer
 keeps exactly the target's 2 query heads per KV group, 1,024 MLP dims and 384 hidden dims, and the family
 table's `kept_p_below_half` / `unbalanced_rows` columns and the note under the heat map say whether those

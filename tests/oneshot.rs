@@ -173,6 +173,21 @@ fn each_method_writes_the_target_shape_computing_what_the_masked_source_computes
         assert!(inspect.status.success(), "{}: {}", method.name(), String::from_utf8_lossy(&inspect.stderr));
         assert!(stdout.contains("layer_kept"), "{stdout}");
     }
+
+    // What two prunings share: each one's own counts on the diagonal, at most the smaller off it.
+    let snapshot = |m: Method| shear::report::run_masks(&tmp.path().join(m.name()).join("oneshot"), None).unwrap().1;
+    let runs = vec![
+        ("magnitude".to_string(), snapshot(Method::Magnitude)),
+        ("bi".to_string(), snapshot(Method::BlockInfluence)),
+    ];
+    let t = shear::report::overlap_table(&runs).unwrap();
+    let col = |c: &str| -> Vec<u32> { t.column(c).unwrap().u32().unwrap().into_no_null_iter().collect() };
+    // Rows: (magnitude, magnitude), (magnitude, bi), (bi, bi). The block-influence model keeps the width.
+    assert_eq!(col("layers_shared"), [1, col("layers_shared")[1], 1]);
+    assert_eq!((col("heads_shared")[0], col("heads_shared")[2]), (2, 4));
+    assert_eq!((col("intermediate_shared")[0], col("intermediate_shared")[2]), (24, 48));
+    assert_eq!(col("hidden_shared"), [16, 16, 32], "every hidden channel magnitude keeps, bi keeps");
+    assert!(col("heads_shared")[1] <= 2 && col("intermediate_shared")[1] <= 24);
 }
 
 #[test]

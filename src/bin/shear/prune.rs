@@ -364,6 +364,10 @@ pub fn report_cmd(a: ReportArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let out = || a.out.as_deref().context("--out DIR is needed for the charts");
+    // Every column of these tables: a model per column in the accuracy table.
+    std::env::set_var("POLARS_FMT_MAX_ROWS", "-1");
+    std::env::set_var("POLARS_FMT_MAX_COLS", "-1");
+    std::env::set_var("POLARS_TABLE_WIDTH", "250");
     let accuracy = if models.is_empty() {
         None
     } else {
@@ -371,8 +375,6 @@ pub fn report_cmd(a: ReportArgs) -> Result<()> {
         Some((table, shear::report::accuracy::accuracy_chart(&models, "Downstream accuracy")?))
     };
     if !prunings.is_empty() {
-        std::env::set_var("POLARS_FMT_MAX_ROWS", "-1");
-        std::env::set_var("POLARS_TABLE_WIDTH", "250");
         println!("{}", shear::report::overlap_table(&prunings)?);
     }
     if let Some(run) = &a.run {

@@ -373,13 +373,13 @@ are the units the masks chose. For comparison, the first 800-step run, whose hea
 layer, materialized 23 kept heads (16% of 144) that its masks scored ≈ 0.05, with 42 of its 72 kept groups
 unbalanced (README, "Where the head constraint acts").
 
-Against the one-shot baselines (the table above): every rule keeps 18–22 of the learned run's 24 layers, but
+Against the one-shot baselines (the table above): every rule keeps 19–22 of the learned run's 24 layers, but
 inside the layers they share the learned masks agree with them about as often as chance. Keeping 2 of 3
 heads per group and 2 of 3 MLP channels, two independent choices share 2/3 of a shared layer's kept units:
 about 76 heads over 19 shared layers. The learned masks share 67 heads with magnitude, 81 with Wanda-sp and
 94 (of 132 possible) with activation, and 294 of 384 hidden channels with activation against 256 by
 chance. Activation and Block Influence remove the same six layers (both rank layers by Block Influence:
-12, 13, 14, 17, 25, 26), three of which (12–14) the learned run removes too; Wanda-sp's layer score (a
+12, 13, 14, 17, 25, 26), four of which (12, 13, 14, 26) the learned run removes too; Wanda-sp's layer score (a
 layer's total |W|·‖X‖) removes the first six, where activations are smallest. The README ("Baselines and
 distillation") gives each of these models' NLL and accuracy.
 """),

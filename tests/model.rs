@@ -233,7 +233,8 @@ fn hand_written_backward_matches_autograd() {
 
 /// With a teacher, the hand-written backward (the distillation kernel over teacher logit chunks) gives
 /// the per-sample NLL and KL and every parameter's gradient that autograd gives through the composed
-/// loss (`Teacher::composed`), at T = 1 and 2, with and without the LM term and the top-k teacher.
+/// loss (`Teacher::composed`), at T = 1 and 2, with and without the LM term and the top-k teacher. The
+/// 3 × 100 predicted positions span two of the teacher's 256-row logit chunks.
 #[test]
 fn hand_written_distillation_backward_matches_autograd() {
     use shear::model::{DistillLoss, Teacher};
@@ -242,7 +243,7 @@ fn hand_written_distillation_backward_matches_autograd() {
         let teacher_model = Llama::new(&cfg, &random_model(&cfg, 99)).unwrap();
         let (vars, tensors) = trainable(random_model(&cfg, 12)).unwrap();
         let model = Llama::new(&cfg, &tensors).unwrap();
-        let ids = random_ids(3, 10, cfg.vocab_size, 4);
+        let ids = random_ids(3, 101, cfg.vocab_size, 4);
         let losses = [
             DistillLoss::MINITRON,
             DistillLoss { weight: 0.5, temperature: 2.0, top_k: None },

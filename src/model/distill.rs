@@ -2,9 +2,10 @@
 //! the loss against them on both backward paths.
 //!
 //! The teacher runs the inference path (no graph, no gradients, no optimizer state). Its logits are made
-//! [`TEACHER_ROWS`] positions at a time from its final hidden states, so that next to the student's own
-//! `[positions, vocab]` logits there is one chunk of the teacher's (50 MB for SmolLM2's 49,152 tokens),
-//! not a second full-size buffer.
+//! [`TEACHER_ROWS`] positions at a time from its final hidden states, so that on the hand-written path
+//! next to the student's own `[positions, vocab]` logits there is one chunk of the teacher's (50 MB for
+//! SmolLM2's 49,152 tokens), not a second full-size buffer. (The composed path keeps every chunk's
+//! log-probabilities in the graph until the backward.)
 
 use candle_core::{DType, Tensor, D};
 
@@ -35,6 +36,11 @@ impl Teacher {
         }
         if let Some(k) = loss.top_k.filter(|&k| k > sv) {
             return Err(Error::Invalid(format!("--distill-top-k {k} exceeds the vocabulary of {sv}")));
+        }
+        // The composed path's top k sorts whole vocabulary rows; candle's CUDA sort cannot (it needs the
+        // row in shared memory), so the top-k teacher is refused there rather than failing mid-run.
+        if loss.top_k.is_some() && !model.device().is_cpu() {
+            return Err(Error::Invalid("--distill-top-k runs on the CPU only".into()));
         }
         Ok(Self { model, loss })
     }

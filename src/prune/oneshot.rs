@@ -436,12 +436,13 @@ pub fn prune(
     Ok((OneShot { method, shape, importance, masks }, cfg, small))
 }
 
-/// Calibration batches from `data`: a corpus directory's training sequences, domain by domain in turn, or
-/// a text file's training part (the last 5% is held out, as `shear prune --data` holds it out) cut into
-/// consecutive windows of `seq_len`; `tokens` in all (or what there is), `batch` sequences per batch.
+/// Calibration batches from `data` for the model in `model_dir`: a corpus directory's training sequences
+/// (tokenized with that model's tokenizer), domain by domain in turn, or a text file's training part (the
+/// last 5% is held out, as `shear prune --data` holds it out) cut into consecutive windows of `seq_len`;
+/// `tokens` in all (or what there is), `batch` sequences per batch.
 pub fn calibration_batches(
     data: &Path,
-    tok: &tokenizers::Tokenizer,
+    model_dir: &Path,
     tokens: usize,
     seq_len: usize,
     batch: usize,
@@ -453,6 +454,8 @@ pub fn calibration_batches(
     }
     let seqs: Vec<Vec<u32>> = if data.is_dir() {
         let corpus = crate::data::corpus::Corpus::open(data)?;
+        let tj = model_dir.join(crate::io::tokenizer::TOKENIZER_FILE);
+        corpus.check_tokenizer(&std::fs::read(&tj).map_err(|e| Error::io(&tj, e))?, model_dir)?;
         let k = corpus.domains.len();
         let per: Vec<usize> = (0..k).map(|d| corpus.sequences(true, d)).collect();
         let want = tokens.div_ceil(corpus.seq_len());
@@ -468,7 +471,8 @@ pub fn calibration_batches(
         }
         out
     } else {
-        let text = crate::data::TextData::from_file(data, tok, 0.05, seq_len)?;
+        let tok = crate::io::load_tokenizer(model_dir)?;
+        let text = crate::data::TextData::from_file(data, &tok, 0.05, seq_len)?;
         text.train.chunks_exact(seq_len).take(tokens.div_ceil(seq_len)).map(|c| c.to_vec()).collect()
     };
     if seqs.is_empty() {

@@ -116,6 +116,8 @@ impl TeacherSpec {
             )));
         }
         let weights = crate::io::hf::load_weights(&self.model, Some(dtype), device)?;
+        crate::model::check_weights(&cfg, &weights)
+            .map_err(|e| Error::Invalid(format!("teacher {}: {e}", self.model.display())))?;
         Teacher::new(Llama::new(&cfg, &weights)?, self.loss, student)
     }
 }

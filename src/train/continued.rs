@@ -207,6 +207,15 @@ pub fn train(
     // The teacher computes in the run's compute dtype.
     let dtype = if c.bf16 { DType::BF16 } else { DType::F32 };
     let teacher = spec.teacher.as_ref().map(|t| t.load(cfg, &spec.model, dtype, &device)).transpose()?;
+    if let Some(t) = &teacher {
+        let max = t.model().config().max_position_embeddings;
+        if max < corpus.seq_len() {
+            return Err(Error::Invalid(format!(
+                "the teacher reads at most {max} positions (max_position_embeddings), the corpus's sequences have {}",
+                corpus.seq_len()
+            )));
+        }
+    }
     let mut trainer = Trainer::new(cfg, weights, c, teacher)?;
     let mut feed = CorpusFeed::new(corpus, &c.mixture, c.seed)?;
     if resume {

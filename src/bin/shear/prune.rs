@@ -262,9 +262,8 @@ pub fn oneshot_cmd(a: OneShotArgs) -> Result<()> {
     if !method.needs_calibration() && a.data.is_some() {
         anyhow::bail!("--method magnitude reads only the weights; --data would be ignored");
     }
-    let tok = io::load_tokenizer(&a.model)?;
     let batches = match &a.data {
-        Some(d) => Some(oneshot::calibration_batches(d, &tok, a.calibration_tokens, a.seq_len, a.batch_size)?),
+        Some(d) => Some(oneshot::calibration_batches(d, &a.model, a.calibration_tokens, a.seq_len, a.batch_size)?),
         None => None,
     };
     let device = candle_core::Device::Cpu;

@@ -31,8 +31,12 @@ impl DistillLoss {
         if !(0.0..=1.0).contains(&self.weight) {
             return Err(format!("--distill-weight must lie in [0, 1], got {}", self.weight));
         }
-        if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(format!("--distill-temperature must be positive and finite, got {}", self.temperature));
+        // The kernels divide by T in f32.
+        if !(self.temperature > 0.0
+            && (self.temperature as f32).is_normal()
+            && (1.0 / self.temperature as f32).is_normal())
+        {
+            return Err(format!("--distill-temperature must be a positive f32-sized number, got {}", self.temperature));
         }
         if self.top_k == Some(0) {
             return Err("--distill-top-k must be at least 1".into());
@@ -276,6 +280,23 @@ mod tests {
             assert!(kl.iter().all(|&k| k == 0.0), "{kl:?}");
             let max = y.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert_eq!(max, 0.0, "T {temperature}");
+        }
+    }
+
+    #[test]
+    fn settings_that_define_no_loss_are_refused_by_name() {
+        let d = DistillLoss::MINITRON;
+        assert!(d.validate().is_ok());
+        for (bad, needle) in [
+            (DistillLoss { weight: 1.5, ..d }, "--distill-weight must lie in [0, 1]"),
+            (DistillLoss { weight: f64::NAN, ..d }, "--distill-weight"),
+            (DistillLoss { temperature: 0.0, ..d }, "--distill-temperature"),
+            (DistillLoss { temperature: 1e-40, ..d }, "--distill-temperature"),
+            (DistillLoss { temperature: f64::INFINITY, ..d }, "--distill-temperature"),
+            (DistillLoss { top_k: Some(0), ..d }, "--distill-top-k must be at least 1"),
+        ] {
+            let err = bad.validate().unwrap_err();
+            assert!(err.contains(needle), "{bad:?}: {err}");
         }
     }
 

@@ -261,7 +261,7 @@ fn constant_proportions_stay_and_scratch_baseline_has_the_same_shape() {
 
 /// Distillation from a teacher (another model with the same tokenizer): every step logs the KL beside the
 /// LM loss, the KL falls, the run resumed after SIGKILL ends bit for bit where the uninterrupted one does,
-/// and `--resume` refuses a distillation flag rather than ignoring it.
+/// and `--resume` refuses a distillation flag rather than ignoring it, and another teacher in its place.
 #[test]
 fn distillation_logs_its_kl_and_resumes_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
@@ -303,6 +303,17 @@ fn distillation_logs_its_kl_and_resumes_bit_for_bit() {
     let refused = bin().args(resume).output().unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("(given: --teacher --distill-top-k)"), "{stderr}");
+    // Another teacher in the same directory is refused on resume, not distilled from.
+    let saved = tmp.path().join("teacher-saved");
+    std::fs::rename(&teacher, &saved).unwrap();
+    let init = ["init", "--config", s(&config), "--like", s(&model), "--out", s(&teacher), "--seed", "4"];
+    assert!(bin().args(init).output().unwrap().status.success());
+    let refused = bin().args(["train", "--resume", "--out", s(&killed)]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("is not the model this run started with"), "{stderr}");
+    std::fs::remove_dir_all(&teacher).unwrap();
+    std::fs::rename(&saved, &teacher).unwrap();
+
     let out = bin().args(["train", "--resume", "--out", s(&killed)]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(checkpoint_tensors(&straight), checkpoint_tensors(&killed), "weights or optimizer moments differ");

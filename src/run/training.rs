@@ -96,6 +96,22 @@ pub struct TeacherSpec {
     pub model: PathBuf,
     #[serde(flatten)]
     pub loss: DistillLoss,
+    /// [`teacher_fingerprint`] of the teacher the run started with: a resumed run refuses another one
+    /// (the student's weights come from the checkpoint, the teacher's from its directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+/// FNV-1a of a model directory's `config.json` and weight files, in hex.
+pub fn teacher_fingerprint(dir: &Path) -> Result<String> {
+    let mut files = vec![dir.join(crate::io::hf::CONFIG_FILE)];
+    files.extend(crate::io::hf::weight_files(dir)?);
+    let mut h = String::new();
+    for f in files {
+        let bytes = std::fs::read(&f).map_err(|e| Error::io(&f, e))?;
+        h.push_str(&format!("{:016x}", crate::data::corpus::fnv1a64(&bytes)));
+    }
+    Ok(format!("{:016x}", crate::data::corpus::fnv1a64(h.as_bytes())))
 }
 
 impl TeacherSpec {
@@ -103,6 +119,15 @@ impl TeacherSpec {
     /// and tokenizer file).
     pub fn load(&self, student: &LlamaConfig, student_dir: &Path, dtype: DType, device: &Device) -> Result<Teacher> {
         let cfg = crate::io::hf::load_config(&self.model)?;
+        if let Some(want) = &self.fingerprint {
+            let got = teacher_fingerprint(&self.model)?;
+            if &got != want {
+                return Err(Error::Invalid(format!(
+                    "teacher {} is not the model this run started with (fingerprint {got}, the run's {want})",
+                    self.model.display()
+                )));
+            }
+        }
         let read = |dir: &Path| {
             let path = dir.join("tokenizer.json");
             std::fs::read(&path).map_err(|e| Error::io(&path, e))

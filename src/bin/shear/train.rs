@@ -73,7 +73,8 @@ impl DistillArgs {
         };
         loss.validate().map_err(anyhow::Error::msg)?;
         let model = std::fs::canonicalize(dir).with_context(|| format!("--teacher {}", dir.display()))?;
-        Ok(Some(shear::run::training::TeacherSpec { model, loss }))
+        let fingerprint = Some(shear::run::training::teacher_fingerprint(&model)?);
+        Ok(Some(shear::run::training::TeacherSpec { model, loss, fingerprint }))
     }
 
     /// The flags given, as typed.

@@ -340,18 +340,17 @@ pub fn importance(
             Method::BlockInfluence => unreachable!("returned above"),
         }
     }
-    let lm_head = Matrix::of(weights, head_name)?;
     match method {
         Method::Magnitude => {
             add_into(&mut hidden, &Matrix::of(weights, "model.embed_tokens.weight")?.col_sums(sq));
             if !cfg.tie_word_embeddings {
-                add_into(&mut hidden, &lm_head.col_sums(sq));
+                add_into(&mut hidden, &Matrix::of(weights, head_name)?.col_sums(sq));
             }
             hidden.iter_mut().for_each(|h| *h = h.sqrt());
         }
         Method::WandaSp => {
             let xf: Vec<f64> = cal.expect("checked").final_sq.iter().map(|x| x.sqrt()).collect();
-            let cols = lm_head.col_sums(abs);
+            let cols = Matrix::of(weights, head_name)?.col_sums(abs);
             add_into(&mut hidden, &cols.iter().zip(&xf).map(|(c, x)| c * x).collect::<Vec<f64>>());
         }
         Method::Activation => {
@@ -374,6 +373,17 @@ fn no_calibration(method: Method) -> Error {
         "--method {} scores activations and needs calibration data: --data TEXT|CORPUS",
         method.name()
     ))
+}
+
+/// Whether `method` gets the calibration data it needs, and no data it would ignore.
+pub fn check_data(method: Method, data: Option<&Path>) -> Result<()> {
+    match (method.needs_calibration(), data) {
+        (true, None) => Err(no_calibration(method)),
+        (false, Some(_)) => {
+            Err(Error::Invalid(format!("--method {} reads only the weights; --data would be ignored", method.name())))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Whether each of `scores` is among its `k` largest (ties: the lower index first).

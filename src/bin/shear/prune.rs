@@ -256,12 +256,7 @@ pub fn oneshot_cmd(a: OneShotArgs) -> Result<()> {
     let source = hf::load_config(&a.model)?;
     let target = shear::prune::TargetShape::load(&a.target)?;
     target.validate(&source)?;
-    if method.needs_calibration() && a.data.is_none() {
-        anyhow::bail!("--method {} scores activations and needs calibration data: --data TEXT|CORPUS", method.name());
-    }
-    if !method.needs_calibration() && a.data.is_some() {
-        anyhow::bail!("--method magnitude reads only the weights; --data would be ignored");
-    }
+    oneshot::check_data(method, a.data.as_deref())?;
     let batches = match &a.data {
         Some(d) => Some(oneshot::calibration_batches(d, &a.model, a.calibration_tokens, a.seq_len, a.batch_size)?),
         None => None,

@@ -13,7 +13,11 @@ Writes tests/fixtures/oneshot/:
   scores.json
       the calibration ids, and for each method below the importance score of every prunable structure
       (layers, KV groups, query heads, intermediate channels, hidden channels) and the structures a one-shot
-      pruning to the target {layers 3, hidden 24, heads 2, kv_heads 1, intermediate 32} keeps.
+      pruning to the target {layers 3, hidden 24, heads 2, kv_heads 1, intermediate 32} keeps;
+  untied/model/config.json, untied/model/model.safetensors, untied/scores.json
+      the same for an UNTIED variant: same shapes and init rule, a different seed (1 instead of 0),
+      tie_word_embeddings false and a separate lm_head.weight [vocab, d] (initialized like every other
+      matrix), scored on the same calibration ids (stored again in its scores.json, same layout).
 
 Methods, written from their papers' definitions (not from any implementation):
 
@@ -34,6 +38,12 @@ Every score is computed in float64 from the float32 weights and the float32 acti
 by transformers (eager attention). The calibration set is 3 sequences x 16 tokens, every position counted
 (no shift), N = 48 tokens.
 
+The LM head: E is the embedding [vocab, d], W_lm the LM head lm_head.weight [vocab, d] (W_lm = E when
+tied). Magnitude's hidden channel c owns column c of E and, untied, also column c of W_lm (tied, the shared
+matrix is counted once); Wanda-sp's hidden channel c owns input feature c of the LM head, W_lm[:, c] with
+input hf (the embedding is not counted: it is a lookup, not a matrix applied to an activation). Nothing
+else reads E or W_lm.
+
 Notation (per layer l, per calibration token): x_l block input [d]; y_l block output [d]; a_l
 input_layernorm output [d]; ctx_l o_proj input [H*hd] (head h owns columns h*hd .. (h+1)*hd); h_l
 post_attention_layernorm output [d]; act_l down_proj input [m] (= silu(gate) * up); hf model.norm output.
@@ -52,7 +62,15 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "oneshot"
-MODEL_DIR = OUT / "model"
+
+
+def out_dir(tied):
+    """tests/fixtures/oneshot/ for the tied model, tests/fixtures/oneshot/untied/ for the untied one."""
+    return OUT if tied else OUT / "untied"
+
+
+def model_dir(tied):
+    return out_dir(tied) / "model"
 
 L, D, M, V = 4, 32, 48, 64  # layers, hidden size, intermediate size, vocabulary
 H, KV, HD = 4, 2, 8  # query heads, KV groups (heads), head_dim
@@ -67,10 +85,11 @@ MATRICES = ["q", "k", "v", "o", "gate", "up", "down"]
 # --------------------------------------------------------------------------------------------------------
 
 
-def build_model():
+def build_model(tied):
     """A seeded random Llama with weights large enough (std 0.2) that scores are well separated, and
-    RMSNorm weights 1 + 0.3 * normal so the norms' scales show in every activation-based score."""
-    torch.manual_seed(0)
+    RMSNorm weights 1 + 0.3 * normal so the norms' scales show in every activation-based score. Seed 0 for
+    the tied model, 1 for the untied one."""
+    torch.manual_seed(0 if tied else 1)
     cfg = LlamaConfig(
         vocab_size=V,
         hidden_size=D,
@@ -79,7 +98,7 @@ def build_model():
         num_attention_heads=H,
         num_key_value_heads=KV,
         head_dim=HD,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
         rms_norm_eps=1e-5,
         rope_theta=10000.0,
         max_position_embeddings=64,
@@ -91,33 +110,43 @@ def build_model():
     model = LlamaForCausalLM(cfg).to(torch.float32).eval()
     assert model.config._attn_implementation == "eager"
     # Re-initialize every parameter in named_parameters order (deterministic under the seed). With tied
-    # embeddings lm_head.weight is embed_tokens.weight and named_parameters lists it once.
+    # embeddings lm_head.weight is embed_tokens.weight and named_parameters lists it once; untied, it is a
+    # matrix of its own (listed last) and drawn like the others.
+    names = []
     with torch.no_grad():
         for name, p in model.named_parameters():
+            names.append(name)
             if name.endswith("norm.weight"):
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
             else:
                 p.normal_(0.0, 0.2)
-    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr(), "embeddings not tied"
+    shared = model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert shared == tied, f"tied={tied} but lm_head shares embed_tokens' storage: {shared}"
+    assert ("lm_head.weight" in names) == (not tied), names
     return model
 
 
-def save_model(model):
-    MODEL_DIR.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(MODEL_DIR, safe_serialization=True)
-    # Tied: the file must hold model.embed_tokens.weight and no separate lm_head.weight.
-    with safe_open(MODEL_DIR / "model.safetensors", framework="pt") as f:
+def save_model(model, tied):
+    mdir = model_dir(tied)
+    mdir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(mdir, safe_serialization=True)
+    # The file must hold model.embed_tokens.weight; tied, no separate lm_head.weight; untied, one.
+    with safe_open(mdir / "model.safetensors", framework="pt") as f:
         keys = set(f.keys())
         assert "model.embed_tokens.weight" in keys, sorted(keys)
-        assert "lm_head.weight" not in keys, "tied embeddings saved a separate lm_head.weight"
+        if tied:
+            assert "lm_head.weight" not in keys, "tied embeddings saved a separate lm_head.weight"
+        else:
+            assert "lm_head.weight" in keys, "untied model saved no lm_head.weight"
+            assert not torch.equal(f.get_tensor("lm_head.weight"), f.get_tensor("model.embed_tokens.weight"))
         for k in keys:
             assert f.get_tensor(k).dtype == torch.float32, k
         # The saved weights are the in-memory ones, bit for bit.
         sd = model.state_dict()
         for k in keys:
             assert torch.equal(f.get_tensor(k), sd[k]), k
-    cfg = json.loads((MODEL_DIR / "config.json").read_text())
-    assert cfg["tie_word_embeddings"] is True and cfg["num_key_value_heads"] == KV and cfg["head_dim"] == HD
+    cfg = json.loads((mdir / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is tied and cfg["num_key_value_heads"] == KV and cfg["head_dim"] == HD
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -180,8 +209,9 @@ def capture(model, ids):
     return acts
 
 
-def weights(model):
-    """float64 copies of every matrix: W[l][name] ([out, in]) and E [vocab, d]."""
+def weights(model, tied):
+    """float64 copies of every matrix: W[l][name] ([out, in]), E [vocab, d] and the LM head [vocab, d]
+    (the same array as E when tied)."""
     f64 = lambda t: t.detach().to(torch.float64).numpy().copy()  # noqa: E731
     W = []
     for layer in model.model.layers:
@@ -192,8 +222,9 @@ def weights(model):
             "down": f64(mlp.down_proj.weight),
         })
     E = f64(model.model.embed_tokens.weight)
+    lm_head = E if tied else f64(model.lm_head.weight)
     norms = [(f64(ly.input_layernorm.weight), f64(ly.post_attention_layernorm.weight)) for ly in model.model.layers]
-    return W, E, norms, f64(model.model.norm.weight)
+    return W, E, lm_head, norms, f64(model.model.norm.weight)
 
 
 def matrix_input(acts, l, name):
@@ -224,7 +255,7 @@ def sq(x):
     return float(np.sum(x * x))
 
 
-def magnitude(W, E):
+def magnitude(W, E, lm_head, tied):
     head = [[math.sqrt(sq(w["q"][head_cols(h), :]) + sq(w["o"][:, head_cols(h)])) for h in range(H)] for w in W]
     kv = [[math.sqrt(sq(w["k"][group_rows(g), :]) + sq(w["v"][group_rows(g), :])) for g in range(KV)] for w in W]
     inter = [
@@ -232,8 +263,11 @@ def magnitude(W, E):
     ]
     hidden = []
     for c in range(D):
-        # E is both the embedding and (tied) the LM head: counted once. RMSNorm weights are not counted.
+        # Tied, E is both the embedding and the LM head: counted once. Untied, the embedding E and the LM
+        # head are both counted. RMSNorm weights are not counted.
         s = sq(E[:, c])
+        if not tied:
+            s += sq(lm_head[:, c])
         for w in W:
             s += sq(w["q"][:, c]) + sq(w["k"][:, c]) + sq(w["v"][:, c]) + sq(w["o"][c, :])
             s += sq(w["gate"][:, c]) + sq(w["up"][:, c]) + sq(w["down"][c, :])
@@ -247,7 +281,7 @@ def col_norms(X):
     return np.sqrt(np.sum(X * X, axis=0))
 
 
-def wanda(W, E, acts):
+def wanda(W, lm_head, acts):
     head, kv, inter, hidden, layer = [], [], [], np.zeros(D), []
     for l, w in enumerate(W):
         na, nh = col_norms(acts["a"][l]), col_norms(acts["h"][l])
@@ -260,8 +294,9 @@ def wanda(W, E, acts):
         hidden += sum(np.abs(w[n]).sum(axis=0) for n in ("q", "k", "v")) * na
         hidden += sum(np.abs(w[n]).sum(axis=0) for n in ("gate", "up")) * nh
         layer.append(float(sum(S[n].sum() for n in MATRICES)))
-    # The tied LM head: hidden channel c is input feature c of E (input hf).
-    hidden += np.abs(E).sum(axis=0) * col_norms(acts["hf"])
+    # The LM head (E when tied): hidden channel c is its input feature c (input hf). The embedding is a
+    # lookup, not a matrix applied to an activation: not counted.
+    hidden += np.abs(lm_head).sum(axis=0) * col_norms(acts["hf"])
     return {"layer": layer, "kv_group": kv, "head": head, "intermediate": inter, "hidden": hidden.tolist()}
 
 
@@ -333,7 +368,7 @@ def rmsnorm(x, w, eps=1e-5):
     return w * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
 
 
-def sanity(W, E, norms, wf, acts, res):
+def sanity(W, E, lm_head, norms, wf, acts, res, tied):
     tol = dict(rtol=1e-4, atol=1e-5)  # f32 activations against f64 recomputation
     for l, w in enumerate(W):
         # The hooked activations are what the definitions say they are (recomputed here in f64).
@@ -360,11 +395,14 @@ def sanity(W, E, norms, wf, acts, res):
             assert math.isclose(res["activation"]["kv_group"][l][g],
                                 sum(res["activation"]["head"][l][h] for h in group_heads(g)), rel_tol=1e-12)
     assert np.allclose(acts["hf"], rmsnorm(acts["y"][L - 1], wf), **tol)
-    # Tied head: logits = hf @ E^T.
-    assert np.allclose(acts["logits"], acts["hf"] @ E.T, rtol=1e-4, atol=1e-4)
-    # Magnitude hidden: the squares sum to ||E||^2 plus every layer's 7 matrices (each weight is owned by
-    # exactly one hidden channel, through its input or output side).
-    total = sq(E) + sum(sq(w[n]) for w in W for n in MATRICES)
+    # logits = hf @ E^T when tied, hf @ W_lm^T untied (and then not hf @ E^T).
+    assert (lm_head is E) == tied
+    assert np.allclose(acts["logits"], acts["hf"] @ lm_head.T, rtol=1e-4, atol=1e-4)
+    if not tied:
+        assert not np.allclose(acts["logits"], acts["hf"] @ E.T, rtol=1e-4, atol=1e-4)
+    # Magnitude hidden: the squares sum to ||E||^2 (plus ||W_lm||^2 untied) plus every layer's 7 matrices (each
+    # weight is owned by exactly one hidden channel, through its input or output side).
+    total = sq(E) + (0.0 if tied else sq(lm_head)) + sum(sq(w[n]) for w in W for n in MATRICES)
     assert math.isclose(sum(s * s for s in res["magnitude"]["hidden"]), total, rel_tol=1e-12)
     # BI in [0, 2]; activation's layer score is the same BI as ShortGPT's.
     for bi in res["block_influence"]["layer"]:
@@ -386,30 +424,30 @@ def sanity(W, E, norms, wf, acts, res):
 # --------------------------------------------------------------------------------------------------------
 
 
-def main():
-    model = build_model()
-    save_model(model)
+def make(tied, ids):
+    """Build, save and score one model (tied or untied) on the calibration ids."""
+    model = build_model(tied)
+    save_model(model, tied)
 
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, V, (SEQS, SEQ_LEN), generator=gen)
     acts = capture(model, ids)
-    W, E, norms, wf = weights(model)
+    W, E, lm_head, norms, wf = weights(model, tied)
 
     res = {
-        "magnitude": magnitude(W, E),
-        "wanda_sp": wanda(W, E, acts),
+        "magnitude": magnitude(W, E, lm_head, tied),
+        "wanda_sp": wanda(W, lm_head, acts),
         "activation": activation(acts),
         "block_influence": {"layer": block_influence(acts)},
     }
-    sanity(W, E, norms, wf, acts, res)
+    sanity(W, E, lm_head, norms, wf, acts, res, tied)
     for s in res.values():
         s["kept"] = kept(s)
 
     doc = {"calibration": ids.tolist(), "target": TARGET}
     doc.update(res)
-    (OUT / "scores.json").write_text(json.dumps(doc, indent=1) + "\n")
+    odir, mdir = out_dir(tied), model_dir(tied)
+    (odir / "scores.json").write_text(json.dumps(doc, indent=1) + "\n")
 
-    print(f"wrote {MODEL_DIR}/config.json, {MODEL_DIR}/model.safetensors, {OUT}/scores.json")
+    print(f"{'tied' if tied else 'untied'}: wrote {mdir}/config.json, {mdir}/model.safetensors, {odir}/scores.json")
     print(f"calibration[0] = {doc['calibration'][0]}")
     print(f"hidden_states[-1] is after the final norm: {acts['last_hidden_state_is_normed']}")
     for name, s in res.items():
@@ -420,6 +458,14 @@ def main():
                      f"\n{'':16s} hidden[:4] {[round(v, 5) for v in s['hidden'][:4]]} kept hidden "
                      f"{s['kept']['hidden']}")
         print(line)
+
+
+def main():
+    # One calibration set for both models (its own generator, independent of the models' seeds).
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, V, (SEQS, SEQ_LEN), generator=gen)
+    make(True, ids)
+    make(False, ids)
 
 
 if __name__ == "__main__":

@@ -92,9 +92,9 @@ impl candle_core::InplaceOp3 for DistillInPlace {
         let row = Row::new(self.loss, v);
         let mut out = vec![(0f32, 0f32); t.len()];
         out.par_iter_mut().zip(z.par_chunks_mut(v).zip(u.par_chunks(v)).zip(t.par_iter())).for_each_init(
-            || vec![0f32; v],
-            |scratch, (out, ((z, u), &t))| {
-                *out = row.grad(z, u, t as usize, self.dy, scratch);
+            || (vec![0f32; v], Vec::new()),
+            |(teacher, student), (out, ((z, u), &t))| {
+                *out = row.grad(z, u, t as usize, self.dy, teacher, student);
             },
         );
         *self.out.lock().map_err(|_| candle_core::Error::Msg("distillation: poisoned lock".into()))? = out;
@@ -117,8 +117,17 @@ impl Row {
         Self { a: loss.weight as f32, t, inv_t: 1.0 / t, k: loss.top_k.unwrap_or(vocab).min(vocab) }
     }
 
-    /// `(nll, kl)` of the row; `z` becomes `dy · d loss / dz`. `scratch` holds `vocab` floats.
-    fn grad(&self, z: &mut [f32], u: &[f32], target: usize, dy: f32, scratch: &mut [f32]) -> (f32, f32) {
+    /// `(nll, kl)` of the row; `z` becomes `dy · d loss / dz`. `scratch` holds `vocab` floats; `student`
+    /// grows to `vocab` floats when the LM term needs the softmax at temperature 1 beside the one at `T`.
+    fn grad(
+        &self,
+        z: &mut [f32],
+        u: &[f32],
+        target: usize,
+        dy: f32,
+        scratch: &mut [f32],
+        student: &mut Vec<f32>,
+    ) -> (f32, f32) {
         let (a, t, inv_t) = (self.a, self.t, self.inv_t);
         let logit = z[target];
         // The LM loss at temperature 1, before `z` is overwritten (`log_sum_exp` keeps no temporaries).
@@ -153,7 +162,9 @@ impl Row {
         // The student at temperature T (and at 1, when both are needed and differ).
         let p1 = if a < 1.0 && t != 1.0 {
             let scale = 1.0 / lse_z1.exp();
-            Some(z.iter().map(|&z| exp(z - max_z) * scale).collect::<Vec<f32>>())
+            student.resize(z.len(), 0.0);
+            student.iter_mut().zip(z.iter()).for_each(|(p, &z)| *p = exp(z - max_z) * scale);
+            Some(&student[..])
         } else {
             None
         };
@@ -163,7 +174,7 @@ impl Row {
         let kl = cross / sum_u * inv_t - (max_u * inv_t + sum_u.ln()) + (max_z * inv_t + sum_zt.ln());
         // Gradient: A·T·(p_s − p_t) + (1 − A)·(softmax(z) − onehot); at T = 1 the two softmaxes coincide.
         let (c_ps, c_pt) = (dy * a * t / sum_zt, dy * a * t / sum_u);
-        match &p1 {
+        match p1 {
             None => {
                 let c = c_ps + if t == 1.0 { dy * (1.0 - a) / sum_zt } else { 0.0 };
                 z.iter_mut().for_each(|z| *z *= c);

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use shear::io::gguf;
 
 fn shear(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_shear")).args(args).env("RUST_LOG", "error").output().unwrap();
@@ -25,15 +24,6 @@ fn assert_fails_with(args: &[&str], needles: &[&str]) {
     }
 }
 
-/// A small but complete model directory (weights, config, tokenizer), converted from the tiny GGUF.
-fn tiny_model_dir(root: &Path) -> PathBuf {
-    let g = root.join("tiny.gguf");
-    write_tiny_gguf(&g, "llama");
-    let dir = root.join("model");
-    gguf::convert_gguf(&g, &dir, Default::default(), |_, _| {}).unwrap();
-    dir
-}
-
 fn text_file(root: &Path) -> PathBuf {
     let p = root.join("text.txt");
     std::fs::write(&p, "a b ab ba abab 12 xyz ".repeat(20)).unwrap();
@@ -47,7 +37,7 @@ fn s(p: &Path) -> &str {
 #[test]
 fn a_healthy_tiny_model_evaluates() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tiny_model_dir(tmp.path());
+    let dir = tiny_hf_model(tmp.path());
     let text = text_file(tmp.path());
     let out = Command::new(env!("CARGO_BIN_EXE_shear"))
         .args(["eval", "--model", s(&dir), "--text", s(&text), "--seq-len", "16", "--json"])
@@ -64,7 +54,7 @@ fn a_healthy_tiny_model_evaluates() {
 #[test]
 fn truncated_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tiny_model_dir(tmp.path());
+    let dir = tiny_hf_model(tmp.path());
     let st = dir.join("model.safetensors");
     let len = std::fs::metadata(&st).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&st).unwrap().set_len(len / 2).unwrap();
@@ -81,7 +71,7 @@ fn truncated_safetensors() {
 #[test]
 fn config_that_does_not_match_the_weights() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tiny_model_dir(tmp.path());
+    let dir = tiny_hf_model(tmp.path());
     let cfg_path = dir.join("config.json");
     let cfg =
         std::fs::read_to_string(&cfg_path).unwrap().replace("\"intermediate_size\": 48", "\"intermediate_size\": 64");
@@ -129,7 +119,7 @@ fn gguf_with_an_unsupported_quantization() {
 #[test]
 fn missing_tokenizer() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tiny_model_dir(tmp.path());
+    let dir = tiny_hf_model(tmp.path());
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
     let text = text_file(tmp.path());
     assert_fails_with(&["eval", "--model", s(&dir), "--text", s(&text)], &["tokenizer.json", "no tokenizer"]);
@@ -139,7 +129,7 @@ fn missing_tokenizer() {
 #[test]
 fn non_utf8_text() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tiny_model_dir(tmp.path());
+    let dir = tiny_hf_model(tmp.path());
     let text = tmp.path().join("latin1.txt");
     std::fs::write(&text, b"caf\xe9 au lait").unwrap();
     assert_fails_with(
@@ -151,7 +141,7 @@ fn non_utf8_text() {
 #[test]
 fn existing_output_is_not_overwritten() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tiny_model_dir(tmp.path());
+    let dir = tiny_hf_model(tmp.path());
     let before = std::fs::read(dir.join("config.json")).unwrap();
     let g = tmp.path().join("tiny.gguf");
     assert_fails_with(&["convert", "--gguf", s(&g), "--out", s(&dir)], &["already exists"]);
@@ -169,7 +159,7 @@ fn missing_model_directory() {
 #[test]
 fn bad_targets_fail_before_any_work() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tiny_model_dir(tmp.path());
+    let dir = tiny_hf_model(tmp.path());
     let text = text_file(tmp.path());
     // The tiny model: 2 layers, hidden 32, 4 heads / 2 KV heads, intermediate 48.
     let cases = [

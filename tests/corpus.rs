@@ -29,10 +29,7 @@ fn write_raw(dir: &Path, skip: Option<&str>) {
 }
 
 fn tiny_tokenizer(root: &Path) -> (tokenizers::Tokenizer, Vec<u8>) {
-    let g = root.join("tiny.gguf");
-    write_tiny_gguf(&g, "llama");
-    let model = root.join("model");
-    shear::io::gguf::convert_gguf(&g, &model, Default::default(), |_, _| {}).unwrap();
+    let model = tiny_hf_model(root);
     (shear::io::load_tokenizer(&model).unwrap(), std::fs::read(model.join("tokenizer.json")).unwrap())
 }
 

@@ -124,10 +124,7 @@ fn scores_match_the_reference(dir: &Path) {
 
 /// The tiny byte-level model, a text to calibrate on and a target, in `root`.
 fn setup(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let g = root.join("tiny.gguf");
-    write_tiny_gguf(&g, "llama");
-    let model = root.join("model");
-    shear::io::gguf::convert_gguf(&g, &model, Default::default(), |_, _| {}).unwrap();
+    let model = tiny_hf_model(root);
     let text = root.join("text.txt");
     let words = ["ab ", "ba ", "xyz ", "0 1 2 ", "abab ", "q "];
     let body: String = (0..400).map(|i| words[(i * 7 + i / 3) % words.len()]).collect();

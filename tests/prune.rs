@@ -140,10 +140,7 @@ mod run {
     use std::ops::ControlFlow;
 
     fn setup(root: &std::path::Path) -> (PruneSpec, shear::LlamaConfig, shear::TensorMap, PruneData) {
-        let g = root.join("tiny.gguf");
-        write_tiny_gguf(&g, "llama");
-        let model = root.join("model");
-        shear::io::gguf::convert_gguf(&g, &model, Default::default(), |_, _| {}).unwrap();
+        let model = tiny_hf_model(root);
         let text = root.join("text.txt");
         std::fs::write(&text, "the quick brown fox jumps over the lazy dog; ab ba abab 0123456789\n".repeat(60))
             .unwrap();
@@ -305,10 +302,7 @@ fn pruning_on_a_corpus_with_dynamic_loading_resumes_exactly() {
     use shear::train::pruning::{prune, PruneData};
     use std::ops::ControlFlow;
     let tmp = tempfile::tempdir().unwrap();
-    let g = tmp.path().join("tiny.gguf");
-    write_tiny_gguf(&g, "llama");
-    let model = tmp.path().join("model");
-    shear::io::gguf::convert_gguf(&g, &model, Default::default(), |_, _| {}).unwrap();
+    let model = tiny_hf_model(tmp.path());
     let raw = tmp.path().join("raw");
     std::fs::create_dir(&raw).unwrap();
     for (k, d) in DOMAINS.iter().enumerate() {

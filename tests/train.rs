@@ -24,10 +24,7 @@ fn s(p: &Path) -> &str {
 
 /// A tiny model and a corpus of seven synthetic domains with distinct statistics.
 fn setup(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let g = root.join("tiny.gguf");
-    write_tiny_gguf(&g, "llama");
-    let model = root.join("model");
-    shear::io::gguf::convert_gguf(&g, &model, Default::default(), |_, _| {}).unwrap();
+    let model = tiny_hf_model(root);
     let raw = root.join("raw");
     std::fs::create_dir(&raw).unwrap();
     for (k, d) in DOMAINS.iter().enumerate() {

@@ -118,6 +118,8 @@ impl TeacherSpec {
     /// The teacher, loaded in `dtype` on `device`, for a student of config `student` (the same vocabulary
     /// and tokenizer file).
     pub fn load(&self, student: &LlamaConfig, student_dir: &Path, dtype: DType, device: &Device) -> Result<Teacher> {
+        // Settings that define no loss are refused before anything is read.
+        self.loss.validate().map_err(Error::Invalid)?;
         let cfg = crate::io::hf::load_config(&self.model)?;
         if let Some(want) = &self.fingerprint {
             let got = teacher_fingerprint(&self.model)?;
@@ -152,9 +154,6 @@ pub fn read_spec(run: &Path) -> Result<TrainSpec> {
     let mut spec: TrainSpec = super::read_spec(run)?;
     let teacher = spec.teacher.as_mut().map(|t| &mut t.model);
     super::resolve_in(run, [&mut spec.model, &mut spec.data].into_iter().chain(teacher));
-    if let Some(t) = &spec.teacher {
-        t.loss.validate().map_err(|e| crate::error::Error::Invalid(format!("{}: {e}", run.display())))?;
-    }
     Ok(spec)
 }
 

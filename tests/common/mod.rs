@@ -103,6 +103,15 @@ pub fn write_tiny_gguf(path: &std::path::Path, architecture: &str) -> TinyGguf {
     })
 }
 
+/// The tiny GGUF model converted to an HF directory, `root/model` (its GGUF at `root/tiny.gguf`).
+pub fn tiny_hf_model(root: &std::path::Path) -> PathBuf {
+    let g = root.join("tiny.gguf");
+    write_tiny_gguf(&g, "llama");
+    let model = root.join("model");
+    shear::io::gguf::convert_gguf(&g, &model, Default::default(), |_, _| {}).unwrap();
+    model
+}
+
 /// A LLaMA of shape `cfg` with the tiny byte-level vocabulary, each tensor stored as `quant(hf_name)`.
 pub fn write_gguf(
     path: &std::path::Path,

@@ -62,7 +62,8 @@ pub struct DistillArgs {
 }
 
 impl DistillArgs {
-    /// The teacher and loss these flags ask for (the teacher's path made absolute), checked.
+    /// The teacher and loss these flags ask for (the teacher's path made absolute, its fingerprint taken),
+    /// the loss checked before anything is loaded.
     pub fn spec(&self) -> Result<Option<shear::run::training::TeacherSpec>> {
         let Some(dir) = &self.teacher else { return Ok(None) };
         let d = shear::model::DistillLoss::MINITRON;

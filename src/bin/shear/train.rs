@@ -56,7 +56,7 @@ pub struct DistillArgs {
     #[arg(long, requires = "teacher")]
     pub distill_temperature: Option<f64>,
     /// Only the teacher's K largest logits, renormalized (the student's distribution stays the full
-    /// softmax) [default: the full vocabulary].
+    /// softmax); CPU only [default: the full vocabulary].
     #[arg(long, requires = "teacher")]
     pub distill_top_k: Option<usize>,
 }

@@ -16,6 +16,7 @@
 //! | [`run`] | a run's directory: settings (`run.json`), typed log records, checkpoints, mask snapshots, materialize and export |
 //! | [`report`] | polars tables and SVG charts of what pruning kept and how runs went |
 //! | [`notebook`] | quick mode and paths for the evcxr notebooks |
+//! | [`experiment`] | an equal-token comparison of arms: the plan, each arm's CLI stages, `summary.json` |
 //! | [`eval`] | the NLL / perplexity protocol; downstream zero-shot tasks ([`eval::tasks`]) |
 //! | [`generate`] | greedy and top-p decoding with a KV cache |
 //! | [`bench`] | throughput and memory figures |
@@ -25,6 +26,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod experiment;
 pub mod family;
 pub mod generate;
 pub mod io;

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shear::data::corpus::{build, BuildOptions, DOMAINS};
+use shear::data::corpus::DOMAINS;
 use shear::run::jsonl::read_jsonl;
 
 fn bin() -> Command {
@@ -25,31 +25,7 @@ fn s(p: &Path) -> &str {
 /// A tiny model and a corpus of seven synthetic domains with distinct statistics.
 fn setup(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let model = tiny_hf_model(root);
-    let raw = root.join("raw");
-    std::fs::create_dir(&raw).unwrap();
-    for (k, d) in DOMAINS.iter().enumerate() {
-        let lines: Vec<String> = (0..40)
-            .map(|i| {
-                let text =
-                    format!("{d} {i} {}", ["ab ", "ba ", "xyz ", "0 1 2 ", "abab ", "q ", "é "][k].repeat(20 + i));
-                serde_json::json!({"id": format!("{d}/{i}"), "source": "synthetic", "text": text}).to_string()
-            })
-            .collect();
-        std::fs::write(raw.join(format!("{d}.jsonl")), lines.join("\n")).unwrap();
-    }
-    let tok = shear::io::load_tokenizer(&model).unwrap();
-    let tj = std::fs::read(model.join("tokenizer.json")).unwrap();
-    let corpus = root.join("corpus");
-    build(
-        &raw,
-        &corpus,
-        &tok,
-        &tj,
-        (0, 0),
-        &BuildOptions { seq_len: 24, eval_permille: 150, ..Default::default() },
-        |_, _| {},
-    )
-    .unwrap();
+    let corpus = tiny_corpus(root, &model);
     let reference = root.join("ref.json");
     let r: serde_json::Map<String, serde_json::Value> = DOMAINS.iter().map(|d| (d.to_string(), 4.0.into())).collect();
     std::fs::write(&reference, serde_json::Value::Object(r).to_string()).unwrap();

@@ -192,6 +192,11 @@ pub fn ensure_resumable(run: &Path) -> Result<()> {
     refuse_model_only(run, &read_state(&latest_or_error(run)?)?)
 }
 
+/// The state of the newest complete checkpoint of `run`, if it has one.
+pub fn latest_state(run: &Path) -> Result<Option<CheckpointState>> {
+    latest(run).map(|dir| read_state(&dir)).transpose()
+}
+
 fn latest_or_error(run: &Path) -> Result<PathBuf> {
     latest(run).ok_or_else(|| corrupt(run, "no checkpoint found".into()))
 }

@@ -189,3 +189,35 @@ pub fn write_gguf(
     gguf_file::write(&mut f, &md_refs, &t_refs).unwrap();
     TinyGguf { cfg, weights }
 }
+
+/// A corpus of seven synthetic domains with distinct statistics, tokenized by `model`'s tokenizer, at
+/// `root/corpus` (24-token sequences, 15% held out).
+pub fn tiny_corpus(root: &std::path::Path, model: &std::path::Path) -> PathBuf {
+    use shear::data::corpus::{build, BuildOptions, DOMAINS};
+    let raw = root.join("raw");
+    std::fs::create_dir(&raw).unwrap();
+    for (k, d) in DOMAINS.iter().enumerate() {
+        let lines: Vec<String> = (0..40)
+            .map(|i| {
+                let text =
+                    format!("{d} {i} {}", ["ab ", "ba ", "xyz ", "0 1 2 ", "abab ", "q ", "é "][k].repeat(20 + i));
+                serde_json::json!({"id": format!("{d}/{i}"), "source": "synthetic", "text": text}).to_string()
+            })
+            .collect();
+        std::fs::write(raw.join(format!("{d}.jsonl")), lines.join("\n")).unwrap();
+    }
+    let tok = shear::io::load_tokenizer(model).unwrap();
+    let tj = std::fs::read(model.join("tokenizer.json")).unwrap();
+    let corpus = root.join("corpus");
+    build(
+        &raw,
+        &corpus,
+        &tok,
+        &tj,
+        (0, 0),
+        &BuildOptions { seq_len: 24, eval_permille: 150, ..Default::default() },
+        |_, _| {},
+    )
+    .unwrap();
+    corpus
+}

@@ -12,6 +12,7 @@ use shear::io;
 
 mod bench;
 mod data;
+mod experiment;
 mod interrupt;
 mod model;
 mod overrides;
@@ -21,6 +22,7 @@ mod train;
 
 use bench::{bench_cmd, BenchCommand};
 use data::{corpus_build, CorpusCommand};
+use experiment::{experiment_cmd, ExperimentArgs};
 use model::*;
 use prune::*;
 use train::*;
@@ -67,6 +69,9 @@ enum Command {
     Export(ExportArgs),
     /// A randomly initialized model of any shape (the from-scratch baseline for a pruned model).
     Init(InitArgs),
+    /// Run an equal-token comparison of arms from a plan (each arm: start model, continued pre-training,
+    /// evaluations), resuming what a previous run left, and write its `summary.json` from the logs.
+    Experiment(ExperimentArgs),
     /// Throughput and memory benchmarks (figures, not tests).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -125,6 +130,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Init(a) => init_cmd(a),
+        Command::Experiment(a) => experiment_cmd(a),
         Command::Bench(c) => bench_cmd(c),
     }
 }

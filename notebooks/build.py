@@ -709,6 +709,162 @@ pruning data and 50 B of continued pre-training. The source's BoolQ is below cha
 """),
 ]
 
+NOTEBOOKS["06-reproduction"] = [
+    md(r"""
+# 6 · The paper's claims at small scale: an equal-token comparison
+
+**Paper claims (§4.1, §4.2, §5).** Pruning a strong model with learned masks and continuing its pre-training
+with dynamic batch loading (i) beats the same architecture trained from scratch by a wide margin at equal
+tokens, (ii) beats other ways of pruning to the same shape, and (iii) dynamic batch loading makes the domains
+recover more evenly than the original proportions.
+
+This notebook reads the **committed experiment** `data/experiments/equal-tokens/` (nothing is trained here).
+Every arm goes from SmolLM2-135M-Instruct to the 57.8M target (`block-influence`: depth only, 113.3M) and then
+continues pre-training on the same 1,024,000 tokens of the lite corpus with the same schedule, seed, batch
+shape, eval sequences and reference losses (docs/experiments.md says why that many tokens, and how each
+number is computed). It was run with
+
+```
+shear experiment --plan data/experiments/equal-tokens/plan.toml --arms ARM   # about 2 h per arm on one core
+```
+
+and `summary.json` is written by that command from the per-arm logs. This is the real run, not a demo: at
+this scale a run is a 50,000th of the paper's 50B tokens, which is what the numbers below stand for.
+"""),
+    DEP,
+    code(r"""
+use std::path::PathBuf;
+use shear::experiment::summary;
+use shear::polars::prelude::*;
+use shear::report::charts::{self, Axes, Line};
+
+let exp = PathBuf::from("../data/experiments/equal-tokens");
+let s = summary::read(&exp.join("summary.json"))?;
+println!("{} tokens per arm; complete: {}; still to run: {}", charts::thousands(s.tokens_per_arm as f64),
+    s.arms.keys().cloned().collect::<Vec<_>>().join(", "),
+    if s.pending.is_empty() { "none".to_string() } else { s.pending.join(", ") });
+{
+let names: Vec<String> = s.arms.keys().cloned().collect();
+let col = |f: &dyn Fn(&summary::ArmSummary) -> f64| -> Vec<f64> { s.arms.values().map(|a| f(a)).collect() };
+let df = DataFrame::new(vec![
+    Column::new("arm".into(), names),
+    Column::new("params (M)".into(), col(&|a| (a.record.params as f64 / 1e5).round() / 10.0)),
+    Column::new("tokens before CPT".into(), s.arms.values().map(|a| a.record.prior_tokens as u64).collect::<Vec<_>>()),
+    Column::new("CPT tokens".into(), s.arms.values().map(|a| a.tokens as u64).collect::<Vec<_>>()),
+    Column::new("mean eval loss".into(), col(&|a| (a.mean_eval_loss * 1000.0).round() / 1000.0)),
+    Column::new("mean held-out loss".into(), col(&|a| (a.mean_heldout_loss * 1000.0).round() / 1000.0)),
+    Column::new("excess range".into(), col(&|a| (a.excess_range * 1000.0).round() / 1000.0)),
+    Column::new("tasks mean".into(), col(&|a| a.tasks_mean.map_or(f64::NAN, |x| (x * 10000.0).round() / 10000.0))),
+    Column::new("train hours".into(), col(&|a| (a.train_step_seconds / 360.0).round() / 10.0)),
+])?;
+charts::table(&df, 20).evcxr_display();
+}
+"""),
+    md(r"""
+### Loss against tokens
+
+Mean eval loss over the seven domains (16 held-out sequences each), from step 0 (the start model) to the
+end of the budget. The dashed line is the mean of the reference losses: the source model, 134.5M parameters.
+"""),
+    code(r"""
+{
+let s = summary::read(&exp.join("summary.json"))?;
+let mut lines: Vec<Line> = s.arms.iter().map(|(name, a)| {
+    Line::new(format!("{name} ({:.1}M)", a.record.params as f64 / 1e6), a.curve.iter().map(|p| (p.tokens as f64, p.mean_eval_loss)).collect())
+}).collect();
+let reference = s.reference_losses.values().sum::<f64>() / s.reference_losses.len() as f64;
+lines.push(Line::dashed("source (reference)", vec![(0.0, reference), (s.tokens_per_arm as f64, reference)]));
+charts::line_chart(&Axes::new("Mean eval loss against continued pre-training tokens", "tokens", "mean eval loss (nats / token)").size(900, 440), &lines)?
+}
+""", chart=True),
+    md(r"""
+### Where each domain stands: loss − reference (the paper's Figure 4 view)
+
+Per domain, the last eval's loss minus the source's loss on the same sequences. Dynamic batch loading (doremi)
+should leave these more even than the original proportions (constant): a smaller range across domains.
+"""),
+    code(r"""
+{
+let s = summary::read(&exp.join("summary.json"))?;
+let domains: Vec<String> = s.reference_losses.keys().cloned().collect();
+let series: Vec<(String, Vec<f64>)> = ["sheared-doremi", "sheared-constant"].iter().filter_map(|n| s.arms.get(*n).map(|a| {
+    (format!("{n} (range {:.3})", a.excess_range), domains.iter().map(|d| a.excess_loss[d]).collect())
+})).collect();
+charts::grouped_bar_chart(&Axes::new("Eval loss minus reference per domain, after 1,024,000 tokens", "domain", "loss − reference (nats / token)").size(900, 420), &domains, &series, None)?
+}
+""", chart=True),
+    code(r"""
+{
+let s = summary::read(&exp.join("summary.json"))?;
+let domains: Vec<String> = s.reference_losses.keys().cloned().collect();
+print!("{:<18}", "eval loss");
+for d in &domains { print!(" {:>13}", d); }
+println!(" {:>8}", "mean");
+print!("{:<18}", "reference (source)");
+for d in &domains { print!(" {:>13.3}", s.reference_losses[d]); }
+println!(" {:>8.3}", s.reference_losses.values().sum::<f64>() / domains.len() as f64);
+for (name, a) in &s.arms {
+    print!("{name:<18}");
+    for d in &domains { print!(" {:>13.3}", a.eval_loss[d]); }
+    println!(" {:>8.3}", a.mean_eval_loss);
+}
+println!();
+// Margins of the sheared-doremi arm: mean of the per-domain differences, and their standard deviation.
+if let Some(base) = s.arms.get("sheared-doremi") {
+    for (name, a) in s.arms.iter().filter(|(n, _)| n.as_str() != "sheared-doremi") {
+        let diffs: Vec<f64> = domains.iter().map(|d| a.eval_loss[d] - base.eval_loss[d]).collect();
+        let m = diffs.iter().sum::<f64>() / diffs.len() as f64;
+        let sd = (diffs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (diffs.len() - 1) as f64).sqrt();
+        let better = diffs.iter().filter(|x| **x > 0.0).count();
+        println!("{name:<18} − sheared-doremi: {m:+.3} nats (per-domain sd {sd:.3}; sheared-doremi lower on {better} of {} domains; held-out 64 seqs: {:+.3})",
+            diffs.len(), a.mean_heldout_loss - base.mean_heldout_loss);
+    }
+}
+}
+"""),
+    md("### Downstream accuracy (zero-shot, first 400 documents of each task; dashed: chance)"),
+    code(r"""
+{
+let s = summary::read(&exp.join("summary.json"))?;
+let with_tasks: Vec<(&String, &summary::ArmSummary)> = s.arms.iter().filter(|(_, a)| !a.tasks.is_empty()).collect();
+let tasks: Vec<String> = with_tasks[0].1.tasks.keys().cloned().collect();
+let chance: Vec<f64> = tasks.iter().map(|t| with_tasks[0].1.task_chance[t]).collect();
+let series: Vec<(String, Vec<f64>)> = with_tasks.iter().map(|(n, a)| (n.to_string(), tasks.iter().map(|t| a.tasks[t]).collect())).collect();
+charts::grouped_bar_chart(&Axes::new("Downstream accuracy per task (the paper's metric)", "task", "accuracy").size(900, 420), &tasks, &series, Some(("chance", &chance)))?
+}
+""", chart=True),
+    md("### How dynamic batch loading moved the mixture (`sheared-doremi`)"),
+    code(r"""
+shear::report::views::proportions_chart(&shear::report::runs::train_evals(&exp.join("sheared-doremi"))?, "Domain proportions at each eval, sheared-doremi")?
+""", chart=True),
+    md(r"""
+### Compute to match
+
+How many tokens the from-scratch arm needs to reach `sheared-doremi`'s loss at its first eval (51,200 tokens of
+continued pre-training), interpolated between its evals if it gets there, else from a power law fitted to
+its curve (an extrapolation, marked as one).
+"""),
+    code(r"""
+{
+let s = summary::read(&exp.join("summary.json"))?;
+match &s.compute_to_match {
+    None => println!("needs both sheared-doremi and scratch; complete arms: {:?}", s.arms.keys().collect::<Vec<_>>()),
+    Some(m) => {
+        println!("target: {:.3} nats, sheared-doremi after {} CPT tokens (+ {} pruning tokens)", m.target_loss,
+            charts::thousands(m.pruned_tokens as f64), charts::thousands(m.pruned_prior_tokens as f64));
+        match m.scratch_tokens {
+            Some(t) => println!("scratch reaches it after {} tokens{}: {:.1}× the CPT tokens, {:.1}× counting pruning",
+                charts::thousands(t), if m.extrapolated { " (extrapolated by the fit)" } else { "" },
+                m.ratio.unwrap(), m.ratio_with_pruning.unwrap()),
+            None => println!("the fitted floor is above the target: scratch does not reach it on this curve"),
+        }
+        if let Some(f) = m.fit { println!("fit: L(t) = {:.3}·t^(−{:.4}) + {:.3}", f.a, f.b, f.c); }
+    }
+}
+}
+"""),
+]
+
 
 def notebook(cells):
     return {

@@ -148,6 +148,13 @@ fn arms_run_resume_and_summarize_from_their_logs() {
         c.args(["experiment", "--plan", s(&plan_path), "--arms", arms]);
         c
     };
+    // A dry run says what it would run and touches nothing.
+    let dry = run_ok(bin().args(["experiment", "--plan", s(&plan_path), "--dry-run"]));
+    for cmd in ["shear eval --model", "shear materialize", "shear oneshot --method magnitude", "shear init"] {
+        assert!(dry.contains(cmd), "{cmd}: {dry}");
+    }
+    assert!(!tmp.path().join("out").exists() && !tmp.path().join("work").exists());
+
     run_ok(&mut driver("learned,magnitude,scratch"));
 
     // The twin, killed (with its child `shear train`) after its first checkpoint, then resumed.

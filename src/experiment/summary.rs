@@ -157,6 +157,12 @@ pub fn summarize(plan: &Plan, seq_len: usize) -> Result<Summary> {
     })
 }
 
+/// Read a committed `summary.json` (e.g. `data/experiments/equal-tokens/summary.json`).
+pub fn read(path: &Path) -> Result<Summary> {
+    let text = crate::io::read_metadata(path)?;
+    serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+}
+
 /// Write `OUT/summary.json` (through a temporary file, so a reader never sees half of it).
 pub fn write(plan: &Plan, summary: &Summary) -> Result<()> {
     let path = plan.out.join(super::SUMMARY);

@@ -135,20 +135,46 @@ fn builder<'a, 'b, DB: DrawingBackend>(
     y_label_area: u32,
 ) -> ChartBuilder<'a, 'b, DB> {
     let mut b = ChartBuilder::on(area);
-    b.caption(&axes.title, ("sans-serif", 18).into_font().color(&BLACK))
+    b.caption(&axes.title, ("sans-serif", TITLE_PX).into_font().color(&BLACK))
         .margin(12)
         .x_label_area_size(42)
         .y_label_area_size(y_label_area);
     b
 }
 
-/// Tick labels of a count axis: whole numbers only (a tick at 2.5 masks gets no label).
+/// Font sizes in SVG pixels, chosen to stay legible when a 720-pixel chart fills a 1,400-pixel window
+/// at half width.
+const TITLE_PX: u32 = 20;
+const AXIS_PX: u32 = 16;
+const LABEL_PX: u32 = 15;
+const LEGEND_PX: u32 = 15;
+/// Width a legend allows per character of a name at `LEGEND_PX`.
+const LEGEND_CHAR_PX: u32 = 8;
+
+/// Tick labels of a count axis: whole numbers only (a tick at 2.5 masks gets no label), with thousands
+/// separators.
 fn count_label(y: &f64) -> String {
     if (y - y.round()).abs() < 1e-9 {
-        format!("{y:.0}")
+        thousands(*y)
     } else {
         String::new()
     }
+}
+
+/// A whole number with thousands separators: 1024000 → "1,024,000".
+pub fn thousands(x: f64) -> String {
+    let digits = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if x < 0.0 && digits != "0" {
+        out.insert(0, '-');
+    }
+    out
 }
 
 fn draw_err<E: std::fmt::Display>(e: E) -> Error {
@@ -217,7 +243,7 @@ pub fn line_chart(axes: &Axes, lines: &[Line]) -> Result<Svg> {
     let integer_x = lines.iter().all(|l| l.points.iter().all(|p| p.0.fract() == 0.0));
     // The legend goes beside the plot, never over the data.
     let legend_w = if lines.len() > 1 {
-        (lines.iter().map(|l| l.name.chars().count()).max().unwrap_or(0) as u32 * 7 + 44).min(300)
+        (lines.iter().map(|l| l.name.chars().count()).max().unwrap_or(0) as u32 * LEGEND_CHAR_PX + 44).min(340)
     } else {
         0
     };
@@ -227,15 +253,15 @@ pub fn line_chart(axes: &Axes, lines: &[Line]) -> Result<Svg> {
         root.fill(&WHITE).map_err(draw_err)?;
         let (plot, legend) = root.split_horizontally(axes.size.0);
         let mut chart = builder(&plot, axes, 64).build_cartesian_2d(x0..x1, y0..y1).map_err(draw_err)?;
-        let x_fmt = |x: &f64| if integer_x { format!("{x:.0}") } else { format!("{x}") };
+        let x_fmt = |x: &f64| if integer_x { thousands(*x) } else { format!("{x}") };
         chart
             .configure_mesh()
             .x_desc(&axes.x)
             .y_desc(&axes.y)
             .x_label_formatter(&x_fmt)
             .light_line_style(RGBColor(235, 235, 235))
-            .label_style(("sans-serif", 13).into_font().color(&BLACK))
-            .axis_desc_style(("sans-serif", 14).into_font().color(&BLACK))
+            .label_style(("sans-serif", LABEL_PX).into_font().color(&BLACK))
+            .axis_desc_style(("sans-serif", AXIS_PX).into_font().color(&BLACK))
             .draw()
             .map_err(draw_err)?;
         for (i, line) in lines.iter().enumerate() {
@@ -257,7 +283,7 @@ pub fn line_chart(axes: &Axes, lines: &[Line]) -> Result<Svg> {
 
 /// One row per line: a short solid or dashed stroke in the line's colour and its name.
 fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, lines: &[Line]) -> Result<()> {
-    let font = ("sans-serif", 13).into_font().color(&BLACK);
+    let font = ("sans-serif", LEGEND_PX).into_font().color(&BLACK);
     for (i, line) in lines.iter().enumerate() {
         let y = 44 + i as i32 * 20;
         let color = PALETTE[line.color.unwrap_or(i) % PALETTE.len()];
@@ -301,8 +327,8 @@ fn category_mesh<DB: DrawingBackend>(
         .x_labels(ticks)
         .x_label_formatter(&label)
         .light_line_style(RGBColor(235, 235, 235))
-        .label_style(("sans-serif", 12).into_font().color(&BLACK))
-        .axis_desc_style(("sans-serif", 14).into_font().color(&BLACK))
+        .label_style(("sans-serif", LABEL_PX).into_font().color(&BLACK))
+        .axis_desc_style(("sans-serif", AXIS_PX).into_font().color(&BLACK))
         .draw()
         .map_err(draw_err)
 }
@@ -323,7 +349,7 @@ pub fn bar_chart(axes: &Axes, labels: &[String], values: &[f64], reference: Opti
     let label_every = n.div_ceil(32).max(1);
     // The reference line's legend goes beside the plot, never over the bars.
     let legend = reference.map(|(name, _)| Line::dashed(name, vec![]).color(1));
-    let legend_w = legend.as_ref().map(|l| (l.name.chars().count() as u32 * 7 + 44).min(300)).unwrap_or(0);
+    let legend_w = legend.as_ref().map(|l| (l.name.chars().count() as u32 * LEGEND_CHAR_PX + 44).min(340)).unwrap_or(0);
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, (axes.size.0 + legend_w, axes.size.1)).into_drawing_area();
@@ -373,7 +399,7 @@ pub fn grouped_bar_chart(
     let (n, k) = (groups.len(), series.len());
     let width = 0.8 / k as f64;
     let names: Vec<&str> = series.iter().map(|(s, _)| s.as_str()).chain(marks.map(|(m, _)| m)).collect();
-    let legend_w = (names.iter().map(|s| s.chars().count()).max().unwrap_or(0) as u32 * 7 + 44).min(300);
+    let legend_w = (names.iter().map(|s| s.chars().count()).max().unwrap_or(0) as u32 * LEGEND_CHAR_PX + 44).min(340);
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, (axes.size.0 + legend_w, axes.size.1)).into_drawing_area();
@@ -399,7 +425,7 @@ pub fn grouped_bar_chart(
                 chart.draw_series(DashedLineSeries::new(level, 5, 3, style)).map_err(draw_err)?;
             }
         }
-        let font = ("sans-serif", 13).into_font().color(&BLACK);
+        let font = ("sans-serif", LEGEND_PX).into_font().color(&BLACK);
         for (i, name) in names.iter().enumerate() {
             let y = 44 + i as i32 * 20;
             if i < k {
@@ -484,8 +510,8 @@ pub fn heatmap(axes: &Axes, grid: &Grid) -> Result<Svg> {
                     String::new()
                 }
             })
-            .label_style(("sans-serif", 12).into_font().color(&BLACK))
-            .axis_desc_style(("sans-serif", 14).into_font().color(&BLACK))
+            .label_style(("sans-serif", LABEL_PX).into_font().color(&BLACK))
+            .axis_desc_style(("sans-serif", AXIS_PX).into_font().color(&BLACK))
             .draw()
             .map_err(draw_err)?;
         let shade = |v: f64| {
@@ -567,8 +593,8 @@ pub fn histogram(axes: &Axes, values: &[f64], lo: f64, hi: f64, bins: usize) -> 
             .y_desc(&axes.y)
             .y_label_formatter(&count_label)
             .light_line_style(RGBColor(235, 235, 235))
-            .label_style(("sans-serif", 12).into_font().color(&BLACK))
-            .axis_desc_style(("sans-serif", 14).into_font().color(&BLACK))
+            .label_style(("sans-serif", LABEL_PX).into_font().color(&BLACK))
+            .axis_desc_style(("sans-serif", AXIS_PX).into_font().color(&BLACK))
             .draw()
             .map_err(draw_err)?;
         chart
@@ -585,6 +611,19 @@ pub fn histogram(axes: &Axes, values: &[f64], lo: f64, hi: f64, bins: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_numbers_get_thousands_separators() {
+        for (x, want) in
+            [(0.0, "0"), (999.0, "999"), (1000.0, "1,000"), (1_024_000.0, "1,024,000"), (-51_200.0, "-51,200")]
+        {
+            assert_eq!(thousands(x), want);
+        }
+        let svg =
+            line_chart(&Axes::new("t", "tokens", "loss"), &[Line::new("a", vec![(0.0, 1.0), (1_000_000.0, 2.0)])])
+                .unwrap();
+        assert!(svg.0.contains("1,000,000"), "token ticks carry separators");
+    }
 
     #[test]
     fn charts_carry_their_titles_labels_and_marks() {

@@ -36,7 +36,9 @@ pub fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
     let seq_len = shear::data::corpus::Corpus::open(&plan.corpus)?.seq_len();
     if !a.summary_only {
         let reference = plan.reference_stage();
-        std::fs::create_dir_all(&plan.out).with_context(|| format!("creating {}", plan.out.display()))?;
+        if !a.dry_run {
+            std::fs::create_dir_all(&plan.out).with_context(|| format!("creating {}", plan.out.display()))?;
+        }
         run_stage(&reference, &plan.out.join("reference.log"), a.dry_run)?;
         if !a.dry_run {
             write_reference_losses(&plan)?;
@@ -83,8 +85,10 @@ fn run_arm(plan: &Plan, arm: &ArmPlan, dry_run: bool, step_delay_ms: u64) -> Res
         info!("{}: done ({} exists)", arm.name, out.join(ARM_RECORD).display());
         return Ok(());
     }
-    for dir in [&out, &work] {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !dry_run {
+        for dir in [&out, &work] {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
     }
     let mut stages = plan.arm_stages(arm);
     let (before_train, after_train) = stages.split_at_mut(2);
@@ -128,7 +132,7 @@ fn run_stage(stage: &Stage, log: &Path, dry_run: bool) -> Result<()> {
     if stage.is_done() {
         return Ok(());
     }
-    info!("{}", stage.args.display());
+    info!("{}   (log: {})", stage.args.display(), log.display());
     if dry_run {
         return Ok(());
     }

@@ -223,12 +223,34 @@ fn arms_run_resume_and_summarize_from_their_logs() {
         assert_eq!(arm.curve.len(), 4, "{name}: step 0 and three evals");
         assert_eq!((arm.curve[0].tokens, arm.curve[0].mean_eval_loss), (0, step0_mean), "{name}");
         assert_eq!(arm.curve[3].tokens, summary.tokens_per_arm);
+        // The notebooks' per-domain curves: step 0 from the start model's eval, then the training evals.
+        let step0_map: std::collections::BTreeMap<String, f64> = step0.into_iter().collect();
+        let curves =
+            shear::report::views::domain_curves(&shear::report::runs::train_evals(&out).unwrap(), Some(&step0_map))
+                .unwrap();
+        assert_eq!(curves.len(), 7, "{name}");
+        for (d, pts) in &curves {
+            let steps: Vec<f64> = pts.iter().map(|p| p.0).collect();
+            assert_eq!(steps, [0.0, 2.0, 4.0, 6.0], "{name} {d}");
+            assert_eq!(pts[0].1, step0_map[d]);
+            assert_eq!(pts[3].1, last[d].as_f64().unwrap(), "{name} {d}");
+        }
     }
     assert_eq!(summary.arms["learned"].record.prior_tokens, 2 * 2 * 24, "pruning tokens: steps × batch × seq");
     assert_eq!(summary.arms["scratch"].record.prior_tokens, 0);
     let m = summary.compute_to_match.as_ref().unwrap();
     assert_eq!((m.pruned.as_str(), m.scratch.as_str(), m.pruned_tokens), ("learned", "scratch", 2 * 2 * 24));
     assert_eq!(m.target_loss, summary.arms["learned"].curve[1].mean_eval_loss);
+
+    // `--summary-only` rewrites the same summary and prints it as a table, a row per arm.
+    let before = std::fs::read_to_string(tmp.path().join("out/summary.json")).unwrap();
+    let out = bin().args(["experiment", "--plan", s(&plan_path), "--summary-only"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_to_string(tmp.path().join("out/summary.json")).unwrap(), before);
+    let table = String::from_utf8(out.stdout).unwrap();
+    for arm in ["learned", "twin", "magnitude", "scratch"] {
+        assert!(table.lines().any(|l| l.starts_with(&format!("| {arm} | "))), "{table}");
+    }
 
     // A run directory made with other settings is refused by name, not adopted.
     std::fs::remove_file(tmp.path().join("out/learned/arm.json")).unwrap();

@@ -172,6 +172,57 @@ pub fn write(plan: &Plan, summary: &Summary) -> Result<()> {
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
 }
 
+/// The summary as two Markdown tables (losses, then downstream accuracy), one row per complete arm, as
+/// the README shows them.
+pub fn markdown(s: &Summary) -> String {
+    let domains: Vec<&String> = s.reference_losses.keys().collect();
+    let mut out = String::new();
+    out += "| arm | parameters | tokens before CPT | CPT tokens | mean held-out loss |";
+    for d in &domains {
+        out += &format!(" {d} |");
+    }
+    out += " mean eval loss (training evals) | range of loss − reference | training time (h) |\n|---|";
+    out += &"---|".repeat(domains.len() + 7);
+    out += "\n";
+    for (name, a) in &s.arms {
+        out += &format!(
+            "| {name} | {:.1}M | {} | {} | {:.3} |",
+            a.record.params as f64 / 1e6,
+            crate::report::charts::thousands(a.record.prior_tokens as f64),
+            crate::report::charts::thousands(a.tokens as f64),
+            a.mean_heldout_loss
+        );
+        for d in &domains {
+            out += &a.heldout_loss.get(*d).map_or(" – |".into(), |x| format!(" {x:.3} |"));
+        }
+        out += &format!(" {:.3} | {:.3} | {:.2} |\n", a.mean_eval_loss, a.excess_range, a.train_step_seconds / 3600.0);
+    }
+    let tasks: Vec<&String> =
+        s.arms.values().flat_map(|a| a.tasks.keys()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    if !tasks.is_empty() {
+        out += "\n| arm |";
+        for t in &tasks {
+            out += &format!(" {t} |");
+        }
+        out += " average |\n|---|";
+        out += &"---|".repeat(tasks.len() + 1);
+        out += "\n| chance |";
+        let chance = s.arms.values().find(|a| !a.task_chance.is_empty()).map(|a| &a.task_chance);
+        for t in &tasks {
+            out += &chance.and_then(|c| c.get(*t)).map_or(" – |".into(), |x| format!(" {x:.3} |"));
+        }
+        out += &chance.map_or(" – |\n".into(), |c| format!(" {:.3} |\n", mean(c)));
+        for (name, a) in s.arms.iter().filter(|(_, a)| !a.tasks.is_empty()) {
+            out += &format!("| {name} |");
+            for t in &tasks {
+                out += &a.tasks.get(*t).map_or(" – |".into(), |x| format!(" {x:.3} |"));
+            }
+            out += &format!(" {:.4} |\n", a.tasks_mean.unwrap_or(f64::NAN));
+        }
+    }
+    out
+}
+
 fn read_json(path: &Path) -> Result<Value> {
     let text = crate::io::read_metadata(path)?;
     serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))

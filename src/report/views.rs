@@ -301,6 +301,68 @@ fn per_domain(evals: &DataFrame, column: &str, dashed: bool) -> Result<Vec<Line>
         .collect()
 }
 
+/// Per-domain eval losses as numbers: `{domain: loss}`.
+pub type DomainLosses = std::collections::BTreeMap<String, f64>;
+
+/// A run's curve per domain: `(domain, [(step, loss)])`.
+pub type DomainCurves = Vec<(String, Vec<(f64, f64)>)>;
+
+/// One run's eval loss per domain against the step, `(domain, [(step, loss)])` in the log's domain
+/// order, starting with `step0` (the start model's losses on the same sequences) when given.
+pub fn domain_curves(evals: &DataFrame, step0: Option<&DomainLosses>) -> Result<DomainCurves> {
+    let (steps, domains, losses) = (super::runs::floats(evals, "step")?, super::runs::strings(evals, "domain")?, {
+        let c = evals.column("eval_loss").map_err(polars_err)?.f64().map_err(polars_err)?.clone();
+        (0..c.len()).map(|i| c.get(i)).collect::<Vec<Option<f64>>>()
+    });
+    let mut curves: DomainCurves = vec![];
+    for ((step, d), loss) in steps.iter().zip(&domains).zip(&losses) {
+        let i = match curves.iter().position(|(n, _)| n == d) {
+            Some(i) => i,
+            None => {
+                let start = step0.and_then(|m| m.get(d)).map(|l| vec![(0.0, *l)]).unwrap_or_default();
+                curves.push((d.clone(), start));
+                curves.len() - 1
+            }
+        };
+        if let Some(l) = loss {
+            curves[i].1.push((*step, *l));
+        }
+    }
+    Ok(curves)
+}
+
+/// Eval loss minus `reference` per domain for several runs on one chart (the paper's Figure 4 view over
+/// time): one colour per domain, the first run solid, the others dashed.
+pub fn excess_chart(title: &str, runs: &[(&str, DomainCurves)], reference: &DomainLosses) -> Result<Svg> {
+    let mut lines = vec![];
+    for (r, (run, curves)) in runs.iter().enumerate() {
+        for (i, (domain, points)) in curves.iter().enumerate() {
+            let Some(reference) = reference.get(domain) else { continue };
+            let pts: Vec<(f64, f64)> = points.iter().map(|(x, l)| (*x, l - reference)).collect();
+            let name = format!("{domain}, {run}");
+            lines.push(if r == 0 { Line::new(name, pts) } else { Line::dashed(name, pts) }.color(i));
+        }
+    }
+    line_chart(&Axes::new(title, "optimizer step", "eval loss − reference (nats / token)").size(760, 420), &lines)
+}
+
+/// The running mean of the last `window` values (fewer at the start): a per-step training loss of small
+/// batches is too noisy to compare runs by.
+pub fn running_mean(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
+    let mut sum = 0.0;
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, (x, y))| {
+            sum += y;
+            if i >= window {
+                sum -= points[i - window].1;
+            }
+            (*x, sum / (i + 1).min(window) as f64)
+        })
+        .collect()
+}
+
 /// Training loss per step of a continued pre-training run.
 pub fn train_loss_chart(metrics: &DataFrame, title: &str) -> Result<Svg> {
     line_chart(
@@ -356,4 +418,16 @@ pub fn save_charts(charts: &[(String, Svg)], dir: &Path) -> Result<Vec<PathBuf>>
             Ok(p)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_mean_averages_the_last_window() {
+        let pts = [(1.0, 4.0), (2.0, 2.0), (3.0, 6.0), (4.0, 0.0)];
+        assert_eq!(running_mean(&pts, 2), vec![(1.0, 4.0), (2.0, 3.0), (3.0, 4.0), (4.0, 3.0)]);
+        assert_eq!(running_mean(&pts, 10)[3], (4.0, 3.0));
+    }
 }

@@ -22,7 +22,7 @@ pub struct ExperimentArgs {
     /// Print the command lines still to run, and run nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Only rewrite `summary.json` from the committed logs.
+    /// Only rewrite `summary.json` from the committed logs, and print it as Markdown tables.
     #[arg(long)]
     pub summary_only: bool,
     /// Testing aid: passed to `shear train` (lets a test kill an arm mid-run).
@@ -66,6 +66,9 @@ pub fn experiment_cmd(a: ExperimentArgs) -> Result<()> {
         info!("pending: {}", s.pending.join(", "));
     }
     info!("wrote {}", plan.out.join(shear::experiment::SUMMARY).display());
+    if a.summary_only {
+        print!("{}", summary::markdown(&s));
+    }
     Ok(())
 }
 
@@ -148,6 +151,9 @@ fn run_stage(stage: &Stage, log: &Path, dry_run: bool) -> Result<()> {
     if !status.success() {
         if let Some(t) = &tmp {
             let _ = std::fs::remove_file(t);
+        }
+        if status.code() == Some(130) {
+            bail!("stage {} interrupted (its checkpoint is kept): run the same command again to resume", stage.name);
         }
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no output)");

@@ -252,6 +252,16 @@ fn arms_run_resume_and_summarize_from_their_logs() {
         assert!(table.lines().any(|l| l.starts_with(&format!("| {arm} | "))), "{table}");
     }
 
+    // A finished run is adopted, not retrained, when an arm's logs are gone (a constant-rule run keeps no
+    // reference losses in its run.json; that is the plan's setting too).
+    let metrics = std::fs::read(tmp.path().join("out/magnitude/metrics.jsonl")).unwrap();
+    for f in ["arm.json", "heldout.json", "metrics.jsonl"] {
+        std::fs::remove_file(tmp.path().join("out/magnitude").join(f)).unwrap();
+    }
+    let log = run_ok(&mut driver("magnitude"));
+    assert!(log.contains("magnitude: training complete") && !log.contains("shear train"), "{log}");
+    assert_eq!(std::fs::read(tmp.path().join("out/magnitude/metrics.jsonl")).unwrap(), metrics);
+
     // A run directory made with other settings is refused by name, not adopted.
     std::fs::remove_file(tmp.path().join("out/learned/arm.json")).unwrap();
     let changed = std::fs::read_to_string(&plan_path).unwrap().replace("lr = 3e-3", "lr = 1e-3");

@@ -93,8 +93,8 @@ fn run_arm(plan: &Plan, arm: &ArmPlan, dry_run: bool, step_delay_ms: u64) -> Res
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
     }
-    let mut stages = plan.arm_stages(arm);
-    let (before_train, after_train) = stages.split_at_mut(2);
+    let stages = plan.arm_stages(arm);
+    let (before_train, after_train) = stages.split_at(2);
     for s in before_train.iter() {
         run_stage(s, &work.join(format!("{}.log", s.name)), dry_run)?;
     }

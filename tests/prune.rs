@@ -296,24 +296,14 @@ mod run {
 /// reference, and a stopped-and-resumed run matches the straight one (loader state included).
 #[test]
 fn pruning_on_a_corpus_with_dynamic_loading_resumes_exactly() {
-    use shear::data::corpus::{build, BuildOptions, Corpus, DOMAINS};
+    use shear::data::corpus::{build, BuildOptions, Corpus};
     use shear::data::{loader::UpdateRule, CorpusFeed};
     use shear::run::pruning::{PruneConfig, PruneSpec};
     use shear::train::pruning::{prune, PruneData};
     use std::ops::ControlFlow;
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_hf_model(tmp.path());
-    let raw = tmp.path().join("raw");
-    std::fs::create_dir(&raw).unwrap();
-    for (k, d) in DOMAINS.iter().enumerate() {
-        let lines: Vec<String> = (0..30)
-            .map(|i| {
-                let text = format!("{d} {i} {}", ["ab ", "ba ", "xyz ", "0 1 ", "abab ", "q ", "é "][k].repeat(15 + i));
-                serde_json::json!({"id": format!("{d}/{i}"), "source": "synthetic", "text": text}).to_string()
-            })
-            .collect();
-        std::fs::write(raw.join(format!("{d}.jsonl")), lines.join("\n")).unwrap();
-    }
+    let raw = write_synthetic_domains(tmp.path(), 30, 15);
     let tok = shear::io::load_tokenizer(&model).unwrap();
     let tj = std::fs::read(model.join("tokenizer.json")).unwrap();
     let corpus_dir = tmp.path().join("corpus");

@@ -193,19 +193,8 @@ pub fn write_gguf(
 /// A corpus of seven synthetic domains with distinct statistics, tokenized by `model`'s tokenizer, at
 /// `root/corpus` (24-token sequences, 15% held out).
 pub fn tiny_corpus(root: &std::path::Path, model: &std::path::Path) -> PathBuf {
-    use shear::data::corpus::{build, BuildOptions, DOMAINS};
-    let raw = root.join("raw");
-    std::fs::create_dir(&raw).unwrap();
-    for (k, d) in DOMAINS.iter().enumerate() {
-        let lines: Vec<String> = (0..40)
-            .map(|i| {
-                let text =
-                    format!("{d} {i} {}", ["ab ", "ba ", "xyz ", "0 1 2 ", "abab ", "q ", "é "][k].repeat(20 + i));
-                serde_json::json!({"id": format!("{d}/{i}"), "source": "synthetic", "text": text}).to_string()
-            })
-            .collect();
-        std::fs::write(raw.join(format!("{d}.jsonl")), lines.join("\n")).unwrap();
-    }
+    use shear::data::corpus::{build, BuildOptions};
+    let raw = write_synthetic_domains(root, 40, 20);
     let tok = shear::io::load_tokenizer(model).unwrap();
     let tj = std::fs::read(model.join("tokenizer.json")).unwrap();
     let corpus = root.join("corpus");
@@ -220,4 +209,22 @@ pub fn tiny_corpus(root: &std::path::Path, model: &std::path::Path) -> PathBuf {
     )
     .unwrap();
     corpus
+}
+
+/// `root/raw/<domain>.jsonl` for the seven domains: `docs` documents each, document `i` repeating its
+/// domain's pattern `base + i` times (distinct statistics per domain).
+pub fn write_synthetic_domains(root: &std::path::Path, docs: usize, base: usize) -> PathBuf {
+    let raw = root.join("raw");
+    std::fs::create_dir(&raw).unwrap();
+    for (k, d) in shear::data::corpus::DOMAINS.iter().enumerate() {
+        let lines: Vec<String> = (0..docs)
+            .map(|i| {
+                let text =
+                    format!("{d} {i} {}", ["ab ", "ba ", "xyz ", "0 1 2 ", "abab ", "q ", "é "][k].repeat(base + i));
+                serde_json::json!({"id": format!("{d}/{i}"), "source": "synthetic", "text": text}).to_string()
+            })
+            .collect();
+        std::fs::write(raw.join(format!("{d}.jsonl")), lines.join("\n")).unwrap();
+    }
+    raw
 }
